@@ -1,0 +1,132 @@
+"""Reading, checking and writing images.
+
+Convention used across the library: an image batch is a float tensor of shape
+(B, 3, H, W), RGB, values in [0, 1]. Models convert to [-1, 1] internally. ComfyUI's
+(B, H, W, C) layout is converted only in ``nodes/``.
+
+Conversions applied to what users give us, documented once here:
+- grayscale (L, I;16, 1-bit) -> RGB by repeating the channel;
+- RGBA / LA / palette with transparency -> RGB composited on white;
+- 16-bit images -> scaled to [0, 1];
+- any size is accepted on reading; callers that need a fixed size resize explicitly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .errors import ImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".jfif")
+
+
+def _to_rgb_array(image) -> np.ndarray:
+    """PIL image -> (H, W, 3) float32 in [0, 1], applying the documented conversions."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float32)
+        scale = 65535.0 if array.max() > 255 else 255.0
+        array = np.clip(array / scale, 0.0, 1.0)
+        return np.repeat(array[..., None], 3, axis=2)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    image = image.convert("RGB")
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """Read an image file as a (3, H, W) float tensor in [0, 1].
+
+    Raises:
+        ImageError: the file is missing, unreadable or not an image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            array = _to_rgb_array(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"cannot read image {path}: {error}") from error
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
+
+
+def save_image(image: torch.Tensor, path: str | Path) -> Path:
+    """Write a (3, H, W) or (1, 3, H, W) tensor in [0, 1] to ``path`` (format by suffix)."""
+    from PIL import Image
+
+    if image.dim() == 4:
+        if image.shape[0] != 1:
+            raise ImageError(f"save_image takes one image, got a batch of {image.shape[0]}")
+        image = image[0]
+    array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path)
+    return path
+
+
+def check_image_batch(images: torch.Tensor, name: str = "image") -> torch.Tensor:
+    """Validate a (B, 3, H, W) batch in [0, 1]; a single (3, H, W) image gets a batch axis.
+
+    Raises:
+        ImageError: wrong number of dimensions or channels, empty, or non-finite values.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise ImageError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ImageError(f"{name} must have shape (B, 3, H, W) or (3, H, W), got {tuple(images.shape)}")
+    if images.numel() == 0:
+        raise ImageError(f"{name} is empty: shape {tuple(images.shape)}")
+    if not torch.isfinite(images).all():
+        raise ImageError(f"{name} contains NaN or infinite values")
+    return images
+
+
+def resize_to(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Resize a (B, C, H, W) batch to ``size`` (bicubic with antialias, clamped to [0, 1])."""
+    if isinstance(size, int):
+        size = (size, size)
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    resized = torch.nn.functional.interpolate(images, size=size, mode="bicubic",
+                                              align_corners=False, antialias=True)
+    return resized.clamp(0, 1)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageError(f"not a folder: {folder}")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def load_images(paths: Sequence[str | Path] | Iterable[str | Path], size: int | None = None) -> torch.Tensor:
+    """Read several images into one (B, 3, H, W) batch, resized to ``size`` if given.
+
+    Without ``size`` all images must have the same shape.
+    """
+    tensors = [load_image(p) for p in paths]
+    if not tensors:
+        raise ImageError("no images given")
+    if size is not None:
+        tensors = [resize_to(t.unsqueeze(0), size)[0] for t in tensors]
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) > 1:
+        raise ImageError(f"images have different sizes {sorted(shapes)}; pass a size to resize them")
+    return torch.stack(tensors)

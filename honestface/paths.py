@@ -1,0 +1,78 @@
+"""Where model files live.
+
+HonestFace uses ComfyUI's models layout everywhere, so one folder serves both the node
+pack and the command line:
+
+    <models>/honestface/            HonestFace checkpoints, OSDFace release folders, VGG16
+    <models>/diffusers/<name>/      SD 2.1-base as a diffusers folder
+    <models>/checkpoints/           SD 2.1-base as one .safetensors / .ckpt file
+    <models>/insightface/models/<pack>/   ArcFace / detector ONNX files
+    <models>/face_alignment/        FAN landmark weights
+    <models>/facerestore_models/    AdaFace / arcface_torch .ckpt/.pth weights
+
+Outside ComfyUI the root is ``--models-dir`` or the ``HONESTFACE_MODELS`` environment
+variable; inside ComfyUI the node pack passes ComfyUI's own folders. Nothing is ever
+downloaded: a missing file raises :class:`MissingModelFileError` naming the folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+from .errors import HonestFaceError, MissingModelFileError
+
+MODELS_ENV = "HONESTFACE_MODELS"
+
+#: Model kind -> sub-folder of the models root (ComfyUI's names where ComfyUI has one).
+MODEL_FOLDERS: dict[str, str] = {
+    "honestface": "honestface",
+    "diffusers": "diffusers",
+    "checkpoints": "checkpoints",
+    "insightface": "insightface/models",
+    "face_alignment": "face_alignment",
+    "face_recognition": "facerestore_models",
+}
+
+
+def default_models_root() -> Path | None:
+    """The models root from ``HONESTFACE_MODELS``, or None when it is not set."""
+    value = os.environ.get(MODELS_ENV)
+    return Path(value).expanduser() if value else None
+
+
+def model_folders(kind: str, models_dir: str | Path | None = None,
+                  extra: Iterable[str | Path] = ()) -> list[Path]:
+    """Folders searched for a model of ``kind``: ``extra`` first, then the models root."""
+    if kind not in MODEL_FOLDERS:
+        raise HonestFaceError(f"unknown model kind '{kind}'; known: {', '.join(MODEL_FOLDERS)}")
+    folders = [Path(p).expanduser() for p in extra]
+    root = Path(models_dir).expanduser() if models_dir is not None else default_models_root()
+    if root is not None:
+        folders.append(root / MODEL_FOLDERS[kind])
+    return folders
+
+
+def find_model_file(kind: str, name: str | Path, models_dir: str | Path | None = None,
+                    extra: Iterable[str | Path] = (), what: str = "") -> Path:
+    """Resolve ``name`` (an existing path, or a name relative to the ``kind`` folders).
+
+    Raises:
+        MissingModelFileError: naming the file and the folder where it belongs.
+    """
+    candidate = Path(name).expanduser()
+    if candidate.is_absolute() or candidate.exists():
+        if candidate.exists():
+            return candidate
+        raise MissingModelFileError(candidate.name, candidate.parent, what)
+    folders = model_folders(kind, models_dir, extra)
+    for folder in folders:
+        if (folder / candidate).exists():
+            return folder / candidate
+    if folders:
+        where = folders[-1]
+    else:
+        where = Path(f"<models>/{MODEL_FOLDERS[kind]}")
+    hint = "" if folders else f"Pass --models-dir or set {MODELS_ENV} to your models folder."
+    raise MissingModelFileError(str(candidate), where, what, hint)

@@ -1,0 +1,24 @@
+"""Shared fixtures: where the real test faces live, and small helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``HONESTFACE_TEST_DATA`` or ``../shared/data`` beside the repository."""
+    return Path(os.environ.get("HONESTFACE_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The read-only real-face data set; tests that need it skip with a reason without it."""
+    path = shared_data_dir()
+    if not path.is_dir():
+        pytest.skip(f"real face data not found at {path} (set HONESTFACE_TEST_DATA)")
+    return path
