@@ -1,0 +1,157 @@
+"""Drive ComfyUI's real web frontend in headless Chromium over the DevTools protocol.
+
+Used to convert UI-format workflows exactly the way the web UI does when a user presses
+"Queue": ``app.loadGraphData(workflow)`` then ``app.graphToPrompt()``. Only aiohttp (a
+ComfyUI requirement) is needed; Chromium is Debian's ``chromium`` package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-default-apps", "--disable-extensions", "--mute-audio",
+]
+
+
+def find_chromium() -> str | None:
+    for name in (os.environ.get("HONESTFACE_CHROMIUM", ""), "chromium", "chromium-browser", "google-chrome"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+class BrowserError(RuntimeError):
+    pass
+
+
+class HeadlessComfyUI:
+    """A headless Chromium showing the ComfyUI web UI at ``url``."""
+
+    def __init__(self, url: str, chromium: str, timeout: float = 120.0) -> None:
+        self.url = url
+        self.chromium = chromium
+        self.timeout = timeout
+        self.profile = Path(tempfile.mkdtemp(prefix="honestface-chromium-"))
+        self.process: subprocess.Popen | None = None
+        self.loop = asyncio.new_event_loop()
+        self.session: aiohttp.ClientSession | None = None
+        self.socket = None
+        self.ids = itertools.count(1)
+        self.console: list[str] = []
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        command = [self.chromium, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
+                   "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", "about:blank"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        port_file = self.profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not port_file.exists() or not port_file.read_text().strip():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise BrowserError("Chromium did not open its DevTools port")
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        self.loop.run_until_complete(self._connect(port))
+        self.call("Runtime.enable")
+        self.call("Page.enable")
+        self.call("Page.navigate", url=self.url)
+        self.wait_for("window.app !== undefined && window.app.graph !== undefined && "
+                      "typeof window.app.graphToPrompt === 'function' && "
+                      "Object.keys(LiteGraph.registered_node_types).length > 0")
+
+    async def _connect(self, port: int) -> None:
+        self.session = aiohttp.ClientSession()
+        async with self.session.get(f"http://127.0.0.1:{port}/json/list") as response:
+            targets = await response.json(content_type=None)
+        page = next(t for t in targets if t.get("type") == "page")
+        self.socket = await self.session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0)
+
+    def close(self) -> None:
+        try:
+            if self.socket is not None:
+                self.loop.run_until_complete(self.socket.close())
+            if self.session is not None:
+                self.loop.run_until_complete(self.session.close())
+        finally:
+            self.loop.close()
+            if self.process is not None and self.process.poll() is None:
+                os.killpg(os.getpgid(self.process.pid), signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(os.getpgid(self.process.pid), signal.SIGKILL)
+                    self.process.wait(timeout=10)
+            shutil.rmtree(self.profile, ignore_errors=True)
+
+    # -- protocol ---------------------------------------------------------------------
+
+    def call(self, method: str, **params) -> dict:
+        return self.loop.run_until_complete(asyncio.wait_for(self._call(method, params), self.timeout))
+
+    async def _call(self, method: str, params: dict) -> dict:
+        message_id = next(self.ids)
+        await self.socket.send_str(json.dumps({"id": message_id, "method": method, "params": params}))
+        while True:
+            message = await self.socket.receive()
+            if message.type != aiohttp.WSMsgType.TEXT:
+                raise BrowserError(f"DevTools connection closed: {message.type}")
+            data = json.loads(message.data)
+            if data.get("method") == "Runtime.consoleAPICalled":
+                args = data["params"].get("args", [])
+                self.console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in args))
+            elif data.get("method") == "Runtime.exceptionThrown":
+                self.console.append(json.dumps(data["params"].get("exceptionDetails", {}))[:2000])
+            if data.get("id") == message_id:
+                if "error" in data:
+                    raise BrowserError(f"{method}: {data['error']}")
+                return data["result"]
+
+    def evaluate(self, expression: str):
+        """Evaluate JavaScript (promises awaited) and return its JSON value."""
+        result = self.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
+        if "exceptionDetails" in result:
+            details = result["exceptionDetails"]
+            text = details.get("exception", {}).get("description") or details.get("text")
+            raise BrowserError(f"JavaScript error: {text}\nconsole:\n" + "\n".join(self.console[-30:]))
+        return result["result"].get("value")
+
+    def wait_for(self, condition: str, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while time.monotonic() < deadline:
+            try:
+                if self.evaluate(f"(() => {{ try {{ return !!({condition}); }} catch (e) {{ return false; }} }})()"):
+                    return
+            except BrowserError:
+                pass
+            time.sleep(0.25)
+        raise BrowserError(f"timed out waiting for: {condition}\nconsole:\n" + "\n".join(self.console[-30:]))
+
+    # -- ComfyUI ----------------------------------------------------------------------
+
+    def graph_to_prompt(self, workflow: dict) -> dict:
+        """Load a UI-format workflow into the editor and return the API-format prompt."""
+        script = (
+            "(async () => {"
+            f"  const workflow = {json.dumps(workflow)};"
+            "  await window.app.loadGraphData(workflow, true, true, null);"
+            "  const result = await window.app.graphToPrompt();"
+            "  return JSON.stringify(result.output);"
+            "})()"
+        )
+        return json.loads(self.evaluate(script))

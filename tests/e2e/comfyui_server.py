@@ -1,0 +1,175 @@
+"""A real ComfyUI server for the end-to-end tests: start, talk to over HTTP, stop.
+
+The server runs ``main.py --cpu`` from a ComfyUI installed by ``scripts/comfyui_setup.sh``
+with a private base directory (custom_nodes, input, output, user) and an in-memory
+database, so tests never write into the ComfyUI installation. It listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerError(RuntimeError):
+    """The server did not start, died, or did not answer as expected."""
+
+
+@dataclass
+class ComfyUIServer:
+    """One running ComfyUI process and its private folders."""
+
+    comfyui_dir: Path
+    base_dir: Path
+    extra_model_paths: Path | None = None
+    python: str = sys.executable
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def input_dir(self) -> Path:
+        return self.base_dir / "input"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base_dir / "output"
+
+    def start(self) -> None:
+        for name in ("custom_nodes", "input", "output", "temp", "user", "models"):
+            (self.base_dir / name).mkdir(parents=True, exist_ok=True)
+        command = [
+            self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            "--base-directory", str(self.base_dir), "--database-url", "sqlite:///:memory:",
+            "--disable-auto-launch",
+        ]
+        if self.extra_model_paths is not None:
+            command += ["--extra-model-paths-config", str(self.extra_model_paths)]
+        self.log_path = self.base_dir / "server.log"
+        log = open(self.log_path, "wb")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        env.pop("HONESTFACE_MODELS", None)  # inside ComfyUI the models come from its folders
+        # A new session makes the server the leader of its own process group: stop() ends
+        # the group, so no child survives the tests.
+        self.process = subprocess.Popen(command, cwd=self.comfyui_dir, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        log.close()
+
+    def log(self, tail: int = 12000) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "<no server log>"
+        return self.log_path.read_text(errors="replace")[-tail:]
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        pgid = os.getpgid(self.process.pid)
+        os.killpg(pgid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            self.process.wait(timeout=timeout)
+
+    # -- HTTP -------------------------------------------------------------------------
+
+    def request(self, path: str, payload: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
+        """GET (``payload`` None) or POST JSON; returns (status, decoded JSON or text)."""
+        data = None if payload is None else json.dumps(payload).encode()
+        req = urllib.request.Request(self.url + path, data=data,
+                                     headers={"Content-Type": "application/json"} if data else {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as response:
+                status, body = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, body = error.code, error.read()
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body.decode(errors="replace")
+
+    def get_bytes(self, path: str, timeout: float = 30.0) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+            return response.read()
+
+    def wait_for_nodes(self, node_names: set[str], timeout: float = 180.0) -> dict:
+        """Wait until ``/object_info`` lists every name; returns the object info."""
+        deadline = time.monotonic() + timeout
+        last_problem = "no answer yet"
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerError(f"ComfyUI exited with code {self.process.returncode}.\n"
+                                  f"--- server log ---\n{self.log()}")
+            try:
+                status, info = self.request("/object_info", timeout=10)
+            except (urllib.error.URLError, ConnectionError, socket.timeout, OSError) as error:
+                last_problem = repr(error)
+            else:
+                if status == 200 and isinstance(info, dict):
+                    missing = sorted(node_names - set(info))
+                    if not missing:
+                        return info
+                    last_problem = f"nodes missing from /object_info: {missing}"
+                    # The node list is complete once the server answers: missing now means
+                    # the pack failed to import.
+                    if "Starting server" in self.log(10**7):
+                        break
+                else:
+                    last_problem = f"HTTP {status}"
+            time.sleep(0.5)
+        raise ServerError(f"ComfyUI at {self.url} not ready: {last_problem}\n--- server log ---\n{self.log()}")
+
+    def queue_prompt(self, prompt: dict) -> tuple[int, dict]:
+        return self.request("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
+
+    def wait_for_history(self, prompt_id: str, timeout: float = 600.0) -> dict:
+        """Poll ``/history/<id>`` until the prompt has finished (successfully or not)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerError(f"ComfyUI died while running {prompt_id}.\n{self.log()}")
+            status, history = self.request(f"/history/{prompt_id}")
+            if status == 200 and isinstance(history, dict) and prompt_id in history:
+                entry = history[prompt_id]
+                if entry.get("status", {}).get("completed") or entry.get("status", {}).get("status_str") == "error":
+                    return entry
+            time.sleep(0.25)
+        raise ServerError(f"prompt {prompt_id} did not finish in {timeout} s.\n{self.log()}")
+
+    def run_prompt(self, prompt: dict, timeout: float = 600.0) -> tuple[dict, float]:
+        """Queue, wait, and return (history entry, seconds from queueing to the end)."""
+        start = time.perf_counter()
+        status, answer = self.queue_prompt(prompt)
+        if status != 200:
+            raise ServerError(f"/prompt refused the workflow (HTTP {status}): {json.dumps(answer, indent=1)}")
+        entry = self.wait_for_history(answer["prompt_id"], timeout)
+        return entry, time.perf_counter() - start
+
+
+def execution_error(entry: dict) -> dict | None:
+    """The ``execution_error`` message of a history entry, if the prompt failed."""
+    for name, data in entry.get("status", {}).get("messages", []):
+        if name == "execution_error":
+            return data
+    return None

@@ -1,0 +1,88 @@
+"""Fixtures of the end-to-end tests: tiny models, input images and one real ComfyUI server.
+
+ComfyUI itself comes from ``scripts/comfyui_setup.sh`` (``.comfyui/ComfyUI`` at the
+repository root, or ``HONESTFACE_COMFYUI``). The server gets this repository as a custom
+node (a symlink in its private ``custom_nodes``), finds the tiny models through an
+``extra_model_paths.yaml`` (the way users add their own model folders) and is stopped by
+its process group at the end of the session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.e2e.comfyui_server import ComfyUIServer
+
+WORKFLOWS = REPO_ROOT / "workflows"
+API_WORKFLOWS = WORKFLOWS / "api"
+
+#: The node pack's public node names; workflows refer to them, so they must not change.
+HONESTFACE_NODES = {
+    "HonestFaceModelLoader",
+    "HonestFaceAnalysisLoader",
+    "HonestFaceIdentityEmbedder",
+    "HonestFaceVisualTokens",
+    "HonestFaceRestoreAligned",
+    "HonestFaceRestorePhoto",
+    "HonestFaceMFAMask",
+    "HonestFaceALDScore",
+    "HonestFaceReferenceSelector",
+    "HonestFaceAlignFace",
+    "HonestFaceUnloadModels",
+}
+
+
+def comfyui_dir() -> Path:
+    return Path(os.environ.get("HONESTFACE_COMFYUI", REPO_ROOT / ".comfyui" / "ComfyUI"))
+
+
+def load_workflow(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def comfyui_install() -> Path:
+    path = comfyui_dir()
+    if not (path / "main.py").is_file():
+        pytest.fail(f"ComfyUI is not installed at {path}: run `bash scripts/comfyui_setup.sh` first "
+                    "(or deselect these tests with -m 'not e2e')", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    """A ComfyUI-style models folder of tiny random models in the real file formats."""
+    path = tmp_path_factory.mktemp("tiny-models")
+    result = subprocess.run([sys.executable, "-m", "honestface.testing.make_tiny_models", str(path)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        pytest.fail(f"make_tiny_models failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def comfyui_server(comfyui_install, tiny_models_dir, tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfyui-base")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "HonestFace").symlink_to(REPO_ROOT, target_is_directory=True)
+    extra = base / "extra_model_paths.yaml"
+    folders = "\n".join(f"    {kind}: {kind}" for kind in (
+        "checkpoints", "diffusers", "honestface", "insightface", "face_alignment", "facerestore_models"))
+    extra.write_text(f"honestface_tests:\n    base_path: {tiny_models_dir}\n{folders}\n")
+    server = ComfyUIServer(comfyui_dir=comfyui_install, base_dir=base, extra_model_paths=extra)
+    server.start()
+    try:
+        expected = set(HONESTFACE_NODES)
+        for path in API_WORKFLOWS.glob("*.json"):
+            expected |= {node["class_type"] for node in load_workflow(path).values()}
+        server.object_info = server.wait_for_nodes(expected)
+        yield server
+    finally:
+        server.stop()
