@@ -1,5 +1,88 @@
-"""Face analysis: landmarks and heatmaps, identity embeddings, detection and alignment."""
+"""Face analysis: landmarks and heatmaps, identity embeddings, detection and alignment.
 
+Backends are picked by name through three factories; heavy optional libraries (dlib,
+onnxruntime, face_alignment) are imported only when a backend that needs them is built.
+Model files are found in the ComfyUI-style models folder (:mod:`honestface.paths`);
+a missing file raises :class:`~honestface.errors.MissingModelFileError`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import HonestFaceError
 from .base import FaceDetection, FaceDetector, IdentityBackend, LandmarkBackend, require_landmarks
 
-__all__ = ["FaceDetection", "FaceDetector", "IdentityBackend", "LandmarkBackend", "require_landmarks"]
+LANDMARK_BACKENDS = ("dlib", "fan")
+IDENTITY_BACKENDS = ("dlib", "arcface-onnx", "arcface-torch", "adaface")
+FACE_DETECTORS = ("dlib",)
+
+
+def _unknown(kind: str, name: str, known: tuple[str, ...]) -> HonestFaceError:
+    return HonestFaceError(f"unknown {kind} backend '{name}'; choose one of: {', '.join(known)}")
+
+
+def load_landmark_backend(name: str = "dlib", models_dir: str | Path | None = None,
+                          device: str = "cpu", **kw) -> LandmarkBackend:
+    """A 68-point landmark backend.
+
+    Names:
+        "dlib": dlib's predictor (offline, weights from the ``face_recognition_models``
+            package); keywords of :class:`~honestface.face.dlib_backend.DlibLandmarks`.
+        "fan": face-alignment's 2D FAN from ``<models>/face_alignment/``; keywords of
+            :func:`~honestface.face.fan.load_fan_landmarks`.
+    """
+    if name == "dlib":
+        from .dlib_backend import DlibLandmarks
+        return DlibLandmarks(models_dir=models_dir, **kw)
+    if name == "fan":
+        from .fan import load_fan_landmarks
+        return load_fan_landmarks(models_dir=models_dir, device=device, **kw)
+    raise _unknown("landmark", name, LANDMARK_BACKENDS)
+
+
+def load_identity_backend(name: str = "dlib", models_dir: str | Path | None = None,
+                          device: str = "cpu", **kw) -> IdentityBackend:
+    """A face-recognition backend: aligned faces -> identity embeddings.
+
+    Names:
+        "dlib": dlib's 128-d descriptor (offline).
+        "arcface-onnx": insightface ArcFace ONNX (``<models>/insightface/models/<pack>/``)
+            run with onnxruntime.
+        "arcface-torch": the same network in PyTorch (differentiable), from an insightface
+            ONNX file or an arcface_torch ``.pth``.
+        "adaface": AdaFace IR-50/IR-101 from its ``.ckpt`` (differentiable).
+    """
+    if name == "dlib":
+        from .dlib_backend import DlibIdentity
+        return DlibIdentity(models_dir=models_dir, **kw)
+    if name == "arcface-onnx":
+        from .arcface import load_arcface_onnx
+        return load_arcface_onnx(models_dir=models_dir, device=device, **kw)
+    if name == "arcface-torch":
+        from .arcface import load_arcface_torch
+        return load_arcface_torch(models_dir=models_dir, device=device, **kw)
+    if name == "adaface":
+        from .adaface import load_adaface
+        return load_adaface(models_dir=models_dir, device=device, **kw)
+    raise _unknown("identity", name, IDENTITY_BACKENDS)
+
+
+def load_face_detector(name: str = "dlib", models_dir: str | Path | None = None,
+                       device: str = "cpu", **kw) -> FaceDetector:
+    """A whole-photo face detector that also returns 68 landmarks per face.
+
+    Names:
+        "dlib": HOG (``model="hog"``, default) or MMOD CNN (``model="mmod"``).
+    """
+    if name == "dlib":
+        from .dlib_backend import DlibFaceDetector
+        return DlibFaceDetector(models_dir=models_dir, **kw)
+    raise _unknown("face detector", name, FACE_DETECTORS)
+
+
+__all__ = [
+    "FACE_DETECTORS", "IDENTITY_BACKENDS", "LANDMARK_BACKENDS",
+    "FaceDetection", "FaceDetector", "IdentityBackend", "LandmarkBackend",
+    "load_face_detector", "load_identity_backend", "load_landmark_backend", "require_landmarks",
+]
