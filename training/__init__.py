@@ -1,0 +1,1 @@
+"""HonestFace training program (``python training/train.py``); not part of the installed library."""
