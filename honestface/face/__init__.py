@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import HonestFaceError
+from .align import align_face, paste_back
 from .base import FaceDetection, FaceDetector, IdentityBackend, LandmarkBackend, require_landmarks
+from .photo import PhotoFace, restore_faces_in_photo
 
 LANDMARK_BACKENDS = ("dlib", "fan")
 IDENTITY_BACKENDS = ("dlib", "arcface-onnx", "arcface-torch", "adaface")
@@ -83,6 +85,7 @@ def load_face_detector(name: str = "dlib", models_dir: str | Path | None = None,
 
 __all__ = [
     "FACE_DETECTORS", "IDENTITY_BACKENDS", "LANDMARK_BACKENDS",
-    "FaceDetection", "FaceDetector", "IdentityBackend", "LandmarkBackend",
+    "FaceDetection", "FaceDetector", "IdentityBackend", "LandmarkBackend", "PhotoFace",
+    "align_face", "paste_back", "restore_faces_in_photo",
     "load_face_detector", "load_identity_backend", "load_landmark_backend", "require_landmarks",
 ]
