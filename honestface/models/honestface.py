@@ -1,0 +1,185 @@
+"""The HonestFace model: VRE + IDE + fusion -> prompt; one-step restorer -> restored face.
+
+Everything here is batched and differentiable with respect to the trainable parts (LoRA,
+VRE projection, IDE heads, fusion); the VAE, the VQ encoder and VGG16 are frozen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import HonestFaceConfig
+from ..errors import ConfigError, ImageError
+from .color import color_correct
+from .fusion import build_fusion
+from .ide import IdentityEmbedder
+from .restorer import OneStepRestorer
+from .vre import VisualRepresentationEmbedder
+
+
+@dataclass
+class HonestFaceOutput:
+    """Result of :meth:`HonestFaceModel.forward`."""
+
+    image: torch.Tensor  # (B, 3, H, W) restored face in [0, 1]
+    latent_lq: torch.Tensor  # (B, 4, h, w) z_L = E(x_L) * s
+    latent_restored: torch.Tensor  # (B, 4, h, w) z_H (Eq. 3), what the latent GAN sees
+    noise_pred: torch.Tensor  # (B, 4, h, w) eps of the UNet
+    prompt: torch.Tensor  # (B, n, k) fused prompt p
+    reference_index: torch.Tensor  # (B,) r0 of Eq. 6 (-1 where the element has no reference)
+    vre_valid: torch.Tensor  # (B, n3) bool, which VRE tokens hold a code
+
+
+class HonestFaceModel(nn.Module):
+    """``forward(lq, references, ...) -> HonestFaceOutput``.
+
+    Sub-modules: ``vre`` (:class:`VisualRepresentationEmbedder`), ``ide``
+    (:class:`IdentityEmbedder`), ``fusion`` (see :mod:`honestface.models.fusion`),
+    ``restorer`` (:class:`OneStepRestorer`, holding ``unet`` and ``vae``).
+
+    Args:
+        config: sizes; ``config.token_dim`` must equal the UNet's cross-attention width.
+        unet: a diffusers ``UNet2DConditionModel`` (weights already loaded).
+        vae: a diffusers ``AutoencoderKL``.
+        vgg_state_dict: torchvision VGG16 weights for the FFE; None keeps a random VGG
+            (tests only; real use loads ``config.ide.vgg_file``).
+        lora: add the LoRA adapter (``config.lora``) to the UNet.
+    """
+
+    def __init__(self, config: HonestFaceConfig, unet: nn.Module, vae: nn.Module,
+                 vgg_state_dict: dict[str, torch.Tensor] | None = None, lora: bool = True) -> None:
+        super().__init__()
+        config.validate()
+        cross = getattr(getattr(unet, "config", None), "cross_attention_dim", config.token_dim)
+        if int(cross) != config.token_dim:
+            raise ConfigError(f"UNet cross_attention_dim {cross} != config.token_dim {config.token_dim}")
+        self.config = config
+        self.vre = VisualRepresentationEmbedder(config.vre, config.token_dim)
+        self.vre.vq.requires_grad_(False)
+        self.ide = IdentityEmbedder(config.ide, config.token_dim, vgg_state_dict)
+        self.fusion = build_fusion(config.fusion, config.token_dim)
+        self.restorer = OneStepRestorer(unet, vae, config.diffusion)
+        if lora:
+            self.restorer.add_lora(config.lora)
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def unet(self) -> nn.Module:
+        return self.restorer.unet
+
+    @property
+    def vae(self) -> nn.Module:
+        return self.restorer.vae
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """Modules whose weights a HonestFace checkpoint stores (besides the UNet LoRA)."""
+        return {
+            "vre.projection": self.vre.projection,
+            "ide.feature_extractor.color_head": self.ide.feature_extractor.color_head,
+            "ide.feature_extractor.structure_head": self.ide.feature_extractor.structure_head,
+            "ide.feature_extractor.projection": self.ide.feature_extractor.projection,
+            "ide.identity_encoder": self.ide.identity_encoder,
+            "fusion": self.fusion,
+        }
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """LoRA + VRE projection + IDE heads + fusion (what the optimiser updates)."""
+        params = list(self.restorer.lora_parameters())
+        for module in self.trainable_modules().values():
+            params.extend(module.parameters())
+        return params
+
+    def set_trainable(self) -> None:
+        """Freeze everything, then unfreeze :meth:`trainable_parameters`."""
+        self.requires_grad_(False)
+        for parameter in self.trainable_parameters():
+            parameter.requires_grad_(True)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Flat state dict: ``unet.<module>.lora_{A,B}.weight`` + ``<module>.<param>`` of the heads."""
+        state = self.restorer.lora_state_dict()
+        for prefix, module in self.trainable_modules().items():
+            for key, value in module.state_dict().items():
+                state[f"{prefix}.{key}"] = value.detach().clone()
+        return state
+
+    # ---------------------------------------------------------------- forward
+    def prompt(self, lq: torch.Tensor, references: torch.Tensor | None = None,
+               reference_mask: torch.Tensor | None = None,
+               lq_landmarks: torch.Tensor | None = None,
+               reference_landmarks: torch.Tensor | None = None,
+               identity_embeddings: torch.Tensor | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prompt (B, n, k), reference index (B,), VRE valid mask (B, n3).
+
+        Elements without any reference get the VRE-only prompt ``p_L`` (exactly OSDFace).
+        Arguments as in :meth:`forward`.
+        """
+        batch = lq.shape[0]
+        vre = self.vre(lq * 2.0 - 1.0)
+        p_visual = vre.tokens
+        none_index = torch.full((batch,), -1, dtype=torch.long, device=lq.device)
+        if references is None or references.shape[1] == 0:
+            return p_visual, none_index, vre.valid
+        if reference_mask is None:
+            reference_mask = torch.ones(references.shape[:2], dtype=torch.bool, device=lq.device)
+        reference_mask = reference_mask.to(device=lq.device, dtype=torch.bool)
+        has_reference = reference_mask.any(dim=1)
+        if not bool(has_reference.any()):
+            return p_visual, none_index, vre.valid
+        ide = self.ide(references.to(lq.dtype), reference_mask, lq_landmarks, reference_landmarks,
+                       identity_embeddings)
+        fused = self.fusion(ide.feature_tokens.to(p_visual.dtype), ide.identity_tokens.to(p_visual.dtype), p_visual)
+        prompt = torch.where(has_reference[:, None, None], fused, p_visual[:, : fused.shape[1]])
+        index = torch.where(has_reference, ide.reference_index, none_index)
+        return prompt, index, vre.valid
+
+    def forward(self, lq: torch.Tensor, references: torch.Tensor | None = None,
+                reference_mask: torch.Tensor | None = None,
+                lq_landmarks: torch.Tensor | None = None,
+                reference_landmarks: torch.Tensor | None = None,
+                identity_embeddings: torch.Tensor | None = None,
+                generator: torch.Generator | None = None,
+                color_correction: str | None = None) -> HonestFaceOutput:
+        """Restore a batch of aligned LQ faces (differentiable; used for training).
+
+        Args:
+            lq: (B, 3, S, S) LQ faces in [0, 1], S = ``config.image_size``.
+            references: (B, N, 3, S, S) padded references in [0, 1], or None (OSDFace mode).
+            reference_mask: (B, N) bool, True for real references (default: all real).
+            lq_landmarks: (B, 68, 2) pixel landmarks of the LQ faces (Eq. 6), or None.
+            reference_landmarks: (B, N, 68, 2), NaN where unknown, or None.
+            identity_embeddings: (B, N, D) identity embeddings of the references, or None.
+            generator: seeds the VAE posterior sample when ``latent_mode == "sample"``.
+            color_correction: override of ``config.color_correction``.
+        """
+        size = self.config.image_size
+        if lq.dim() != 4 or lq.shape[1] != 3 or tuple(lq.shape[-2:]) != (size, size):
+            raise ImageError(f"lq must have shape (B, 3, {size}, {size}), got {tuple(lq.shape)}")
+        if references is not None and (references.dim() != 5 or references.shape[0] != lq.shape[0]
+                                       or references.shape[2] != 3):
+            raise ImageError(f"references must have shape (B, N, 3, H, W) with B = {lq.shape[0]}, "
+                             f"got {tuple(references.shape)}")
+        prompt, index, valid = self.prompt(lq, references, reference_mask, lq_landmarks,
+                                           reference_landmarks, identity_embeddings)
+        restored = self.restorer(lq * 2.0 - 1.0, prompt, generator)
+        image = restored.image.to(lq.dtype)
+        method = self.config.color_correction if color_correction is None else color_correction
+        if method != "none":
+            image = color_correct(image, lq * 2.0 - 1.0, method).clamp(-1.0, 1.0)
+        return HonestFaceOutput(image=(image + 1.0) / 2.0, latent_lq=restored.latent_lq,
+                                latent_restored=restored.latent_restored, noise_pred=restored.noise_pred,
+                                prompt=prompt, reference_index=index, vre_valid=valid)
+
+
+def build_tiny_diffusers(config: HonestFaceConfig, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """Random UNet and VAE from ``config.unet`` / ``config.vae`` (for tests and examples)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config({k: v for k, v in config.unet.items() if not k.startswith("_")})
+    vae = AutoencoderKL.from_config({k: v for k, v in config.vae.items() if not k.startswith("_")})
+    return unet, vae

@@ -1,0 +1,283 @@
+"""Identity embedder (IDE, paper Sec. 3.2): reference choice, FFE and FIE.
+
+- Reference choice (Eq. 6): the reference whose landmarks are closest to the LQ face's in
+  affine landmark distance (:func:`honestface.metrics.landmark.affine_landmark_distance`).
+- Facial feature extractor (FFE, Fig. 2): both eye patches of the chosen reference go
+  through a frozen VGG16; an early stage gives a colour embedding (channel means and
+  standard deviations), a deeper stage a structure embedding (pooled feature map), per
+  eye. The four embeddings are concatenated and projected to ``p_F`` (B, 4, k).
+- Face identity encoder (FIE, Fig. 3): identity embeddings of all N references are pooled
+  by attention with learned queries into ``p_I`` (B, 7, k). A learned "no identity" token
+  is always attendable, so padded references are masked and N = 0 stays finite.
+
+Images are (B, 3, H, W) in [0, 1]; landmarks (B, 68, 2) pixel (x, y) in the 68-point
+scheme; references are padded to (B, N, ...) with a boolean ``reference_mask`` (B, N).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import IDEConfig
+from ..errors import CheckpointError
+
+LEFT_EYE = tuple(range(36, 42))
+RIGHT_EYE = tuple(range(42, 48))
+#: Index of the last ReLU of each VGG16 stage in ``torchvision.models.vgg16().features``
+#: (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3).
+VGG16_STAGE_ENDS = (3, 8, 15, 22, 29)
+VGG16_STAGE_CHANNELS = (64, 128, 256, 512, 512)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Eye centres and eye width of an FFHQ-aligned face, as fractions of the image size.
+#: Used for references without landmarks (aligned faces, or no landmark backend).
+TEMPLATE_EYE_CENTERS = ((0.375, 0.47), (0.625, 0.47))
+TEMPLATE_EYE_WIDTH = 0.11
+
+
+# --------------------------------------------------------------------- reference choice
+def select_reference(lq_landmarks: torch.Tensor | None, reference_landmarks: torch.Tensor | None,
+                     reference_mask: torch.Tensor, subset: str = "eyes") -> torch.Tensor:
+    """Eq. 6: index (B,) of the reference with the smallest A-LD to the LQ landmarks.
+
+    Args:
+        lq_landmarks: (B, 68, 2) or None.
+        reference_landmarks: (B, N, 68, 2) or None; NaN rows for references without a face.
+        reference_mask: (B, N) bool, True for real (non-padded) references.
+        subset: landmark subset of the distance ("eyes", "mouth", "all").
+
+    References that are padded or have no landmarks are never chosen while another one
+    has a finite distance; without any finite distance the first real reference is used.
+    """
+    from ..metrics.landmark import affine_landmark_distance
+
+    first_valid = reference_mask.long().argmax(dim=1)
+    if lq_landmarks is None or reference_landmarks is None or reference_mask.shape[1] == 0:
+        return first_valid
+    with torch.no_grad():
+        distance = affine_landmark_distance(reference_landmarks.double(),
+                                            lq_landmarks.double().unsqueeze(1), subset=subset)
+        distance = torch.where(torch.isfinite(distance) & reference_mask, distance,
+                               torch.full_like(distance, float("inf")))
+        best = distance.argmin(dim=1)
+        any_finite = torch.isfinite(distance).any(dim=1)
+    return torch.where(any_finite, best, first_valid)
+
+
+# --------------------------------------------------------------------------- eye crops
+def eye_boxes(landmarks: torch.Tensor | None, image_size: tuple[int, int], margin: float,
+              batch: int | None = None) -> torch.Tensor:
+    """Square boxes (B, 2, 4) ``x0, y0, x1, y1`` around the left (36-41) and right (42-47) eye.
+
+    The side is the eye width times ``1 + 2 * margin`` (at least 4 pixels). Rows whose
+    landmarks are missing (None or NaN) use the aligned-face template.
+    """
+    height, width = image_size
+    if landmarks is None:
+        if batch is None:
+            raise ValueError("eye_boxes needs landmarks or a batch size")
+        landmarks = torch.full((batch, 68, 2), float("nan"))
+    landmarks = landmarks.float()
+    device = landmarks.device
+    centers, sides = [], []
+    for eye, (tx, ty) in zip((LEFT_EYE, RIGHT_EYE), TEMPLATE_EYE_CENTERS):
+        points = landmarks[:, list(eye)]  # (B, 6, 2)
+        center = points.mean(dim=1)
+        eye_width = points[..., 0].amax(dim=1) - points[..., 0].amin(dim=1)
+        template_center = torch.tensor([tx * width, ty * height], device=device).expand_as(center)
+        template_width = torch.full_like(eye_width, TEMPLATE_EYE_WIDTH * width)
+        missing = ~torch.isfinite(points).flatten(1).all(dim=1)
+        centers.append(torch.where(missing.unsqueeze(1), template_center, center))
+        sides.append(torch.where(missing, template_width, eye_width))
+    center = torch.stack(centers, dim=1)  # (B, 2, 2)
+    half = (torch.stack(sides, dim=1) * (1.0 + 2.0 * margin)).clamp_min(4.0) / 2.0  # (B, 2)
+    return torch.cat([center - half.unsqueeze(-1), center + half.unsqueeze(-1)], dim=-1)
+
+
+def crop_eye_patches(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear crops (B, 2, 3, size, size) of ``boxes`` (B, 2, 4) from (B, 3, H, W) images.
+
+    Differentiable with respect to the images (torchvision's roi_align).
+    """
+    from torchvision.ops import roi_align
+
+    batch = images.shape[0]
+    index = torch.arange(batch, device=images.device, dtype=images.dtype).repeat_interleave(2).unsqueeze(1)
+    rois = torch.cat([index, boxes.reshape(-1, 4).to(images.dtype)], dim=1)
+    patches = roi_align(images, rois, output_size=(size, size), spatial_scale=1.0,
+                        sampling_ratio=2, aligned=True)
+    return patches.reshape(batch, 2, images.shape[1], size, size)
+
+
+# ------------------------------------------------------------------------------- VGG16
+class VGG16Features(nn.Module):
+    """Frozen VGG16 (torchvision layout, ImageNet weights) up to ``max_stage``.
+
+    ``forward(images (B, 3, H, W) in [0, 1]) -> list`` of the stage outputs 0..max_stage.
+    """
+
+    def __init__(self, max_stage: int, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        from torchvision.models import vgg16
+
+        self.max_stage = max_stage
+        self.features = vgg16(weights=None).features[: VGG16_STAGE_ENDS[max_stage] + 1]
+        if state_dict is not None:
+            self.load_weights(state_dict)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor], source: str = "VGG16 weights") -> None:
+        """Load torchvision's ``features.*`` keys (classifier keys are ignored)."""
+        wanted = {k: v for k, v in state_dict.items() if k.startswith("features.")}
+        own = self.features.state_dict()
+        missing = [k for k in own if f"features.{k}" not in wanted]
+        if missing:
+            raise CheckpointError(source, f"missing VGG16 keys {missing[:4]}",
+                                  "torchvision's vgg16 state dict (features.N.weight/bias)")
+        for key, value in own.items():
+            source_value = wanted[f"features.{key}"]
+            if source_value.shape != value.shape:
+                raise CheckpointError(source, f"VGG16 key features.{key} has shape {tuple(source_value.shape)}",
+                                      f"shape {tuple(value.shape)}")
+            value.copy_(source_value)
+
+    def train(self, mode: bool = True) -> "VGG16Features":
+        return super().train(False)  # always frozen
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        h = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        outputs = []
+        start = 0
+        for end in VGG16_STAGE_ENDS[: self.max_stage + 1]:
+            h = self.features[start:end + 1](h)
+            outputs.append(h)
+            start = end + 1
+        return outputs
+
+
+def load_vgg16_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """torchvision's VGG16 file (``vgg16-397923af.pth`` or a .safetensors copy), read safely."""
+    from ..loaders.safe_pickle import load_tensors
+
+    return load_tensors(path)
+
+
+# ------------------------------------------------------------------------------- FFE
+def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
+
+
+class FacialFeatureExtractor(nn.Module):
+    """Eye patches of the chosen reference -> ``p_F`` (B, num_feature_tokens, k)."""
+
+    def __init__(self, config: IDEConfig, token_dim: int,
+                 vgg_state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.vgg = VGG16Features(max(config.color_stage, config.structure_stage), vgg_state_dict)
+        color_channels = VGG16_STAGE_CHANNELS[config.color_stage]
+        structure_channels = VGG16_STAGE_CHANNELS[config.structure_stage]
+        d = config.feature_dim
+        self.color_head = _mlp(2 * color_channels, d, d)
+        self.structure_head = _mlp(structure_channels * config.structure_pool ** 2, d, d)
+        self.projection = nn.Linear(4 * d, config.num_feature_tokens * token_dim)
+        self.num_tokens = config.num_feature_tokens
+        self.token_dim = token_dim
+
+    def forward(self, reference: torch.Tensor, landmarks: torch.Tensor | None) -> torch.Tensor:
+        """reference (B, 3, H, W) in [0, 1], landmarks (B, 68, 2) or None -> (B, n1, k)."""
+        batch = reference.shape[0]
+        boxes = eye_boxes(landmarks.to(reference.device) if landmarks is not None else None,
+                          tuple(reference.shape[-2:]), self.config.eye_margin, batch)
+        patches = crop_eye_patches(reference, boxes.to(reference.device), self.config.eye_patch_size)
+        stages = self.vgg(patches.flatten(0, 1))  # each (2B, C, h, w)
+        color = stages[self.config.color_stage]
+        color = torch.cat([color.mean(dim=(2, 3)), color.std(dim=(2, 3))], dim=1)
+        structure = F.adaptive_avg_pool2d(stages[self.config.structure_stage], self.config.structure_pool)
+        color = self.color_head(color).view(batch, 2, -1)  # (B, 2 eyes, d)
+        structure = self.structure_head(structure.flatten(1)).view(batch, 2, -1)
+        # Order: colour left, structure left, colour right, structure right.
+        embeddings = torch.stack([color, structure], dim=2).flatten(1)  # (B, 4 * d)
+        return self.projection(embeddings).view(batch, self.num_tokens, self.token_dim)
+
+
+# ------------------------------------------------------------------------------- FIE
+class FaceIdentityEncoder(nn.Module):
+    """Attention pooling of N identity embeddings into ``p_I`` (B, num_identity_tokens, k)."""
+
+    def __init__(self, config: IDEConfig, token_dim: int) -> None:
+        super().__init__()
+        self.input_projection = nn.Linear(config.identity_dim, token_dim)
+        self.queries = nn.Parameter(torch.randn(config.num_identity_tokens, token_dim) * token_dim ** -0.5)
+        self.null_token = nn.Parameter(torch.zeros(1, token_dim))
+        self.attention = nn.MultiheadAttention(token_dim, config.pool_heads, batch_first=True)
+        self.norm = nn.LayerNorm(token_dim)
+        self.feed_forward = _mlp(token_dim, 2 * token_dim, token_dim)
+        self.identity_dim = config.identity_dim
+
+    def forward(self, embeddings: torch.Tensor | None, mask: torch.Tensor | None,
+                batch: int | None = None) -> torch.Tensor:
+        """embeddings (B, N, D) (None or N = 0: no identity), mask (B, N) bool -> (B, n2, k)."""
+        if embeddings is None:
+            if batch is None:
+                raise ValueError("FaceIdentityEncoder needs embeddings or a batch size")
+            embeddings = self.queries.new_zeros(batch, 0, self.identity_dim)
+        batch, count = embeddings.shape[:2]
+        if mask is None:
+            mask = torch.ones(batch, count, dtype=torch.bool, device=embeddings.device)
+        # Unit-length embeddings: recognisers' scales differ, their directions carry identity.
+        keys = self.input_projection(F.normalize(embeddings.to(self.queries.dtype), dim=-1))
+        keys = torch.cat([self.null_token.expand(batch, 1, -1), keys], dim=1)
+        ignore = torch.cat([torch.zeros(batch, 1, dtype=torch.bool, device=mask.device), ~mask.bool()], dim=1)
+        queries = self.queries.unsqueeze(0).expand(batch, -1, -1)
+        pooled, _ = self.attention(queries, keys, keys, key_padding_mask=ignore, need_weights=False)
+        tokens = self.norm(queries + pooled)
+        return tokens + self.feed_forward(tokens)
+
+
+@dataclass
+class IDEOutput:
+    feature_tokens: torch.Tensor  # (B, n1, k) p_F
+    identity_tokens: torch.Tensor  # (B, n2, k) p_I
+    reference_index: torch.Tensor  # (B,) chosen reference r0
+
+
+class IdentityEmbedder(nn.Module):
+    """FFE + FIE with the reference choice of Eq. 6."""
+
+    def __init__(self, config: IDEConfig, token_dim: int,
+                 vgg_state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.feature_extractor = FacialFeatureExtractor(config, token_dim, vgg_state_dict)
+        self.identity_encoder = FaceIdentityEncoder(config, token_dim)
+
+    def forward(self, references: torch.Tensor, reference_mask: torch.Tensor,
+                lq_landmarks: torch.Tensor | None = None,
+                reference_landmarks: torch.Tensor | None = None,
+                identity_embeddings: torch.Tensor | None = None) -> IDEOutput:
+        """
+        Args:
+            references: (B, N, 3, H, W) in [0, 1], padded.
+            reference_mask: (B, N) bool, True for real references.
+            lq_landmarks: (B, 68, 2) landmarks of the LQ face (for Eq. 6), or None.
+            reference_landmarks: (B, N, 68, 2), or None (first reference, template eyes).
+            identity_embeddings: (B, N, D), or None (no identity tokens beyond the null token).
+        """
+        batch = references.shape[0]
+        index = select_reference(lq_landmarks, reference_landmarks, reference_mask,
+                                 self.config.selection_subset).to(references.device)
+        rows = torch.arange(batch, device=references.device)
+        chosen = references[rows, index]
+        chosen_landmarks = reference_landmarks[rows, index] if reference_landmarks is not None else None
+        feature_tokens = self.feature_extractor(chosen, chosen_landmarks)
+        identity_tokens = self.identity_encoder(identity_embeddings, reference_mask if identity_embeddings is not None else None, batch)
+        return IDEOutput(feature_tokens, identity_tokens, index)

@@ -1,0 +1,207 @@
+"""The one-step restorer (paper Eq. 3): VAE encode -> UNet at t = T_L -> x0 -> VAE decode.
+
+    z_L = E(x_L) * s
+    eps = UNet(z_L, T_L, p)
+    z_H = (z_L - sqrt(1 - abar_T) * eps) / sqrt(abar_T)        (in float64, cast back)
+    x_H = D(z_H / s).clamp(-1, 1)
+
+``abar`` is SD 2.1-base's training schedule (scaled_linear betas 0.00085..0.012, 1000
+steps), computed as diffusers computes it (float32 betas and cumulative product) and kept
+in float64 for the step. The UNet carries a LoRA adapter (``peft``) that is trained and
+can be merged into the base weights for inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from ..config import DiffusionConfig, LoRAConfig
+from ..errors import CheckpointError, ConfigError
+
+#: Prefix of UNet LoRA keys in the diffusers/OSDFace file format.
+LORA_KEY_PREFIX = "unet."
+
+
+def training_alphas_cumprod(config: DiffusionConfig) -> torch.Tensor:
+    """(num_train_timesteps,) float64 cumulative products of SD's training schedule."""
+    steps = config.num_train_timesteps
+    if config.beta_schedule == "scaled_linear":
+        betas = torch.linspace(config.beta_start ** 0.5, config.beta_end ** 0.5, steps, dtype=torch.float32) ** 2
+    elif config.beta_schedule == "linear":
+        betas = torch.linspace(config.beta_start, config.beta_end, steps, dtype=torch.float32)
+    else:
+        raise ConfigError(f"unsupported beta schedule '{config.beta_schedule}'")
+    return torch.cumprod(1.0 - betas, dim=0).double()
+
+
+def one_step_x0(latent: torch.Tensor, noise_pred: torch.Tensor, alpha_cumprod: float | torch.Tensor) -> torch.Tensor:
+    """Eq. 2/3 in float64 (float32 on devices without float64), cast back to ``latent.dtype``."""
+    wide = torch.float32 if latent.device.type == "mps" else torch.float64
+    abar = torch.as_tensor(alpha_cumprod, dtype=wide, device=latent.device)
+    x0 = (latent.to(wide) - (1.0 - abar).sqrt() * noise_pred.to(wide)) / abar.sqrt()
+    return x0.to(latent.dtype)
+
+
+@dataclass
+class RestorerOutput:
+    image: torch.Tensor  # (B, 3, H, W) in [-1, 1]
+    latent_lq: torch.Tensor  # (B, 4, h, w) z_L (scaled)
+    latent_restored: torch.Tensor  # (B, 4, h, w) z_H (scaled)
+    noise_pred: torch.Tensor  # (B, 4, h, w) eps
+
+
+class OneStepRestorer(nn.Module):
+    """UNet2DConditionModel + AutoencoderKL run as one denoising step at ``config.timestep``."""
+
+    def __init__(self, unet: nn.Module, vae: nn.Module, config: DiffusionConfig) -> None:
+        super().__init__()
+        self.unet = unet
+        self.vae = vae
+        self.config = config
+        self.register_buffer("alphas_cumprod", training_alphas_cumprod(config), persistent=False)
+        self.vae.requires_grad_(False)
+        self.lora_config: LoRAConfig | None = None
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    # ----------------------------------------------------------------- steps
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> z_L (B, 4, H/f, W/f), scaled by ``scaling_factor``."""
+        posterior = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+        if self.config.latent_mode == "sample":
+            latent = posterior.sample(generator=generator)
+        else:
+            latent = posterior.mode()
+        return latent * self.scaling_factor
+
+    def denoise(self, latent: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z_L (B, 4, h, w), prompt (B, T, k) -> (z_H, eps)."""
+        timestep = torch.full((latent.shape[0],), self.config.timestep, dtype=torch.long, device=latent.device)
+        unet_dtype = next(self.unet.parameters()).dtype
+        noise_pred = self.unet(latent.to(unet_dtype), timestep,
+                               encoder_hidden_states=prompt.to(unet_dtype)).sample
+        alpha = self.alphas_cumprod[self.config.timestep]
+        return one_step_x0(latent, noise_pred.to(latent.dtype), alpha), noise_pred
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """z_H (scaled) -> (B, 3, H, W) in [-1, 1] (clamped)."""
+        image = self.vae.decode(latent.to(self.vae.dtype) / self.scaling_factor).sample
+        return image.clamp(-1.0, 1.0)
+
+    def forward(self, images: torch.Tensor, prompt: torch.Tensor,
+                generator: torch.Generator | None = None) -> RestorerOutput:
+        """(B, 3, H, W) in [-1, 1] and prompt (B, T, k) -> :class:`RestorerOutput`."""
+        latent_lq = self.encode(images, generator)
+        latent_restored, noise_pred = self.denoise(latent_lq, prompt)
+        return RestorerOutput(self.decode(latent_restored), latent_lq, latent_restored, noise_pred)
+
+    # ------------------------------------------------------------------ LoRA
+    def add_lora(self, config: LoRAConfig, target_modules: Iterable[str] | None = None) -> None:
+        """Inject a LoRA adapter (``peft``) into the UNet; ``lora_B`` starts at zero.
+
+        By default the adapter goes on :func:`lora_module_names` of
+        ``config.target_modules``; ``target_modules`` gives the full module names instead.
+        """
+        from peft import LoraConfig, inject_adapter_in_model
+
+        if self.lora_config is not None:
+            raise ConfigError("the UNet already has a LoRA adapter")
+        if target_modules is None:
+            targets = lora_module_names(self.unet, config.target_modules)
+        else:
+            targets = list(target_modules)
+        if not targets:
+            raise ConfigError(f"no UNet module matches the LoRA targets {list(config.target_modules)}")
+        peft_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=targets,
+                                 init_lora_weights="gaussian")
+        inject_adapter_in_model(peft_config, self.unet, adapter_name="default")
+        self.lora_config = config
+
+    def _lora_layers(self) -> list[tuple[str, nn.Module]]:
+        from peft.tuners.lora import LoraLayer
+
+        return [(name, module) for name, module in self.unet.named_modules() if isinstance(module, LoraLayer)]
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """LoRA weights in the diffusers/OSDFace format ``unet.<module>.lora_A.weight``."""
+        state = {}
+        for name, module in self._lora_layers():
+            state[f"{LORA_KEY_PREFIX}{name}.lora_A.weight"] = module.lora_A["default"].weight.detach().clone()
+            state[f"{LORA_KEY_PREFIX}{name}.lora_B.weight"] = module.lora_B["default"].weight.detach().clone()
+        return state
+
+    def load_lora_state_dict(self, state: dict[str, torch.Tensor], source: str = "LoRA weights") -> int:
+        """Load ``unet.<module>.lora_{A,B}.weight`` keys; every adapter must get both.
+
+        Returns the number of keys loaded. Raises :class:`CheckpointError` on missing,
+        unexpected or mis-shaped keys (no silent partial load).
+        """
+        layers = dict(self._lora_layers())
+        if not layers:
+            raise ConfigError("the UNet has no LoRA adapter; call add_lora first")
+        expected = set()
+        for name in layers:
+            expected.add(f"{LORA_KEY_PREFIX}{name}.lora_A.weight")
+            expected.add(f"{LORA_KEY_PREFIX}{name}.lora_B.weight")
+        missing = sorted(expected - set(state))
+        unexpected = sorted(set(state) - expected)
+        if missing:
+            raise CheckpointError(source, f"{len(missing)} LoRA keys missing, e.g. {missing[:3]}",
+                                  f"{len(expected)} keys unet.<module>.lora_A/lora_B.weight")
+        if unexpected:
+            raise CheckpointError(source, f"{len(unexpected)} LoRA keys match no UNet module, e.g. {unexpected[:3]}",
+                                  "keys of the UNet's LoRA layers")
+        with torch.no_grad():
+            for name, module in layers.items():
+                for part in ("lora_A", "lora_B"):
+                    key = f"{LORA_KEY_PREFIX}{name}.{part}.weight"
+                    target = getattr(module, part)["default"].weight
+                    value = state[key]
+                    if tuple(value.shape) != tuple(target.shape):
+                        raise CheckpointError(source, f"{key} has shape {tuple(value.shape)}",
+                                              f"shape {tuple(target.shape)} (LoRA rank {self.lora_config.rank})")
+                    target.copy_(value.to(target.dtype))
+        return len(expected)
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return [p for name, p in self.unet.named_parameters() if "lora_" in name]
+
+    def merge_lora(self) -> None:
+        """Fold the adapter into the UNet weights (inference speed; results unchanged)."""
+        for _, module in self._lora_layers():
+            module.merge()
+
+    def unmerge_lora(self) -> None:
+        for _, module in self._lora_layers():
+            module.unmerge()
+
+
+def lora_module_names(unet: nn.Module, patterns: Iterable[str]) -> list[str]:
+    """Names of the UNet's ``nn.Linear`` / ``nn.Conv2d`` modules containing any pattern."""
+    patterns = tuple(patterns)
+    names = []
+    for name, module in unet.named_modules():
+        if type(module) in (nn.Linear, nn.Conv2d) and any(p in name for p in patterns):
+            names.append(name)
+    return names
+
+
+def lora_targets_from_state(state: dict[str, torch.Tensor]) -> tuple[list[str], int]:
+    """UNet module names (without ``unet.``) and the LoRA rank found in a LoRA state dict."""
+    modules, ranks = set(), set()
+    for key, value in state.items():
+        for part in (".lora_A.weight", ".lora_B.weight"):
+            if key.endswith(part):
+                name = key[: -len(part)]
+                modules.add(name[len(LORA_KEY_PREFIX):] if name.startswith(LORA_KEY_PREFIX) else name)
+                if part == ".lora_A.weight":
+                    ranks.add(int(value.shape[0]))
+    if len(ranks) > 1:
+        raise CheckpointError("LoRA weights", f"mixed LoRA ranks {sorted(ranks)}", "one rank for all layers")
+    return sorted(modules), (ranks.pop() if ranks else 0)

@@ -1,0 +1,265 @@
+"""High-level restoration: :class:`HonestFacePipeline`.
+
+Holds a :class:`~honestface.models.HonestFaceModel` and, optionally, a landmark backend
+(for the reference choice of Eq. 6 and the eye crops) and an identity backend (for the
+FIE). Inputs follow the library convention, (B, 3, H, W) float RGB in [0, 1].
+
+Input conversions (documented once here):
+
+- a single (3, H, W) image gets a batch axis;
+- 1-channel (grayscale) input is repeated to RGB; 4-channel (RGBA) input is composited
+  on white (like :func:`honestface.image_io.load_image` does for files);
+- any size is resized (bicubic, antialiased) to the model size (512 for SD 2.1-base);
+  the result is resized back to the input size unless ``output_size`` is given;
+- NaN/inf values, wrong shapes or an empty batch raise :class:`~honestface.errors.ImageError`.
+
+Two entry points:
+
+- :meth:`HonestFacePipeline.restore` for inference (no gradients, batched, progress);
+- :meth:`HonestFacePipeline.training_forward` for training: the differentiable model
+  forward on prepared tensors (padded references + masks, precomputed landmarks and
+  identity embeddings), returning the restored image and the latents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .config import HonestFaceConfig
+from .errors import ImageError
+from .image_io import check_image_batch, resize_to
+from .models.honestface import HonestFaceModel, HonestFaceOutput
+from .progress import ProgressCallback, report
+
+
+@dataclass
+class ReferenceBatch:
+    """References of a batch, padded to the largest N."""
+
+    images: torch.Tensor  # (B, N, 3, S, S) in [0, 1]; zeros where padded
+    mask: torch.Tensor  # (B, N) bool, True for real references
+    landmarks: torch.Tensor | None  # (B, N, 68, 2), NaN where padded / no face
+    embeddings: torch.Tensor | None  # (B, N, D), zeros where padded
+
+
+def to_rgb(images: torch.Tensor, name: str = "image") -> torch.Tensor:
+    """(B, C, H, W) or (C, H, W) with C in {1, 3, 4} -> (B, 3, H, W) float (see module doc)."""
+    if not isinstance(images, torch.Tensor):
+        raise ImageError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.dim() != 4:
+        raise ImageError(f"{name} must have shape (B, C, H, W) or (C, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ImageError(f"{name} must be a float tensor in [0, 1], got {images.dtype}")
+    channels = images.shape[1]
+    if channels == 1:
+        images = images.expand(-1, 3, -1, -1)
+    elif channels == 4:
+        alpha = images[:, 3:4]
+        images = images[:, :3] * alpha + (1.0 - alpha)
+    elif channels != 3:
+        raise ImageError(f"{name} must have 1, 3 or 4 channels, got {channels}")
+    return check_image_batch(images, name)
+
+
+class HonestFacePipeline:
+    """Restore aligned LQ faces with 0..N references each.
+
+    Args:
+        model: the model (weights loaded).
+        landmark_backend: a :class:`~honestface.face.base.LandmarkBackend`, or None (then
+            the first reference is used and eyes are cropped at aligned-face positions).
+        identity_backend: an :class:`~honestface.face.base.IdentityBackend`, or None
+            (then the FIE sees no identity embeddings). Its ``embedding_dim`` must equal
+            ``model.config.ide.identity_dim``.
+        device, dtype: where and in which precision the model runs (default: the model's).
+        batch_size: faces per forward pass in :meth:`restore`.
+    """
+
+    def __init__(self, model: HonestFaceModel, landmark_backend=None, identity_backend=None,
+                 device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                 batch_size: int = 4) -> None:
+        self.model = model
+        self.landmark_backend = landmark_backend
+        self.identity_backend = identity_backend
+        first = next(model.parameters())
+        self.device = torch.device(device) if device is not None else first.device
+        self.dtype = dtype or first.dtype
+        self.batch_size = max(1, int(batch_size))
+        if identity_backend is not None:
+            dim = int(getattr(identity_backend, "embedding_dim", model.config.ide.identity_dim))
+            if dim != model.config.ide.identity_dim:
+                from .errors import ConfigError
+
+                raise ConfigError(f"identity backend '{getattr(identity_backend, 'name', '?')}' gives {dim}-d "
+                                  f"embeddings but the model expects {model.config.ide.identity_dim}-d")
+        self.model.to(device=self.device, dtype=self.dtype)
+        self.model.eval()
+
+    @property
+    def config(self) -> HonestFaceConfig:
+        return self.model.config
+
+    @property
+    def image_size(self) -> int:
+        return self.model.config.image_size
+
+    # ------------------------------------------------------------ preparation
+    def prepare_images(self, images: torch.Tensor, name: str = "image") -> torch.Tensor:
+        """Any accepted input -> (B, 3, S, S) float32 in [0, 1] on the CPU."""
+        images = to_rgb(images, name).float().cpu()
+        return resize_to(images.clamp(0, 1), self.image_size)
+
+    def _landmarks(self, images: torch.Tensor) -> torch.Tensor | None:
+        if self.landmark_backend is None:
+            return None
+        return self.landmark_backend.landmarks(images).float().cpu()
+
+    def _embeddings(self, images: torch.Tensor) -> torch.Tensor | None:
+        if self.identity_backend is None:
+            return None
+        return self.identity_backend.embed(images).float().cpu()
+
+    def prepare_references(self, references: Sequence[torch.Tensor | None]) -> ReferenceBatch:
+        """A list of (N_i, 3, H, W) reference sets (None or N_i = 0 allowed) -> padded batch."""
+        sets = []
+        for i, refs in enumerate(references):
+            if refs is None or (isinstance(refs, torch.Tensor) and refs.numel() == 0):
+                sets.append(None)
+            else:
+                sets.append(self.prepare_images(refs, f"references[{i}]"))
+        count = max((s.shape[0] for s in sets if s is not None), default=0)
+        batch, size = len(sets), self.image_size
+        images = torch.zeros(batch, count, 3, size, size)
+        mask = torch.zeros(batch, count, dtype=torch.bool)
+        for i, s in enumerate(sets):
+            if s is not None:
+                images[i, : s.shape[0]] = s
+                mask[i, : s.shape[0]] = True
+        landmarks = embeddings = None
+        real = images[mask]  # (M, 3, S, S)
+        if real.shape[0] > 0 and self.landmark_backend is not None:
+            landmarks = torch.full((batch, count, 68, 2), float("nan"))
+            landmarks[mask] = self._landmarks(real)
+        if real.shape[0] > 0 and self.identity_backend is not None:
+            found = self._embeddings(real)
+            embeddings = torch.zeros(batch, count, found.shape[-1])
+            embeddings[mask] = found
+        return ReferenceBatch(images, mask, landmarks, embeddings)
+
+    # ------------------------------------------------------------- inference
+    @torch.no_grad()
+    def restore(self, lq: torch.Tensor, references: Sequence[torch.Tensor | None] | None = None,
+                progress: ProgressCallback | None = None, generator: torch.Generator | None = None,
+                output_size: int | tuple[int, int] | None = None,
+                color_correction: str | None = None) -> torch.Tensor:
+        """Restore aligned faces.
+
+        Args:
+            lq: (B, C, H, W) or (C, H, W) LQ faces in [0, 1] (C = 1, 3 or 4; see module doc).
+            references: None (OSDFace mode for all), or a list of B entries, each a
+                (N_i, 3, H, W) tensor of aligned references in [0, 1] or None.
+            progress: called as ``progress(done, total)`` after every chunk of faces.
+            generator: seeds the VAE sample when ``config.diffusion.latent_mode == "sample"``.
+            output_size: size of the result; default the input's (H, W).
+            color_correction: "none", "adain", "wavelet" (default: the config's).
+
+        Returns:
+            (B, 3, H, W) restored faces in [0, 1], float32 on the CPU.
+        """
+        images = to_rgb(lq, "lq")
+        out_size = tuple(images.shape[-2:]) if output_size is None else (
+            (output_size, output_size) if isinstance(output_size, int) else tuple(output_size))
+        prepared = self.prepare_images(images, "lq")
+        batch = prepared.shape[0]
+        if references is not None:
+            if isinstance(references, torch.Tensor) or len(references) != batch:
+                raise ImageError(f"references must be a list with one entry (tensor or None) per LQ face "
+                                 f"({batch}), got {type(references).__name__} of length "
+                                 f"{len(references) if hasattr(references, '__len__') else '?'}")
+        results = []
+        report(progress, 0, batch)
+        for start in range(0, batch, self.batch_size):
+            stop = min(start + self.batch_size, batch)
+            chunk = prepared[start:stop]
+            refs = None if references is None else self.prepare_references(references[start:stop])
+            output = self._forward_chunk(chunk, refs, generator, color_correction)
+            results.append(output.image.float().cpu())
+            report(progress, stop, batch)
+        restored = torch.cat(results)
+        if tuple(restored.shape[-2:]) != out_size:
+            restored = resize_to(restored, out_size)
+        return restored
+
+    def _forward_chunk(self, lq: torch.Tensor, refs: ReferenceBatch | None,
+                       generator: torch.Generator | None, color_correction: str | None) -> HonestFaceOutput:
+        lq_landmarks = None
+        if refs is not None and refs.mask.any() and refs.landmarks is not None:
+            lq_landmarks = self._landmarks(lq)
+        return self.training_forward(
+            lq, None if refs is None else refs.images, None if refs is None else refs.mask,
+            lq_landmarks, None if refs is None else refs.landmarks,
+            None if refs is None else refs.embeddings, generator, color_correction)
+
+    # -------------------------------------------------------------- training
+    def training_forward(self, lq: torch.Tensor, references: torch.Tensor | None = None,
+                         reference_mask: torch.Tensor | None = None,
+                         lq_landmarks: torch.Tensor | None = None,
+                         reference_landmarks: torch.Tensor | None = None,
+                         identity_embeddings: torch.Tensor | None = None,
+                         generator: torch.Generator | None = None,
+                         color_correction: str | None = None) -> HonestFaceOutput:
+        """Differentiable forward on prepared tensors (the training entry point).
+
+        Args:
+            lq: (B, 3, S, S) in [0, 1] at the model size.
+            references: (B, N, 3, S, S) padded references in [0, 1], or None.
+            reference_mask: (B, N) bool padding mask (True = real reference).
+            lq_landmarks: (B, 68, 2); reference_landmarks: (B, N, 68, 2) (NaN = unknown).
+            identity_embeddings: (B, N, D) from the identity backend (detached).
+
+        Returns:
+            :class:`~honestface.models.HonestFaceOutput`: ``image`` (B, 3, S, S) in [0, 1],
+            ``latent_lq``, ``latent_restored`` (for the latent discriminator), ``prompt``,
+            ``noise_pred``, ``reference_index``. Gradients flow to the trainable parts.
+        """
+        to = dict(device=self.device, dtype=self.dtype)
+        move = lambda t, **kw: None if t is None else t.to(**kw)  # noqa: E731
+        return self.model(move(lq, **to), move(references, **to), move(reference_mask, device=self.device),
+                          move(lq_landmarks, device=self.device), move(reference_landmarks, device=self.device),
+                          move(identity_embeddings, **to), generator, color_correction)
+
+    # --------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, sd21: str | Path, checkpoint: str | Path | None = None,
+                        osdface_dir: str | Path | None = None, models_dir: str | Path | None = None,
+                        landmark_backend=None, identity_backend=None, device: str = "cpu",
+                        dtype: torch.dtype = torch.float32, merge_lora: bool = True,
+                        batch_size: int = 4, vgg: str | Path | None = None) -> "HonestFacePipeline":
+        """Build the real model from files.
+
+        Args:
+            sd21: SD 2.1-base (diffusers folder or single checkpoint file), see
+                :mod:`honestface.loaders.sd21`.
+            checkpoint: a HonestFace ``.safetensors`` checkpoint (config in its metadata).
+            osdface_dir: an OSDFace release folder; with ``checkpoint`` it supplies the VQ
+                encoder, alone it gives OSDFace (no references).
+            vgg: torchvision VGG16 weights (default: ``config.ide.vgg_file`` in
+                ``<models>/honestface``; required when ``checkpoint`` is given).
+        """
+        model = load_model(sd21=sd21, checkpoint=checkpoint, osdface_dir=osdface_dir,
+                                       models_dir=models_dir, vgg=vgg, merge_lora=merge_lora)
+        return cls(model, landmark_backend, identity_backend, device=device, dtype=dtype, batch_size=batch_size)
+
+
+def load_model(sd21: str | Path, checkpoint: str | Path | None = None, osdface_dir: str | Path | None = None,
+               models_dir: str | Path | None = None, vgg: str | Path | None = None,
+               merge_lora: bool = True) -> HonestFaceModel:
+    """Build a :class:`HonestFaceModel` from SD 2.1-base + a HonestFace checkpoint and/or an
+    OSDFace release folder (see :meth:`HonestFacePipeline.from_pretrained`)."""
+    raise NotImplementedError
