@@ -9,6 +9,8 @@ pack and the command line:
     <models>/insightface/models/<pack>/   ArcFace / detector ONNX files
     <models>/face_alignment/        FAN landmark weights
     <models>/facerestore_models/    AdaFace / arcface_torch .ckpt/.pth weights
+    <models>/pyiqa/                 image-quality metric weights, laid out like the torch hub
+                                    folder (pyiqa/, checkpoints/, clip/)
 
 Outside ComfyUI the root is ``--models-dir`` or the ``HONESTFACE_MODELS`` environment
 variable; inside ComfyUI the node pack passes ComfyUI's own folders. Nothing is ever
@@ -33,6 +35,7 @@ MODEL_FOLDERS: dict[str, str] = {
     "insightface": "insightface/models",
     "face_alignment": "face_alignment",
     "face_recognition": "facerestore_models",
+    "pyiqa": "pyiqa",
 }
 
 
