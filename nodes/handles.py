@@ -1,0 +1,95 @@
+"""What flows between HonestFace nodes, and the cache that keeps models between runs.
+
+``HONESTFACE_MODEL`` is a :class:`HonestFaceModel` (the pipeline, wrapped in a ComfyUI
+``ModelPatcher`` so ComfyUI's memory manager loads it onto the GPU when a node needs it and
+offloads it when another model needs the room). ``FACE_ANALYSIS`` is a
+:class:`FaceAnalysis` (landmarks, identity and detector backends). Loaded objects are cached
+by their loader settings; the *Unload models* node (or ``unload_all``) empties the cache.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+import comfy.model_management as model_management
+import comfy.model_patcher
+
+logger = logging.getLogger("HonestFace")
+
+
+class ModelCache:
+    """Loaded models keyed by the settings that built them (one process-wide instance)."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, build: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._items:
+                return self._items[key]
+        value = build()
+        with self._lock:
+            self._items[key] = value
+        return value
+
+    def keys(self) -> list[tuple]:
+        with self._lock:
+            return list(self._items)
+
+    def clear(self) -> int:
+        with self._lock:
+            count = len(self._items)
+            self._items.clear()
+        return count
+
+
+MODEL_CACHE = ModelCache()
+
+
+def unload_all() -> int:
+    """Forget every cached HonestFace model and let ComfyUI free device memory."""
+    count = MODEL_CACHE.clear()
+    model_management.unload_all_models()
+    gc.collect()
+    model_management.soft_empty_cache()
+    return count
+
+
+@dataclass
+class FaceAnalysis:
+    """Face-analysis backends chosen by the *Face analysis loader* node."""
+
+    landmarks: Any  # honestface.face.LandmarkBackend
+    identity: Any  # honestface.face.IdentityBackend
+    detector: Any  # honestface.face.FaceDetector
+    description: str = ""
+
+
+@dataclass
+class HonestFaceModel:
+    """A loaded HonestFace (or OSDFace) pipeline and its ComfyUI memory-management wrapper."""
+
+    pipeline: Any  # honestface.pipeline.HonestFacePipeline
+    module: torch.nn.Module  # the torch module holding every weight of the pipeline
+    load_device: torch.device
+    offload_device: torch.device
+    dtype: torch.dtype
+    description: str = ""
+    patcher: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.patcher is None:
+            self.patcher = comfy.model_patcher.ModelPatcher(
+                self.module, load_device=self.load_device, offload_device=self.offload_device)
+
+    def ready(self) -> Any:
+        """Load the weights onto the compute device (ComfyUI decides what to offload)."""
+        model_management.load_models_gpu([self.patcher])
+        return self.pipeline
