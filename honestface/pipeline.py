@@ -259,7 +259,60 @@ class HonestFacePipeline:
 
 def load_model(sd21: str | Path, checkpoint: str | Path | None = None, osdface_dir: str | Path | None = None,
                models_dir: str | Path | None = None, vgg: str | Path | None = None,
-               merge_lora: bool = True) -> HonestFaceModel:
-    """Build a :class:`HonestFaceModel` from SD 2.1-base + a HonestFace checkpoint and/or an
-    OSDFace release folder (see :meth:`HonestFacePipeline.from_pretrained`)."""
-    raise NotImplementedError
+               merge_lora: bool = True, config: HonestFaceConfig | str | None = None) -> HonestFaceModel:
+    """Build a :class:`HonestFaceModel` from files (see :meth:`HonestFacePipeline.from_pretrained`).
+
+    - ``checkpoint`` (+ ``osdface_dir`` for the frozen VQ encoder): HonestFace. The config
+      comes from the checkpoint; VGG16 from ``vgg`` or ``config.ide.vgg_file`` in
+      ``<models>/honestface``.
+    - ``osdface_dir`` alone: OSDFace (VRE-only prompt; references are ignored). The config
+      is the preset whose ``token_dim`` matches the UNet (``"sd21"`` for SD 2.1-base), or
+      ``config``.
+
+    The key counts of every file are logged and kept in ``model.load_report`` (lines).
+    """
+    from .errors import ConfigError
+    from .loaders.checkpoint import config_from_checkpoint, load_checkpoint
+    from .loaders.osdface import load_osdface
+    from .loaders.sd21 import load_sd21
+    from .models.ide import load_vgg16_state_dict
+    from .paths import find_model_file
+
+    if checkpoint is None and osdface_dir is None:
+        raise ConfigError("give a HonestFace checkpoint and/or an OSDFace release folder")
+    if checkpoint is not None and osdface_dir is None:
+        from .errors import MissingModelFileError
+
+        raise MissingModelFileError("associate_2.ckpt", "<models>/honestface/OSDFace", "OSDFace VQ encoder",
+                                    "A HonestFace checkpoint uses the frozen VQ encoder of the OSDFace release.")
+    sd = load_sd21(sd21, models_dir=models_dir)
+    cross = int(sd.unet.config.cross_attention_dim)
+    if checkpoint is not None:
+        model_config = config_from_checkpoint(checkpoint)
+    elif isinstance(config, HonestFaceConfig):
+        model_config = config
+    elif isinstance(config, str):
+        model_config = HonestFaceConfig.from_preset(config)
+    else:
+        candidates = [HonestFaceConfig.from_preset(name) for name in ("sd21", "tiny")]
+        matching = [c for c in candidates if c.token_dim == cross]
+        if not matching:
+            raise ConfigError(f"no preset fits a UNet with cross_attention_dim {cross}; pass config=")
+        model_config = matching[0]
+    vgg_state = None
+    if checkpoint is not None:
+        vgg_path = find_model_file("honestface", vgg if vgg is not None else model_config.ide.vgg_file,
+                                   models_dir, what="VGG16 weights of the facial feature extractor")
+        vgg_state = load_vgg16_state_dict(vgg_path)
+    model = HonestFaceModel(model_config, sd.unet, sd.vae, vgg_state_dict=vgg_state, lora=False)
+    lines = list(sd.report.lines())
+    if checkpoint is not None:
+        lines += load_osdface(model, osdface_dir, parts=("vq",)).lines()
+        lines.append(load_checkpoint(model, checkpoint).line())
+    else:
+        lines += load_osdface(model, osdface_dir).lines()
+        model.accepts_references = False
+    if merge_lora:
+        model.restorer.merge_lora()
+    model.load_report = lines
+    return model

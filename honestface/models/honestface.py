@@ -62,6 +62,10 @@ class HonestFaceModel(nn.Module):
         self.ide = IdentityEmbedder(config.ide, config.token_dim, vgg_state_dict)
         self.fusion = build_fusion(config.fusion, config.token_dim)
         self.restorer = OneStepRestorer(unet, vae, config.diffusion)
+        #: False for OSDFace weights (untrained IDE): references are then ignored.
+        self.accepts_references = True
+        #: Key-count lines of the files the model was loaded from (set by the loaders).
+        self.load_report: list[str] = []
         if lora:
             self.restorer.add_lora(config.lora)
 
@@ -115,14 +119,15 @@ class HonestFaceModel(nn.Module):
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Prompt (B, n, k), reference index (B,), VRE valid mask (B, n3).
 
-        Elements without any reference get the VRE-only prompt ``p_L`` (exactly OSDFace).
+        Elements without any reference get the VRE-only prompt ``p_L`` (exactly OSDFace);
+        so does every element when ``accepts_references`` is False (OSDFace weights).
         Arguments as in :meth:`forward`.
         """
         batch = lq.shape[0]
         vre = self.vre(lq * 2.0 - 1.0)
         p_visual = vre.tokens
         none_index = torch.full((batch,), -1, dtype=torch.long, device=lq.device)
-        if references is None or references.shape[1] == 0:
+        if references is None or references.shape[1] == 0 or not self.accepts_references:
             return p_visual, none_index, vre.valid
         if reference_mask is None:
             reference_mask = torch.ones(references.shape[:2], dtype=torch.bool, device=lq.device)

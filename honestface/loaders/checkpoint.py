@@ -1,0 +1,171 @@
+"""HonestFace checkpoints: one ``.safetensors`` file with the trainable weights.
+
+Contents:
+
+- tensors: the UNet LoRA (``unet.<module>.lora_A.weight`` / ``lora_B.weight``, the same
+  keys as the OSDFace release), the VRE projection (``vre.projection.conv1.*``, ...),
+  the IDE heads (``ide.feature_extractor.*_head.*``, ``ide.feature_extractor.projection.*``,
+  ``ide.identity_encoder.*``) and the fusion's parameters (none for ``"concat"``);
+- metadata (strings): ``format`` = ``"honestface"``, ``format_version``, ``config`` (the
+  full :class:`~honestface.config.HonestFaceConfig` as JSON), and for quick inspection
+  ``image_size``, ``token_dim``, ``identity_backend``, ``identity_dim``, ``lora_rank``,
+  ``lora_alpha``.
+
+Frozen parts (SD 2.1-base, the VQ encoder of ``associate_2.ckpt``, VGG16) are not
+stored; they come from their own files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from ..config import FORMAT_VERSION, HonestFaceConfig
+from ..errors import CheckpointError, ConfigError, MissingModelFileError
+from .osdface import FileReport, load_state_into
+
+logger = logging.getLogger("honestface.loaders")
+
+CHECKPOINT_FORMAT = "honestface"
+EXPECTED = "a HonestFace checkpoint (.safetensors with 'format': 'honestface' metadata)"
+
+
+def checkpoint_metadata(config: HonestFaceConfig) -> dict[str, str]:
+    """The metadata strings stored with a checkpoint of ``config``."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "config": config.to_json(),
+        "image_size": str(config.image_size),
+        "token_dim": str(config.token_dim),
+        "identity_backend": config.identity_backend,
+        "identity_dim": str(config.ide.identity_dim),
+        "lora_rank": str(config.lora.rank),
+        "lora_alpha": str(config.lora.alpha),
+    }
+
+
+def save_checkpoint(model, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write ``model.trainable_state_dict()`` and its config to ``path`` (.safetensors)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(path, "wrong file suffix", "a .safetensors path")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.trainable_state_dict().items()}
+    metadata = checkpoint_metadata(model.config)
+    metadata.update({str(k): str(v) for k, v in (extra_metadata or {}).items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=metadata)
+    return path
+
+
+def read_checkpoint_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a HonestFace checkpoint, checked for format and version."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingModelFileError(path.name, path.parent, "HonestFace checkpoint")
+    if path.suffix != ".safetensors":
+        raise CheckpointError(path, f"'{path.suffix}' is not a HonestFace checkpoint file", EXPECTED)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(path, f"unreadable or truncated ({error})", EXPECTED) from error
+    if metadata.get("format") != CHECKPOINT_FORMAT or "config" not in metadata:
+        raise CheckpointError(path, "has no HonestFace metadata (an OSDFace LoRA file or another model?)", EXPECTED)
+    version = int(metadata.get("format_version", "0") or 0)
+    if not 1 <= version <= FORMAT_VERSION:
+        raise CheckpointError(path, f"format version {version}", f"version 1..{FORMAT_VERSION}")
+    return metadata
+
+
+def config_from_checkpoint(path: str | Path) -> HonestFaceConfig:
+    """The :class:`HonestFaceConfig` stored in a checkpoint."""
+    metadata = read_checkpoint_metadata(path)
+    try:
+        return HonestFaceConfig.from_json(metadata["config"])
+    except ConfigError as error:
+        raise CheckpointError(path, f"stored config is invalid: {error}", EXPECTED) from error
+
+
+def read_checkpoint(path: str | Path) -> tuple[HonestFaceConfig, dict[str, torch.Tensor]]:
+    """(config, tensors) of a checkpoint."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    config = config_from_checkpoint(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(path, f"unreadable or truncated ({error})", EXPECTED) from error
+    return config, state
+
+
+def _same_architecture(stored: HonestFaceConfig, current: HonestFaceConfig) -> list[str]:
+    differences = []
+    for name in ("image_size", "token_dim"):
+        if getattr(stored, name) != getattr(current, name):
+            differences.append(f"{name} {getattr(stored, name)} != {getattr(current, name)}")
+    for section in ("ide", "fusion", "lora"):
+        a, b = getattr(stored, section), getattr(current, section)
+        if a != b:
+            differences.append(f"{section} {a} != {b}")
+    if stored.vre.embed_dim != current.vre.embed_dim or stored.vre.projection_hidden != current.vre.projection_hidden:
+        differences.append("VRE projection sizes differ")
+    return differences
+
+
+def load_checkpoint(model, path: str | Path) -> FileReport:
+    """Load a checkpoint's trainable weights into ``model`` (adds the LoRA adapter if absent).
+
+    Raises :class:`CheckpointError` when the stored config does not describe ``model``,
+    or on missing, unexpected or mis-shaped keys.
+    """
+    path = Path(path)
+    stored, state = read_checkpoint(path)
+    differences = _same_architecture(stored, model.config)
+    if differences:
+        raise CheckpointError(path, "was trained for another configuration: " + "; ".join(differences),
+                              "a checkpoint of this model configuration")
+    if model.restorer.lora_config is None:
+        model.restorer.add_lora(stored.lora)
+    lora = {k: v for k, v in state.items() if k.startswith("unet.")}
+    loaded = model.restorer.load_lora_state_dict(lora, source=str(path))
+    used = set(lora)
+    for prefix, module in model.trainable_modules().items():
+        part = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        loaded += load_state_into(module, part, path, prefix) if module.state_dict() else 0
+        used.update(f"{prefix}.{k}" for k in module.state_dict())
+    unexpected = sorted(set(state) - used)
+    if unexpected:
+        raise CheckpointError(path, f"{len(unexpected)} unexpected keys, e.g. {unexpected[:3]}",
+                              "only the keys of this model's trainable parts")
+    report = FileReport(path, loaded, 0)
+    logger.info(report.line())
+    return report
+
+
+def build_model_from_checkpoint(path: str | Path, unet, vae, vgg_state_dict=None):
+    """A :class:`~honestface.models.HonestFaceModel` built from the checkpoint's config.
+
+    The VQ encoder stays random until :func:`honestface.loaders.osdface.load_vq_encoder`.
+    """
+    from ..models.honestface import HonestFaceModel
+
+    config = config_from_checkpoint(path)
+    model = HonestFaceModel(config, unet, vae, vgg_state_dict=vgg_state_dict, lora=False)
+    load_checkpoint(model, path)
+    return model
+
+
+def describe_checkpoint(path: str | Path) -> str:
+    """One line per metadata field (for ``honestface`` CLI listings)."""
+    metadata = read_checkpoint_metadata(path)
+    shown = {k: v for k, v in metadata.items() if k != "config"}
+    return json.dumps(shown, sort_keys=True)

@@ -1,0 +1,236 @@
+"""The OSDFace release folder: read (and, for tests and tiny model folders, write) it.
+
+A release folder holds three files (formats as published):
+
+- ``pytorch_lora_weights.safetensors``: UNet LoRA, keys ``unet.<module>.lora_A.weight`` /
+  ``unet.<module>.lora_B.weight`` (rank 16, alpha 16; linear and 4-D conv layers);
+- ``embedding_change_weights.pth``: the VRE projection, a plain ``torch.save`` state dict
+  with keys ``conv1.weight`` (256, 512, 1), ``conv1.bias``, ``conv2.weight`` (1024, 256, 1),
+  ``conv2.bias``;
+- ``associate_2.ckpt``: a Lightning checkpoint; under ``["state_dict"]`` the VQ encoder is
+  ``vqvae_LQ.encoder.*``, ``vqvae_LQ.quant_conv.*``, ``vqvae_LQ.quantize.embedding.weight``.
+  Everything else (``vqvae.*``, ``vqvae_LQ.decoder.*``, losses, ...) is ignored.
+
+Every load counts the keys it used and ignored (logged and returned as a
+:class:`LoadReport`). A key the model needs that the file lacks, a key with the wrong
+shape, or a LoRA key that names no UNet module raises :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import LoRAConfig
+from ..errors import CheckpointError, MissingModelFileError
+from ..paths import find_model_file
+from .safe_pickle import load_tensors
+
+logger = logging.getLogger("honestface.loaders")
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+PROJECTION_FILE = "embedding_change_weights.pth"
+VQ_FILE = "associate_2.ckpt"
+OSDFACE_FILES = (LORA_FILE, PROJECTION_FILE, VQ_FILE)
+VQ_PREFIX = "vqvae_LQ."
+#: Default folder name of the release under ``<models>/honestface``.
+DEFAULT_FOLDER = "OSDFace"
+
+
+@dataclass
+class FileReport:
+    """How one file was used."""
+
+    path: Path
+    loaded: int
+    ignored: int
+    ignored_examples: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        text = f"{self.path.name}: loaded {self.loaded} keys, ignored {self.ignored}"
+        if self.ignored_examples:
+            text += f" (e.g. {', '.join(self.ignored_examples)})"
+        return text
+
+
+@dataclass
+class LoadReport:
+    """Key counts of every file read by a loader."""
+
+    files: list[FileReport] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return [f.line() for f in self.files]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+    @property
+    def loaded(self) -> int:
+        return sum(f.loaded for f in self.files)
+
+
+def _log(report: FileReport) -> FileReport:
+    logger.info(report.line())
+    return report
+
+
+def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> int:
+    """Copy ``state`` into ``module`` requiring every parameter/buffer key with its shape.
+
+    Returns the number of keys loaded; extra keys in ``state`` are the caller's business.
+    """
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise CheckpointError(path, f"{len(missing)} {what} keys missing, e.g. {missing[:3]}",
+                              f"{len(own)} keys of the {what}")
+    for key, value in own.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise CheckpointError(path, f"{what} key '{key}' has shape {tuple(state[key].shape)}",
+                                  f"shape {tuple(value.shape)} (does the config match these weights?)")
+    module.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, strict=True)
+    return len(own)
+
+
+def _ignored(state: dict, used: set[str]) -> tuple[int, list[str]]:
+    rest = sorted(k for k in state if k not in used)
+    return len(rest), rest[:3]
+
+
+def load_vq_encoder(vre, path: str | Path) -> FileReport:
+    """``vqvae_LQ.{encoder,quant_conv,quantize}`` of ``associate_2.ckpt`` into ``vre.vq``."""
+    path = Path(path)
+    state = load_tensors(path, "OSDFace VQ encoder (associate_2.ckpt)")
+    own = vre.vq.state_dict()
+    wanted = {k[len(VQ_PREFIX):]: v for k, v in state.items()
+              if k.startswith(VQ_PREFIX) and k[len(VQ_PREFIX):] in own}
+    if not wanted:
+        raise CheckpointError(path, "no 'vqvae_LQ.encoder/quant_conv/quantize' keys",
+                              "the OSDFace VQ checkpoint associate_2.ckpt")
+    loaded = load_state_into(vre.vq, wanted, path, "VQ encoder")
+    ignored, examples = _ignored(state, {VQ_PREFIX + k for k in wanted})
+    return _log(FileReport(path, loaded, ignored, examples))
+
+
+def load_projection(vre, path: str | Path) -> FileReport:
+    """``conv1.*`` / ``conv2.*`` of ``embedding_change_weights.pth`` into ``vre.projection``."""
+    path = Path(path)
+    state = load_tensors(path, "OSDFace VRE projection (embedding_change_weights.pth)", state_key=None)
+    loaded = load_state_into(vre.projection, state, path, "VRE projection")
+    ignored, examples = _ignored(state, set(vre.projection.state_dict()))
+    return _log(FileReport(path, loaded, ignored, examples))
+
+
+def load_lora(restorer, path: str | Path, config: LoRAConfig, strict: bool = True) -> FileReport:
+    """UNet LoRA in the diffusers/OSDFace format into ``restorer``.
+
+    Without an adapter on the UNet yet, one is added on exactly the file's modules (rank
+    from the file, alpha from ``config``); with ``strict`` those modules must be the ones
+    ``config.target_modules`` selects. With an adapter already present, the file must
+    match it key for key.
+    """
+    from ..models.restorer import LORA_KEY_PREFIX, lora_module_names, lora_targets_from_state
+
+    path = Path(path)
+    state = load_tensors(path, "LoRA weights")
+    lora = {k: v for k, v in state.items() if k.endswith(".lora_A.weight") or k.endswith(".lora_B.weight")}
+    if not lora:
+        raise CheckpointError(path, "no LoRA keys", "keys unet.<module>.lora_A.weight / lora_B.weight")
+    not_unet = [k for k in lora if not k.startswith(LORA_KEY_PREFIX)]
+    if not_unet:
+        raise CheckpointError(path, f"{len(not_unet)} LoRA keys outside the UNet, e.g. {not_unet[:2]}",
+                              "keys starting with 'unet.'")
+    modules, rank = lora_targets_from_state(lora)
+    if restorer.lora_config is None:
+        available = dict(restorer.unet.named_modules())
+        unknown = [m for m in modules if type(available.get(m)) not in (nn.Linear, nn.Conv2d)]
+        if unknown:
+            raise CheckpointError(path, f"{len(unknown)} LoRA modules are not linear/conv layers of this UNet, "
+                                  f"e.g. {unknown[:3]}", "an SD 2.1-base UNet LoRA")
+        if strict:
+            expected = set(lora_module_names(restorer.unet, config.target_modules))
+            missing = sorted(expected - set(modules))
+            extra = sorted(set(modules) - expected)
+            if missing or extra:
+                raise CheckpointError(
+                    path, f"LoRA covers {len(modules)} modules: {len(missing)} expected ones missing "
+                    f"(e.g. {missing[:3]}), {len(extra)} unexpected (e.g. {extra[:3]})",
+                    f"LoRA on the {len(expected)} UNet modules matching {list(config.target_modules)}")
+        restorer.add_lora(replace(config, rank=rank), target_modules=modules)
+    loaded = restorer.load_lora_state_dict(lora, source=str(path))
+    ignored, examples = _ignored(state, set(lora))
+    return _log(FileReport(path, loaded, ignored, examples))
+
+
+def find_osdface_folder(name: str | Path = DEFAULT_FOLDER, models_dir: str | Path | None = None) -> Path:
+    """The release folder (a path, or a name under ``<models>/honestface``) with all three files."""
+    folder = find_model_file("honestface", name, models_dir, what="OSDFace release folder")
+    if not folder.is_dir():
+        raise CheckpointError(folder, "is not a folder", f"a folder holding {', '.join(OSDFACE_FILES)}")
+    for filename in OSDFACE_FILES:
+        if not (folder / filename).is_file():
+            raise MissingModelFileError(filename, folder, "OSDFace release file")
+    return folder
+
+
+def load_osdface(model, folder: str | Path, strict: bool = True, parts=("vq", "projection", "lora")) -> LoadReport:
+    """Load an OSDFace release folder into a :class:`~honestface.models.HonestFaceModel`.
+
+    ``parts`` picks the files (a HonestFace checkpoint brings its own projection and LoRA
+    and needs only ``("vq",)``).
+    """
+    folder = Path(folder)
+    report = LoadReport()
+    if "vq" in parts:
+        report.files.append(load_vq_encoder(model.vre, _need(folder, VQ_FILE)))
+    if "projection" in parts:
+        report.files.append(load_projection(model.vre, _need(folder, PROJECTION_FILE)))
+    if "lora" in parts:
+        report.files.append(load_lora(model.restorer, _need(folder, LORA_FILE), model.config.lora, strict))
+    return report
+
+
+def _need(folder: Path, filename: str) -> Path:
+    path = folder / filename
+    if not path.is_file():
+        raise MissingModelFileError(filename, folder, "OSDFace release file")
+    return path
+
+
+def save_osdface(model, folder: str | Path, hyper_parameters: object | None = None,
+                 extra_state: dict[str, torch.Tensor] | None = None) -> dict[str, Path]:
+    """Write ``model``'s LoRA, VRE projection and VQ encoder as an OSDFace release folder.
+
+    The VQ checkpoint is a Lightning-style dict (``epoch``, ``global_step``,
+    ``state_dict`` with ``vqvae_LQ.*`` keys, ``hyper_parameters``); ``extra_state`` adds
+    keys the loader must ignore (e.g. ``vqvae_LQ.decoder.*``). Files are written exactly
+    in the released formats, so :func:`load_osdface` reads them back.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lora = {k: v.contiguous() for k, v in model.restorer.lora_state_dict().items()}
+    if not lora:
+        raise CheckpointError(folder, "the model has no LoRA adapter to save", "a model built with lora=True")
+    save_file(lora, str(folder / LORA_FILE), metadata={"format": "pt"})
+    projection = {k: v.detach().clone() for k, v in model.vre.projection.state_dict().items()}
+    torch.save(projection, folder / PROJECTION_FILE)
+    state = {VQ_PREFIX + k: v.detach().clone() for k, v in model.vre.vq.state_dict().items()}
+    state.update(extra_state or {})
+    checkpoint = {
+        "epoch": 0,
+        "global_step": 0,
+        "pytorch-lightning_version": "1.0.8",
+        "state_dict": state,
+        "optimizer_states": [],
+        "lr_schedulers": [],
+        "hyper_parameters": hyper_parameters if hyper_parameters is not None else {},
+    }
+    torch.save(checkpoint, folder / VQ_FILE)
+    return {"lora": folder / LORA_FILE, "projection": folder / PROJECTION_FILE, "vq": folder / VQ_FILE}
