@@ -1,0 +1,460 @@
+"""Scoring restored faces against their ground truth: one pair, folders, whole test sets.
+
+:class:`Evaluator` computes the metrics of :mod:`honestface.metrics.registry` for pairs of
+(restored, ground-truth) images and returns an :class:`EvaluationReport`:
+
+- every requested metric is either computed or listed as unavailable *with the reason*
+  (missing weights, missing backend, too few images), never dropped silently;
+- faces where the landmark backend finds no face are counted and named; their landmark
+  metrics are left empty and the means are taken over the remaining faces (the count of
+  each mean is reported);
+- files present in only one of the folders are listed.
+
+Images are (3, H, W) RGB in [0, 1] read with :func:`honestface.image_io.load_image`; a
+restored image whose size differs from its ground truth is resized to it (noted).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import HonestFaceError, ImageError
+from ..image_io import list_images, load_image, resize_to
+from ..progress import ProgressCallback, report
+from .color import DEFAULT_SEED, ms_swd
+from .identity import identity_angle_degrees
+from .iqa import PYIQA_METRICS, PyiqaMetric, check_pyiqa_metric
+from .landmark import ALD_EYES, ALD_MOUTH, affine_landmark_distance, l2_landmark_distance
+from .pixel import psnr, ssim
+from .registry import EVALUATE_METRICS, METRICS, MetricStatus
+
+
+@dataclass
+class ImagePair:
+    """A restored face, its ground truth, and optional reference photos of the person."""
+
+    name: str
+    restored: Path
+    ground_truth: Path
+    references: list[Path] = field(default_factory=list)
+
+
+def pair_folders(
+    restored_dir: str | Path,
+    gt_dir: str | Path,
+    refs_dir: str | Path | None = None,
+) -> tuple[list[ImagePair], dict[str, list[str]]]:
+    """Pair images of two folders by file name without extension.
+
+    References (optional): ``refs_dir/<stem>/`` (a folder of photos of that person) or a
+    single file ``refs_dir/<stem>.<ext>``.
+
+    Returns:
+        (pairs sorted by name, {"restored only": [...], "ground truth only": [...]}).
+    """
+
+    def by_stem(folder: str | Path, what: str) -> dict[str, Path]:
+        files: dict[str, Path] = {}
+        for path in list_images(folder):
+            if path.stem in files:
+                raise ImageError(f"{what} folder {folder} has two images named '{path.stem}': {files[path.stem].name}, {path.name}")
+            files[path.stem] = path
+        return files
+
+    restored = by_stem(restored_dir, "restored")
+    ground_truth = by_stem(gt_dir, "ground-truth")
+    names = sorted(set(restored) & set(ground_truth))
+    pairs = []
+    for name in names:
+        references: list[Path] = []
+        if refs_dir is not None:
+            folder = Path(refs_dir) / name
+            if folder.is_dir():
+                references = list_images(folder)
+            else:
+                references = [p for p in list_images(refs_dir) if p.stem == name]
+        pairs.append(ImagePair(name, restored[name], ground_truth[name], references))
+    unpaired = {
+        "restored only": sorted(restored[n].name for n in set(restored) - set(ground_truth)),
+        "ground truth only": sorted(ground_truth[n].name for n in set(ground_truth) - set(restored)),
+    }
+    return pairs, unpaired
+
+
+def _format_value(value: Optional[float]) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:.3f}"
+
+
+def _clean(value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+@dataclass
+class EvaluationReport:
+    """Scores of a set of image pairs, with everything that could not be scored."""
+
+    metrics: list[str]
+    statuses: dict[str, MetricStatus]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    set_values: dict[str, Optional[float]] = field(default_factory=dict)
+    missing_landmarks: list[dict[str, Any]] = field(default_factory=list)
+    missing_identity: list[dict[str, Any]] = field(default_factory=list)
+    missing_references: list[str] = field(default_factory=list)
+    unpaired: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def available_metrics(self) -> list[str]:
+        return [k for k in self.metrics if self.statuses[k].available]
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        return {k: self.statuses[k].reason for k in self.metrics if not self.statuses[k].available}
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per metric: mean over the images where it could be computed, and that count."""
+        result: dict[str, dict[str, Any]] = {}
+        for key in self.available_metrics:
+            if METRICS[key].set_level:
+                result[key] = {"mean": _clean(self.set_values.get(key)), "count": len(self.rows)}
+                continue
+            values = [row[key] for row in self.rows if row.get(key) is not None]
+            finite = [v for v in values if math.isfinite(v)]
+            if values and len(finite) < len(values):
+                mean = float("inf")  # e.g. PSNR of identical images
+            else:
+                mean = float(np.mean(finite)) if finite else None
+            result[key] = {"mean": mean, "count": len(values)}
+        return result
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metrics": [
+                {**self.statuses[k].to_dict(), **self.summary().get(k, {"mean": None, "count": 0})} for k in self.metrics
+            ],
+            "images": self.rows,
+            "num_pairs": len(self.rows),
+            "missing_landmarks": self.missing_landmarks,
+            "missing_identity": self.missing_identity,
+            "missing_references": self.missing_references,
+            "unpaired": self.unpaired,
+            "notes": self.notes,
+            "settings": self.settings,
+        }
+
+    def write_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        def default(value):
+            if isinstance(value, float) and not math.isfinite(value):
+                return str(value)
+            return str(value)
+
+        text = json.dumps(self.to_dict(), indent=2, default=default, allow_nan=True)
+        path.write_text(text.replace("Infinity", '"inf"').replace("NaN", "null") + "\n")
+        return path
+
+    def write_csv(self, path: str | Path) -> Path:
+        """One row per image, then a ``mean`` row; columns are metric keys."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        keys = self.available_metrics
+        summary = self.summary()
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["name"] + keys)
+            for row in self.rows:
+                writer.writerow([row["name"]] + ["" if row.get(k) is None else repr(row[k]) for k in keys])
+            writer.writerow(["mean"] + ["" if summary[k]["mean"] is None else repr(summary[k]["mean"]) for k in keys])
+        return path
+
+    def format_table(self, per_image: bool = True) -> str:
+        """The scores as a text table (paper column names), then what is missing and why."""
+        keys = self.available_metrics
+        summary = self.summary()
+        header = ["image"] + [METRICS[k].header for k in keys]
+        body: list[list[str]] = []
+        if per_image:
+            for row in self.rows:
+                body.append([row["name"]] + ["" if METRICS[k].set_level else _format_value(row.get(k)) for k in keys])
+        if len(self.rows) != 1 or not per_image or any(METRICS[k].set_level for k in keys):
+            body.append([f"mean ({len(self.rows)})"] + [_format_value(summary[k]["mean"]) for k in keys])
+        widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+        lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+                 for r in [header] + body]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        partial = [k for k in keys if not METRICS[k].set_level and summary[k]["count"] < len(self.rows)]
+        if partial:
+            lines.append("means over fewer images: " + ", ".join(f"{METRICS[k].column} ({summary[k]['count']})" for k in partial))
+        if self.unavailable:
+            lines.append("")
+            lines.append("Unavailable metrics:")
+            lines.extend(f"  {METRICS[k].column}: {reason}" for k, reason in self.unavailable.items())
+        if self.missing_landmarks:
+            lines.append("")
+            lines.append(f"Faces without landmarks ({len(self.missing_landmarks)}; landmark metrics left out for them):")
+            lines.extend(f"  {m['name']}: no face found in {' and '.join(m['images'])}" for m in self.missing_landmarks)
+        if self.missing_identity:
+            lines.append("")
+            lines.append(f"Faces without identity embedding ({len(self.missing_identity)}):")
+            lines.extend(f"  {m['name']}: {' and '.join(m['images'])}" for m in self.missing_identity)
+        if self.missing_references:
+            lines.append("")
+            lines.append(f"Pairs without reference photos ({len(self.missing_references)}): {', '.join(self.missing_references)}")
+        for label, names in self.unpaired.items():
+            if names:
+                lines.append(f"Unpaired ({label}, {len(names)}): {', '.join(names)}")
+        lines.extend(f"Note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+class Evaluator:
+    """Computes the requested metrics; backends and networks are built once.
+
+    Args:
+        metrics: metric keys (see :data:`honestface.metrics.registry.METRICS`).
+        landmark_backend: a :class:`LandmarkBackend` or a name for
+            :func:`honestface.face.load_landmark_backend` ("dlib", "fan").
+        identity_backend: an :class:`IdentityBackend` or a name for
+            :func:`honestface.face.load_identity_backend` ("dlib", "arcface-onnx", ...).
+        models_dir: models root (``--models-dir``).
+        device: torch device for the networks.
+        y_channel: PSNR/SSIM on the luma channel instead of RGB.
+        msswd_seed: seed of MS-SWD's random projections.
+    """
+
+    def __init__(
+        self,
+        metrics: Sequence[str] = EVALUATE_METRICS,
+        landmark_backend: Any = "dlib",
+        identity_backend: Any = "dlib",
+        models_dir: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        y_channel: bool = False,
+        msswd_seed: int = DEFAULT_SEED,
+    ) -> None:
+        unknown = [k for k in metrics if k not in METRICS]
+        if unknown:
+            raise HonestFaceError(f"unknown metrics {unknown}; known: {', '.join(METRICS)}")
+        self.metrics = list(dict.fromkeys(metrics))
+        self.models_dir = models_dir
+        self.device = torch.device(device)
+        self.y_channel = y_channel
+        self.msswd_seed = msswd_seed
+        self.statuses: dict[str, MetricStatus] = {}
+        self._pyiqa: dict[str, PyiqaMetric] = {}
+        self.landmark_backend = None
+        self.identity_backend = None
+
+        kinds = {METRICS[k].kind for k in self.metrics}
+        landmark_error = identity_error = ""
+        if "landmark" in kinds:
+            self.landmark_backend, landmark_error = self._backend(landmark_backend, "landmark")
+        if kinds & {"identity", "reference-identity"}:
+            self.identity_backend, identity_error = self._backend(identity_backend, "identity")
+        for key in self.metrics:
+            kind = METRICS[key].kind
+            if kind in ("pixel", "color"):
+                self.statuses[key] = MetricStatus(key, True)
+            elif kind == "landmark":
+                self.statuses[key] = MetricStatus(key, self.landmark_backend is not None, landmark_error)
+            elif kind in ("identity", "reference-identity"):
+                self.statuses[key] = MetricStatus(key, self.identity_backend is not None, identity_error)
+            elif kind == "pyiqa":
+                self.statuses[key] = self._load_pyiqa(key)
+        self.settings = {
+            "landmark_backend": getattr(self.landmark_backend, "name", None),
+            "identity_backend": getattr(self.identity_backend, "name", None),
+            "y_channel": y_channel,
+            "msswd": {"seed": msswd_seed, "num_scales": 5, "num_projections": 128, "patch_size": 11},
+            "device": str(self.device),
+        }
+
+    def _backend(self, backend: Any, role: str):
+        if not isinstance(backend, str):
+            return backend, ""
+        from .. import face
+
+        factory = face.load_landmark_backend if role == "landmark" else face.load_identity_backend
+        try:
+            return factory(backend, models_dir=self.models_dir, device=str(self.device)), ""
+        except (HonestFaceError, ImportError, OSError, RuntimeError) as error:
+            return None, f"{role} backend '{backend}' could not be loaded: {error}"
+
+    def _load_pyiqa(self, key: str) -> MetricStatus:
+        availability = check_pyiqa_metric(key, self.models_dir)
+        if not availability.available:
+            return MetricStatus(key, False, availability.reason)
+        try:
+            self._pyiqa[key] = PyiqaMetric(key, self.models_dir, self.device)
+        except Exception as error:  # a broken weight file must not abort the other metrics
+            return MetricStatus(key, False, f"pyiqa could not build it: {type(error).__name__}: {error}")
+        return MetricStatus(key, True)
+
+    def _available(self, key: str) -> bool:
+        status = self.statuses.get(key)
+        return status is not None and status.available
+
+    @torch.no_grad()
+    def score_images(
+        self,
+        restored: torch.Tensor,
+        ground_truth: torch.Tensor,
+        references: Optional[Sequence[torch.Tensor]] = None,
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Per-image metrics of a batch.
+
+        Args:
+            restored, ground_truth: (B, 3, H, W) in [0, 1], same shape.
+            references: per image a (R_i, 3, h, w) tensor of reference photos (or None).
+
+        Returns:
+            ({metric key: (B,) float64, NaN where not computable},
+             {"restored_landmarks", "gt_landmarks", "restored_identity", "gt_identity": (B,) bool found}).
+        """
+        if restored.shape != ground_truth.shape:
+            raise ImageError(f"restored {tuple(restored.shape)} and ground truth {tuple(ground_truth.shape)} differ in shape")
+        batch = restored.shape[0]
+        values: dict[str, np.ndarray] = {}
+        found: dict[str, np.ndarray] = {}
+        if self._available("psnr"):
+            values["psnr"] = psnr(restored, ground_truth, y_channel=self.y_channel).numpy()
+        if self._available("ssim"):
+            values["ssim"] = ssim(restored, ground_truth, y_channel=self.y_channel).numpy()
+        if self._available("msswd"):
+            values["msswd"] = ms_swd(restored, ground_truth, seed=self.msswd_seed).double().cpu().numpy()
+        for key, metric in self._pyiqa.items():
+            if not metric.spec.set_level:
+                values[key] = metric(restored, ground_truth if metric.spec.full_reference else None).numpy()
+
+        landmark_keys = [k for k in self.metrics if METRICS[k].kind == "landmark" and self._available(k)]
+        if landmark_keys:
+            restored_points = self.landmark_backend.landmarks(restored).double().cpu().numpy()
+            gt_points = self.landmark_backend.landmarks(ground_truth).double().cpu().numpy()
+            found["restored_landmarks"] = ~np.isnan(restored_points).any(axis=(1, 2))
+            found["gt_landmarks"] = ~np.isnan(gt_points).any(axis=(1, 2))
+            subsets = {"ald_e": ALD_EYES, "ald_m": ALD_MOUTH, "ald": None}
+            for key in landmark_keys:
+                if key == "l2ld":
+                    values[key] = np.asarray(l2_landmark_distance(restored_points, gt_points), dtype=np.float64)
+                else:
+                    values[key] = np.asarray(
+                        affine_landmark_distance(restored_points, gt_points, subset=subsets[key]), dtype=np.float64
+                    )
+
+        if self._available("deg") or self._available("deg_ref"):
+            restored_embedding = self.identity_backend.embed(restored).double().cpu()
+            found["restored_identity"] = ~torch.isnan(restored_embedding).any(dim=1).numpy()
+            if self._available("deg"):
+                gt_embedding = self.identity_backend.embed(ground_truth).double().cpu()
+                found["gt_identity"] = ~torch.isnan(gt_embedding).any(dim=1).numpy()
+                values["deg"] = identity_angle_degrees(restored_embedding, gt_embedding).numpy()
+            if self._available("deg_ref"):
+                angles = np.full(batch, np.nan)
+                for index, refs in enumerate(references or [None] * batch):
+                    if refs is None or len(refs) == 0:
+                        continue
+                    ref_embedding = self.identity_backend.embed(refs).double().cpu()
+                    per_ref = identity_angle_degrees(restored_embedding[index : index + 1], ref_embedding).numpy()
+                    per_ref = per_ref[~np.isnan(per_ref)]
+                    if per_ref.size:
+                        angles[index] = float(per_ref.mean())
+                values["deg_ref"] = angles
+        return values, found
+
+    def evaluate_pairs(
+        self,
+        pairs: Sequence[ImagePair],
+        unpaired: Optional[dict[str, list[str]]] = None,
+        progress: Optional[ProgressCallback] = None,
+    ) -> EvaluationReport:
+        """Score every pair (one at a time, so sizes may differ between pairs)."""
+        statuses = dict(self.statuses)
+        result = EvaluationReport(self.metrics, statuses, unpaired=dict(unpaired or {}), settings=dict(self.settings))
+        resized = []
+        total = len(pairs)
+        report(progress, 0, total)
+        for done, pair in enumerate(pairs, start=1):
+            restored = load_image(pair.restored).unsqueeze(0)
+            ground_truth = load_image(pair.ground_truth).unsqueeze(0)
+            if restored.shape != ground_truth.shape:
+                resized.append(pair.name)
+                restored = resize_to(restored, tuple(ground_truth.shape[-2:]))
+            references = None
+            if self._available("deg_ref"):
+                if pair.references:
+                    references = [torch.stack([load_image(p) for p in pair.references]) if _same_size(pair.references)
+                                  else torch.stack([resize_to(load_image(p).unsqueeze(0), 512)[0] for p in pair.references])]
+                else:
+                    result.missing_references.append(pair.name)
+            values, found = self.score_images(restored, ground_truth, references)
+            row: dict[str, Any] = {"name": pair.name, "restored": str(pair.restored), "ground_truth": str(pair.ground_truth)}
+            for key in self.metrics:
+                if key in values:
+                    row[key] = _clean(values[key][0])
+            result.rows.append(row)
+            for label, which in (("landmarks", result.missing_landmarks), ("identity", result.missing_identity)):
+                images = [name for name, flag in (("restored", f"restored_{label}"), ("ground truth", f"gt_{label}"))
+                          if flag in found and not bool(found[flag][0])]
+                if images:
+                    which.append({"name": pair.name, "images": images})
+            report(progress, done, total)
+
+        for key, metric in self._pyiqa.items():
+            if metric.spec.set_level:
+                if len(pairs) < 2:
+                    statuses[key] = MetricStatus(key, False, "needs a set of at least 2 image pairs (use evaluate on folders)")
+                    continue
+                try:
+                    result.set_values[key] = metric.folders([p.restored for p in pairs], [p.ground_truth for p in pairs])
+                except Exception as error:
+                    statuses[key] = MetricStatus(key, False, f"failed: {type(error).__name__}: {error}")
+        if resized:
+            result.notes.append(
+                f"{len(resized)} restored image(s) had a different size from the ground truth and were resized to it: "
+                + ", ".join(resized[:10]) + (" ..." if len(resized) > 10 else "")
+            )
+        return result
+
+    def evaluate_folders(
+        self,
+        restored_dir: str | Path,
+        gt_dir: str | Path,
+        refs_dir: str | Path | None = None,
+        progress: Optional[ProgressCallback] = None,
+    ) -> EvaluationReport:
+        """Pair the folders by file name and score every pair."""
+        pairs, unpaired = pair_folders(restored_dir, gt_dir, refs_dir)
+        if not pairs:
+            raise ImageError(f"no images with the same name in {restored_dir} and {gt_dir}")
+        return self.evaluate_pairs(pairs, unpaired, progress)
+
+
+def _same_size(paths: Sequence[Path]) -> bool:
+    from PIL import Image
+
+    sizes = set()
+    for path in paths:
+        with Image.open(path) as image:
+            sizes.add(image.size)
+    return len(sizes) == 1
+
+
+__all__ = ["EvaluationReport", "Evaluator", "ImagePair", "pair_folders"]
