@@ -185,6 +185,36 @@ def test_alphas_cumprod_matches_diffusers_schedule():
     assert alphas[399].item() == pytest.approx(torch.prod(1 - betas[:400]).item(), rel=1e-12)
 
 
+EXECUTED: list[str] = []
+
+
+def _record_execution(*args):
+    EXECUTED.append("pickle code ran")
+    return dict(args=args)
+
+
+class TrainerHyperParameters:
+    """Stands for the OmegaConf/callback objects Lightning checkpoints carry."""
+
+    def __reduce__(self):
+        return (_record_execution, ("learning_rate", 1e-4))
+
+
+def test_lightning_checkpoint_with_objects_loads_without_running_them(tmp_path, full_pattern, no_network):
+    state = sd21.ldm_state_dict(full_pattern.unet, full_pattern.vae)
+    configs = json.dumps({"unet": dict(full_pattern.unet.config), "vae": dict(full_pattern.vae.config)})
+    path = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": TrainerHyperParameters(), "epoch": 3,
+                sd21.EMBEDDED_CONFIG_KEY: configs}, path)
+    EXECUTED.clear()
+    with pytest.raises(Exception):  # torch's own safe loader refuses the object
+        torch.load(path, weights_only=True)
+    loaded = sd21.load_sd21(path)
+    assert EXECUTED == []
+    _assert_same_weights(full_pattern.unet, loaded.unet)
+    _assert_same_weights(full_pattern.vae, loaded.vae)
+
+
 # ----------------------------------------------------------------------------- errors
 def test_tiny_file_without_config_is_checked_against_sd21(tmp_path, full_pattern):
     path = sd21.save_sd21_single_file(tmp_path / "small.safetensors", full_pattern.unet, full_pattern.vae,

@@ -353,12 +353,11 @@ def _torch_load_tensors(path: Path) -> Any:
                               "an intact .ckpt/.pt file or a .safetensors file") from error
     # weights_only refuses non-tensor objects (hyper-parameters, callbacks) that Lightning
     # checkpoints may carry: rebuild only tensors and plain containers, never run the pickle.
-    try:
-        from .safe_pickle import load_tensors_safely
-    except ImportError:
-        raise CheckpointError(path, f"holds objects torch.load(weights_only=True) refuses ({refused})",
-                              "a checkpoint with tensors only") from refused
-    return load_tensors_safely(path)
+    from .safe_pickle import restricted_load
+
+    obj, blocked = restricted_load(path)
+    logger.info("%s: skipped non-tensor objects %s (%s)", path.name, sorted(blocked), refused)
+    return obj
 
 
 def _embedded_configs(source: _TensorFile) -> dict[str, dict] | None:
