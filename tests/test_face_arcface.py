@@ -1,0 +1,160 @@
+"""ArcFace: IResNet in PyTorch, insightface-style ONNX files, weight mapping both ways."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from honestface.errors import CheckpointError, MissingModelFileError
+from honestface.face import load_identity_backend
+from honestface.face.arcface import (
+    ARCFACE_FIVE_POINTS, ArcFaceTorch, ffhq_to_recognition_affine, iresnet_from_onnx, recognition_crop,
+)
+from honestface.face.align import transform_points
+from honestface.face.iresnet import IResNet
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+LAYERS = (1, 2, 1, 1)  # a shallow IResNet: same layer types and layout as r50/r100
+
+
+def random_iresnet(seed: int = 0) -> IResNet:
+    """IResNet with random weights *and* random BatchNorm statistics (so folding matters)."""
+    torch.manual_seed(seed)
+    model = IResNet(LAYERS).eval()
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_var"):
+                buffer.uniform_(0.5, 2.0)
+            elif name.endswith("running_mean"):
+                buffer.normal_(0.0, 0.2)
+        for name, parameter in model.named_parameters():
+            if parameter.dim() == 1 and "prelu" in name:
+                parameter.uniform_(0.05, 0.4)
+            elif parameter.dim() == 1 and name.endswith("weight"):
+                parameter.uniform_(0.5, 1.5)
+            elif parameter.dim() == 1:
+                parameter.normal_(0.0, 0.1)
+    return model
+
+
+def export_insightface_onnx(model: IResNet, path) -> None:
+    """Export like insightface's torch2onnx: TorchScript exporter, eval mode (BN folded into
+    convolutions), opset 11, input 'input.1', dynamic batch."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 112, 112),), str(path), dynamo=False, opset_version=11,
+                          input_names=["input.1"], do_constant_folding=True,
+                          dynamic_axes={"input.1": {0: "batch"}})
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    models = tmp_path_factory.mktemp("models")
+    model = random_iresnet()
+    export_insightface_onnx(model, models / "insightface" / "models" / "testpack" / "w600k_r50.onnx")
+    (models / "facerestore_models").mkdir()
+    torch.save(model.state_dict(), models / "facerestore_models" / "arcface_r_test.pth")
+    return models, model
+
+
+def test_exported_graph_has_folded_batchnorms(exported):
+    import onnx
+
+    models, _ = exported
+    graph = onnx.load(str(models / "insightface/models/testpack/w600k_r50.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    # Every conv carries a bias (its BN folded in); only the BNs not after a conv remain.
+    assert ops.count("BatchNormalization") == sum(LAYERS) + 2
+    conv_nodes = [n for n in graph.node if n.op_type == "Conv"]
+    assert all(len(n.input) == 3 for n in conv_nodes)
+
+
+def test_onnx_weights_map_onto_a_fresh_pytorch_network(exported):
+    models, original = exported
+    mapped = iresnet_from_onnx(models / "insightface/models/testpack/w600k_r50.onnx")
+    assert mapped.layers_config == LAYERS and mapped.num_features == 512
+    # Unfolded tensors come back unchanged.
+    for key in ("layer2.1.bn1.running_var", "fc.weight", "features.bias", "layer3.0.prelu.weight"):
+        assert torch.allclose(mapped.state_dict()[key], original.state_dict()[key])
+    # Folded convolutions equal conv * gamma / sqrt(var + eps), computed independently.
+    bn = original.layer1[0].bn2
+    folded = original.layer1[0].conv1.weight * (bn.weight / torch.sqrt(bn.running_var + bn.eps))[:, None, None, None]
+    assert torch.allclose(mapped.layer1[0].conv1.weight, folded, atol=1e-6)
+    images = torch.rand(3, 3, 112, 112) * 2 - 1
+    with torch.no_grad():
+        expected, got = original(images), mapped(images)
+    assert torch.allclose(got, expected, atol=1e-4 * expected.abs().max().item())
+
+
+def test_onnxruntime_and_pytorch_backends_agree(exported):
+    models, original = exported
+    onnx_backend = load_identity_backend("arcface-onnx", models_dir=models, model="testpack/w600k_r50.onnx")
+    torch_backend = load_identity_backend("arcface-torch", models_dir=models, model="testpack/w600k_r50.onnx")
+    faces = torch.rand(2, 3, 256, 256)
+    a, b = onnx_backend.embed(faces), torch_backend.embed(faces)
+    assert a.shape == b.shape == (2, 512) and onnx_backend.embedding_dim == 512
+    assert torch.allclose(a, b, atol=1e-4)
+    assert torch.allclose(a.norm(dim=-1), torch.ones(2), atol=1e-5)
+    # The convention: RGB, (pixel - 127.5) / 127.5, on the ArcFace-layout 112 crop.
+    raw = load_identity_backend("arcface-torch", models_dir=models, model="testpack/w600k_r50.onnx",
+                                input_alignment="arcface", normalize=False)
+    crop = torch.rand(1, 3, 112, 112)
+    pixels = (crop * 255).round()
+    with torch.no_grad():
+        direct = original((pixels - 127.5) / 127.5)
+    assert torch.allclose(raw.embed(pixels / 255), direct, atol=1e-4 * direct.abs().max().item())
+
+
+def test_pth_weights_load_and_gradients_flow(exported):
+    models, original = exported
+    backend = load_identity_backend("arcface-torch", models_dir=models, model="arcface_r_test.pth",
+                                    input_alignment="arcface", normalize=False)
+    assert isinstance(backend, ArcFaceTorch)
+    faces = torch.rand(2, 3, 112, 112, requires_grad=True)
+    embeddings = backend.embed(faces)
+    with torch.no_grad():
+        expected = original(faces * 2 - 1)
+    assert torch.allclose(embeddings, expected, atol=1e-5 * expected.abs().max().item())
+    embeddings.sum().backward()
+    assert faces.grad is not None and faces.grad.abs().sum() > 0
+    backend.train()
+    assert not backend.network.training  # a frozen judge: BatchNorm statistics never move
+
+
+def test_ffhq_crop_maps_to_arcface_template(shared_data):
+    folder = shared_data / "real_lq" / "reference_sets" / "obama"
+    points = torch.from_numpy(np.loadtxt(folder / "refs_landmarks" / "o1.png.txt")).float()
+    five = torch.stack([points[36:42].mean(0), points[42:48].mean(0), points[30], points[48], points[54]])
+    mapped = transform_points(five, ffhq_to_recognition_affine(512))
+    error = (mapped - torch.tensor(ARCFACE_FIVE_POINTS)).norm(dim=-1)
+    assert error[[0, 1]].max() < 3.0 and error.mean() < 4.0  # pixels of the 112 crop
+    crop = recognition_crop(torch.rand(2, 3, 512, 512))
+    assert crop.shape == (2, 3, 112, 112)
+
+
+def test_bad_and_missing_weight_files(tmp_path):
+    with pytest.raises(MissingModelFileError) as info:
+        load_identity_backend("arcface-onnx", models_dir=tmp_path)
+    assert "w600k_r50.onnx" in info.value.args[0] and "insightface" in info.value.args[0]
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError):
+        iresnet_from_onnx(broken)
+    # An ONNX file of some other network is refused with a clear message.
+    other = tmp_path / "other.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval(),
+                          (torch.rand(1, 3, 16, 16),), str(other), dynamo=False, opset_version=11)
+    with pytest.raises(CheckpointError, match="IResNet"):
+        iresnet_from_onnx(other)
+    bad_pth = tmp_path / "bad.pth"
+    torch.save({"something": torch.zeros(1)}, bad_pth)
+    with pytest.raises(CheckpointError):
+        load_identity_backend("arcface-torch", model=bad_pth)
