@@ -123,10 +123,11 @@ class VGG16Features(nn.Module):
 
     def __init__(self, max_stage: int, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
-        from torchvision.models import vgg16
+        from torchvision.models.vgg import cfgs, make_layers
 
         self.max_stage = max_stage
-        self.features = vgg16(weights=None).features[: VGG16_STAGE_ENDS[max_stage] + 1]
+        # Only the convolutional trunk, as laid out in torchvision's vgg16().features.
+        self.features = make_layers(cfgs["D"], batch_norm=False)[: VGG16_STAGE_ENDS[max_stage] + 1]
         if state_dict is not None:
             self.load_weights(state_dict)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
