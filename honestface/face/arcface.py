@@ -340,16 +340,13 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) ->
 
 def iresnet_from_pth(path: str | Path) -> IResNet:
     """Build an :class:`IResNet` from an arcface_torch ``.pth`` state dict (depth from the keys)."""
+    from ..loaders.safe_pickle import load_tensors
+
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(path, f"cannot read as a PyTorch state dict ({error})") from error
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or "fc.weight" not in state:
-        raise CheckpointError(path, "no 'fc.weight' key", "an arcface_torch IResNet state dict")
+    state = load_tensors(path, what="arcface_torch weights", state_key="state_dict")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    if "fc.weight" not in state:
+        raise CheckpointError(path, "no 'fc.weight' key", "an arcface_torch IResNet state dict")
     layers = layers_from_state_dict(state)
     widths = tuple(int(state[f"layer{s}.0.conv1.weight"].shape[0]) for s in range(1, 5))
     channels = widths[-1]
