@@ -153,6 +153,7 @@ def _refuse_download(url, *args, **kwargs):
 def offline_hub(hub_dir: Path) -> Iterator[None]:
     """Make ``hub_dir`` the torch hub folder and forbid every download while inside."""
     import huggingface_hub
+    import huggingface_hub.constants
 
     saved_hub = getattr(torch.hub, "_hub_dir", None)
     patches: list[tuple[object, str, object]] = []
