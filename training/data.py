@@ -299,7 +299,10 @@ def make_loader(dataset: IdentityFaceDataset, sampler: torch.utils.data.Sampler,
     """A DataLoader over ``(index, seed)`` keys; the last incomplete batch is dropped."""
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                                        collate_fn=collate, drop_last=True,
-                                       persistent_workers=False)
+                                       persistent_workers=False,
+                                       # own generator: starting a loader must not draw from the
+                                       # global RNG, or a resumed run would diverge
+                                       generator=torch.Generator().manual_seed(0))
 
 
 def infinite_batches(dataset: IdentityFaceDataset, sampler: EpochSampler, batch_size: int,

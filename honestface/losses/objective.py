@@ -1,0 +1,261 @@
+"""The training objective of HonestFace: every loss of the paper, weighted and switchable.
+
+    L_G = w_mse * MSE + w_per * EA-DISTS (Eq. 9) + w_id * L_ID (Eq. 8)
+          + w_mfa * L_MFA (Eq. 13) + w_adv * L_G^GAN (Eq. 5)
+    L_D = L_D^GAN (Eq. 5), on forward-noised latents, alternated with L_G
+
+Default weights (the paper gives none; public OSDFace reimplementations use these):
+MSE 1, EA-DISTS 1, identity 0.1, adversarial 0.02, MFA 1. A weight of 0 switches a loss
+off: its networks are not built and need no files.
+
+Networks with weight files (VGG16, DISTS alpha/beta, LPIPS lin layers, ArcFace, AdaFace,
+FAN) are read from the models folder; a missing file raises
+:class:`~honestface.errors.MissingModelFileError` at start-up (switch the loss off to
+train without it). ``pretrained: false`` builds random networks instead — for tests
+only: the losses then carry no perceptual or identity meaning.
+
+MSE is taken on images in [-1, 1] (the VAE's range, as in OSDFace); the perceptual and
+identity losses on [0, 1] images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..mfa import DEFAULT_K, mfa_loss, mfa_mask
+from ..models.discriminator import (
+    DiscriminatorConfig,
+    LatentDiscriminator,
+    discriminator_loss,
+    forward_noise,
+    generator_loss,
+)
+from .identity import IdentityLoss
+from .perceptual import DISTS_FILE, LPIPS_FILE, VGG16_FILE, EdgeAwareDISTS, build_dists, build_lpips, build_vgg16
+
+LOSS_NAMES = ("mse", "ea_dists", "identity", "mfa", "adversarial")
+
+
+@dataclass
+class LossConfig:
+    """Weights of the losses and what their networks are built from.
+
+    Attributes:
+        mse, ea_dists, identity, mfa, adversarial: weights (0 = off).
+        pretrained: load real weights (default). ``False`` = random networks, tests only.
+        identity_backends: recognisers of the identity ensemble (names of
+            :func:`honestface.face.load_identity_backend`).
+        mfa_landmarks: landmark backend whose heatmaps of x_L build the MFA mask.
+        mfa_k: sharpening constant of Eq. 11 (10 in the paper).
+        vgg_file, dists_file, lpips_file: weight files in ``<models>/honestface``.
+        discriminator: :class:`DiscriminatorConfig` of the latent discriminator.
+        backend_options: extra keyword arguments per backend name (e.g. model file names).
+    """
+
+    mse: float = 1.0
+    ea_dists: float = 1.0
+    identity: float = 0.1
+    mfa: float = 1.0
+    adversarial: float = 0.02
+    pretrained: bool = True
+    identity_backends: tuple[str, ...] = ("arcface-torch", "adaface")
+    mfa_landmarks: str = "fan"
+    mfa_k: float = DEFAULT_K
+    vgg_file: str = VGG16_FILE
+    dists_file: str = DISTS_FILE
+    lpips_file: str = LPIPS_FILE
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.discriminator, dict):
+            known = {f.name for f in fields(DiscriminatorConfig)}
+            unknown = sorted(set(self.discriminator) - known)
+            if unknown:
+                raise ConfigError(f"unknown discriminator option(s) {unknown}; known: {sorted(known)}")
+            options = dict(self.discriminator)
+            if "lora_targets" in options:
+                options["lora_targets"] = tuple(options["lora_targets"])
+            self.discriminator = DiscriminatorConfig(**options)
+        if isinstance(self.identity_backends, str):
+            self.identity_backends = (self.identity_backends,)
+        self.identity_backends = tuple(self.identity_backends)
+        for name in LOSS_NAMES:
+            if float(getattr(self, name)) < 0:
+                raise ConfigError(f"loss weight {name} must be >= 0, got {getattr(self, name)}")
+        if self.identity > 0 and not self.identity_backends:
+            raise ConfigError("identity loss is on but identity_backends is empty")
+
+    def enabled(self, name: str) -> bool:
+        return float(getattr(self, name)) > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["identity_backends"] = list(self.identity_backends)
+        data["discriminator"]["lora_targets"] = list(self.discriminator.lora_targets)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "LossConfig":
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown loss option(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def build_identity_backend(name: str, pretrained: bool, models_dir: str | Path | None,
+                           device: str | torch.device, options: dict[str, Any] | None = None):
+    """A recogniser of the identity ensemble.
+
+    ``pretrained=False`` (tests only) builds a small randomly initialised iresnet behind
+    the PyTorch ArcFace backend, whatever ``name`` is (AdaFace is an iresnet as well);
+    each name gets its own seed so the ensemble members differ.
+    """
+    if not pretrained:
+        import zlib
+
+        from ..face.arcface import ArcFaceTorch
+        from ..face.iresnet import IResNet
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(zlib.crc32(name.encode()))
+            network = IResNet(layers=(1, 1, 1, 1), widths=(16, 32, 32, 64), num_features=128)
+        backend = ArcFaceTorch(network)
+        backend.name = f"{name} (random, test only)"
+        return backend.to(device)
+    from ..face import load_identity_backend
+
+    return load_identity_backend(name, models_dir=models_dir, device=str(device), **dict(options or {}))
+
+
+def build_landmark_backend(name: str, models_dir: str | Path | None, device: str | torch.device,
+                           options: dict[str, Any] | None = None):
+    from ..face import load_landmark_backend
+
+    return load_landmark_backend(name, models_dir=models_dir, device=str(device), **dict(options or {}))
+
+
+class TrainingObjective(nn.Module):
+    """All losses of the paper. Build with :meth:`build`.
+
+    ``generator_losses(...)`` returns a dict of the unweighted terms and ``"total"``
+    (weighted sum); ``discriminator_losses(...)`` the GAN discriminator term.
+    """
+
+    def __init__(self, config: LossConfig, alphas_cumprod: torch.Tensor,
+                 ea_dists: nn.Module | None = None, lpips: nn.Module | None = None,
+                 identity: IdentityLoss | None = None, heatmap_backend=None,
+                 discriminator: LatentDiscriminator | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.register_buffer("alphas_cumprod", alphas_cumprod.double(), persistent=False)
+        self.ea_dists = ea_dists
+        self.lpips = lpips
+        self.identity = identity
+        self.heatmap_backend = heatmap_backend
+        self.discriminator = discriminator
+        for name in ("ea_dists", "identity", "mfa", "adversarial"):
+            needed = {"ea_dists": ea_dists, "identity": identity, "mfa": lpips, "adversarial": discriminator}[name]
+            if config.enabled(name) and needed is None:
+                raise ConfigError(f"loss '{name}' is on but its network was not given")
+
+    @classmethod
+    def build(cls, config: LossConfig, unet: nn.Module, alphas_cumprod: torch.Tensor,
+              models_dir: str | Path | None = None, device: str | torch.device = "cpu") -> "TrainingObjective":
+        """Build the networks of every enabled loss (``unet``: the generator's, for the discriminator)."""
+        vgg = None
+        if config.enabled("ea_dists") or config.enabled("mfa"):
+            vgg = build_vgg16(config.pretrained, models_dir, config.vgg_file)
+        ea_dists = lpips = identity = heatmaps = discriminator = None
+        if config.enabled("ea_dists"):
+            ea_dists = EdgeAwareDISTS(build_dists(config.pretrained, models_dir, config.dists_file, vgg=vgg))
+        if config.enabled("mfa"):
+            lpips = build_lpips(config.pretrained, models_dir, config.lpips_file, vgg=vgg)
+            heatmaps = build_landmark_backend(config.mfa_landmarks, models_dir, device,
+                                              config.backend_options.get(config.mfa_landmarks))
+        if config.enabled("identity"):
+            identity = IdentityLoss([
+                build_identity_backend(name, config.pretrained, models_dir, device, config.backend_options.get(name))
+                for name in config.identity_backends
+            ])
+        if config.enabled("adversarial"):
+            discriminator = LatentDiscriminator(unet, config.discriminator)
+        return cls(config, alphas_cumprod, ea_dists, lpips, identity, heatmaps, discriminator).to(device)
+
+    def train(self, mode: bool = True) -> "TrainingObjective":
+        super().train(mode)
+        for frozen in (self.ea_dists, self.lpips, self.identity):
+            if frozen is not None:
+                frozen.eval()
+        return self
+
+    # ------------------------------------------------------------------ masks
+    def mfa_masks(self, lq: torch.Tensor) -> torch.Tensor | None:
+        """(B, 1, H, W) MFA masks from the heatmaps of the LQ faces (no gradient)."""
+        if self.heatmap_backend is None:
+            return None
+        with torch.no_grad():
+            heatmaps = self.heatmap_backend.heatmaps(lq.detach().float().clamp(0, 1))
+        heatmaps = torch.nan_to_num(heatmaps.to(lq.device, torch.float32), nan=0.0)
+        return mfa_mask(heatmaps, k=self.config.mfa_k, size=lq.shape[-2:])
+
+    # ----------------------------------------------------------------- losses
+    def _random_timesteps(self, batch: int, device: torch.device) -> torch.Tensor:
+        low, high = self.config.discriminator.t_min, self.config.discriminator.t_max
+        high = min(high, self.alphas_cumprod.shape[0] - 1)
+        return torch.randint(low, high + 1, (batch,)).to(device)
+
+    def generator_losses(self, restored: torch.Tensor, target: torch.Tensor,
+                         latent_restored: torch.Tensor | None = None,
+                         mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Unweighted terms and their weighted ``"total"``.
+
+        Args:
+            restored: (B, 3, H, W) x_hat_H in [0, 1] (with gradient).
+            target: (B, 3, H, W) x_H in [0, 1].
+            latent_restored: (B, 4, h, w) z_hat_H, needed by the adversarial term.
+            mask: (B, 1, H, W) MFA mask of the LQ input (see :meth:`mfa_masks`).
+        """
+        config = self.config
+        target = target.to(restored.dtype)
+        terms: dict[str, torch.Tensor] = {}
+        if config.enabled("mse"):
+            terms["mse"] = F.mse_loss(restored.float() * 2 - 1, target.float() * 2 - 1)
+        if self.ea_dists is not None and config.enabled("ea_dists"):
+            terms["ea_dists"] = self.ea_dists(restored.float(), target.float()).mean()
+        if self.identity is not None and config.enabled("identity"):
+            terms["identity"] = self.identity(restored.float(), target.float()).mean()
+        if self.lpips is not None and config.enabled("mfa"):
+            if mask is None:
+                raise ConfigError("the MFA loss needs the mask of the LQ input")
+            terms["mfa"] = mfa_loss(restored.float(), target.float(), mask, self.lpips)
+        if self.discriminator is not None and config.enabled("adversarial"):
+            if latent_restored is None:
+                raise ConfigError("the adversarial loss needs the restored latent")
+            timesteps = self._random_timesteps(latent_restored.shape[0], latent_restored.device)
+            noisy = forward_noise(latent_restored.float(), timesteps, self.alphas_cumprod)
+            # D's weights get gradients here too; the trainer zeroes them before the D step.
+            terms["adversarial"] = generator_loss(self.discriminator(noisy, timesteps))
+        total = sum(float(getattr(config, name)) * value for name, value in terms.items())
+        terms["total"] = total if isinstance(total, torch.Tensor) else restored.new_zeros(())
+        return terms
+
+    def discriminator_losses(self, latent_fake: torch.Tensor, latent_real: torch.Tensor) -> torch.Tensor:
+        """Eq. 5's L_D on F(z_hat_H, t) (detached) and F(E(x_H), t) at random t."""
+        if self.discriminator is None:
+            raise ConfigError("the adversarial loss is off: there is no discriminator")
+        batch = latent_fake.shape[0]
+        t_fake = self._random_timesteps(batch, latent_fake.device)
+        t_real = self._random_timesteps(batch, latent_real.device)
+        fake = forward_noise(latent_fake.detach().float(), t_fake, self.alphas_cumprod)
+        real = forward_noise(latent_real.detach().float(), t_real, self.alphas_cumprod)
+        return discriminator_loss(self.discriminator(real, t_real), self.discriminator(fake, t_fake))

@@ -1,0 +1,224 @@
+"""Training configuration: YAML file + ``key=value`` overrides -> :class:`TrainConfig`.
+
+Sections (every key is optional; defaults are the paper's set-up where it gives one):
+
+``seed``, ``output_dir``
+``model``: how the generator is built (:class:`ModelSection`)
+``data``: :class:`training.data.DataConfig`
+``losses``: :class:`honestface.losses.LossConfig`
+``optim``: :class:`OptimSection`
+``train``: :class:`LoopSection`
+
+Overrides use dotted keys and YAML values: ``train.max_steps=100``,
+``losses.adversarial=0``, ``data.roots=[a,b]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from honestface.errors import ConfigError
+from honestface.losses import LossConfig
+
+from .data import DataConfig
+
+
+@dataclass
+class ModelSection:
+    """Where the generator comes from.
+
+    Attributes:
+        preset: ``"tiny"`` (random tiny model, no files) or ``"sd21"``.
+        init: ``"random"`` (tiny only), ``"sd21"`` (SD 2.1-base + fresh LoRA and heads),
+            ``"osdface"`` (SD 2.1-base + an OSDFace release: its LoRA, VRE and projection)
+            or ``"checkpoint"`` (SD 2.1-base + a HonestFace checkpoint to fine-tune).
+        sd21: SD 2.1-base diffusers folder or single-file checkpoint (name or path).
+        osdface: OSDFace release folder. checkpoint: HonestFace ``.safetensors``.
+        models_dir: ComfyUI-style models folder (``HONESTFACE_MODELS`` when empty).
+        vgg: VGG16 weights for the FFE (default ``config.ide.vgg_file``).
+        landmarks: landmark backend for the reference choice (Eq. 6) and the eye crops
+            (``"none"``: first reference, template eye positions).
+        landmark_options: keyword arguments of that backend.
+        identity: identity backend of the FIE (``"none"``: no identity embeddings).
+        identity_options: keyword arguments of that backend.
+        gradient_checkpointing: recompute UNet activations in the backward pass.
+        overrides: changes to the preset's :class:`honestface.config.HonestFaceConfig`
+            (dotted keys, e.g. ``{"lora.rank": 8}``).
+    """
+
+    preset: str = "sd21"
+    init: str = "sd21"
+    sd21: str | None = None
+    osdface: str | None = None
+    checkpoint: str | None = None
+    models_dir: str | None = None
+    vgg: str | None = None
+    landmarks: str = "fan"
+    landmark_options: dict[str, Any] = field(default_factory=dict)
+    identity: str = "arcface-torch"
+    identity_options: dict[str, Any] = field(default_factory=dict)
+    gradient_checkpointing: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.init not in ("random", "sd21", "osdface", "checkpoint"):
+            raise ConfigError(f"model.init must be random, sd21, osdface or checkpoint, got '{self.init}'")
+        if self.init == "random" and self.preset != "tiny":
+            raise ConfigError("model.init 'random' is only for the tiny preset")
+        if self.init in ("sd21", "osdface", "checkpoint") and not self.sd21:
+            raise ConfigError(f"model.init '{self.init}' needs model.sd21 (SD 2.1-base folder or file)")
+        if self.init == "osdface" and not self.osdface:
+            raise ConfigError("model.init 'osdface' needs model.osdface (the release folder)")
+        if self.init == "checkpoint" and not self.checkpoint:
+            raise ConfigError("model.init 'checkpoint' needs model.checkpoint")
+
+
+@dataclass
+class OptimSection:
+    """AdamW for the generator and the discriminator (paper: lr 1e-4) and the schedule.
+
+    ``scheduler``: ``"constant"``, ``"linear"`` (to 0 at max_steps) or ``"cosine"``, after
+    ``warmup_steps`` of linear warm-up.
+    """
+
+    lr: float = 1e-4
+    disc_lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    scheduler: str = "constant"
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)
+        if self.scheduler not in ("constant", "linear", "cosine"):
+            raise ConfigError(f"optim.scheduler must be constant, linear or cosine, got '{self.scheduler}'")
+
+
+@dataclass
+class LoopSection:
+    """The loop.
+
+    ``batch_size`` is per process; the effective batch is
+    ``batch_size * gradient_accumulation * processes``. ``mixed_precision``: ``"no"`` or
+    ``"bf16"`` (autocast; trainable weights and optimiser states stay float32).
+    ``checkpoint_every`` / ``val_every`` / ``log_every`` are in optimiser steps (0 = never);
+    the last step always writes a checkpoint and the export.
+    """
+
+    max_steps: int = 60_000
+    batch_size: int = 4
+    gradient_accumulation: int = 1
+    mixed_precision: str = "no"
+    num_workers: int = 4
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    val_every: int = 2000
+    val_batches: int = 4
+    val_batch_size: int = 4
+    val_landmarks: str = "dlib"
+    val_identity: str = "arcface-onnx"
+    export_name: str = "honestface.safetensors"
+    cpu: bool = False
+    #: CPU threads of torch per process (0 = torch's default). 1 is much faster on a
+    #: busy or small CPU; GPU runs do not care.
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ConfigError(f"train.mixed_precision must be 'no' or 'bf16', got '{self.mixed_precision}'")
+        for name in ("max_steps", "batch_size", "gradient_accumulation"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"train.{name} must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    output_dir: str = "runs/honestface"
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    losses: LossConfig = field(default_factory=LossConfig)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: LoopSection = field(default_factory=LoopSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed, "output_dir": self.output_dir, "model": asdict(self.model),
+            "data": self.data.to_dict(), "losses": self.losses.to_dict(),
+            "optim": {**asdict(self.optim), "betas": list(self.optim.betas)}, "train": asdict(self.train),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        data = dict(data or {})
+        sections = {"model": ModelSection, "optim": OptimSection, "train": LoopSection}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {unknown}; known: {sorted(known)}")
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in sections:
+                kwargs[key] = _section(sections[key], value, key)
+            elif key == "data":
+                kwargs[key] = DataConfig.from_dict(value)
+            elif key == "losses":
+                kwargs[key] = LossConfig.from_dict(value)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+
+def _section(section_cls, value: Any, name: str):
+    if value is None:
+        return section_cls()
+    if not isinstance(value, dict):
+        raise ConfigError(f"config section '{name}' must be a mapping")
+    known = {f.name for f in fields(section_cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in section '{name}'; known: {sorted(known)}")
+    return section_cls(**value)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings (values parsed as YAML) to a nested dict."""
+    import yaml
+
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not key=value")
+        key, text = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"override '{item}' has an empty key")
+        node = data
+        for part in parts[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node[parts[-1]] = yaml.safe_load(text)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML config, apply overrides and validate."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    return TrainConfig.from_dict(apply_overrides(data, overrides))

@@ -1,0 +1,547 @@
+"""Train HonestFace.
+
+    python training/train.py --config training/configs/tiny.yaml [--resume PATH|auto]
+                             [--output DIR] [key=value ...]
+    accelerate launch --num_processes 4 training/train.py --config training/configs/paper.yaml
+
+What is trained (paper Sec. 3, 4.1): the UNet LoRA (rank 16, alpha 16), the VRE
+projection, the IDE heads and the fusion; the VAE, the VQ encoder and codebook, VGG16,
+the recognisers and the heatmap model are frozen. Each optimiser step runs the generator
+on ``gradient_accumulation`` micro-batches (all losses of
+:mod:`honestface.losses.objective`), then the latent discriminator on the same
+micro-batches' latents (Eq. 5): G and D alternate.
+
+Several processes (``accelerate launch`` / ``torchrun``; NCCL on GPUs, gloo on CPUs):
+each rank reads its own shard of the data order; the gradients of the trainable
+parameters are averaged with one all-reduce per optimiser step, so every rank keeps the
+same weights. Checkpoints (``<output>/checkpoints/step-N``) hold everything needed to
+continue exactly (see :mod:`training.state`); ``--resume auto`` takes the newest. At the
+end the model is exported to ``<output>/<train.export_name>``, the inference checkpoint
+format of :mod:`honestface.loaders.checkpoint`. TensorBoard logs go to ``<output>/logs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from honestface.config import HonestFaceConfig
+from honestface.errors import ConfigError, HonestFaceError
+from honestface.losses import TrainingObjective
+from honestface.models.honestface import HonestFaceModel
+from training import state as ckpt
+from training.config import TrainConfig, load_config
+from training.data import EpochSampler, build_datasets, collate, infinite_batches
+
+logger = logging.getLogger("honestface.train")
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def _set_dotted(config: HonestFaceConfig, key: str, value: Any) -> None:
+    target = config
+    parts = key.split(".")
+    for part in parts[:-1]:
+        target = getattr(target, part)
+    if not hasattr(target, parts[-1]):
+        raise ConfigError(f"model.overrides: unknown model config key '{key}'")
+    current = getattr(target, parts[-1])
+    setattr(target, parts[-1], tuple(value) if isinstance(current, tuple) else value)
+
+
+def build_model(section, seed: int) -> HonestFaceModel:
+    """The generator with a fresh (or loaded) LoRA adapter, identical on every rank."""
+    torch.manual_seed(seed)
+    if section.init == "random":
+        from honestface.models.honestface import build_tiny_diffusers
+
+        config = HonestFaceConfig.from_preset(section.preset)
+        for key, value in section.overrides.items():
+            _set_dotted(config, key, value)
+        config.validate()
+        unet, vae = build_tiny_diffusers(config, seed)
+        model = HonestFaceModel(config, unet, vae, vgg_state_dict=None, lora=True)
+    else:
+        from honestface.loaders.factory import build_model_from_files
+
+        model = build_model_from_files(
+            sd21=section.sd21, checkpoint=section.checkpoint if section.init == "checkpoint" else None,
+            osdface_dir=section.osdface, models_dir=section.models_dir, vgg=section.vgg, merge_lora=False)
+        if getattr(model.restorer, "lora_config", None) is None:
+            model.restorer.add_lora(model.config.lora)
+    model.set_trainable()
+    if section.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    return model
+
+
+def load_trainable_state(model: HonestFaceModel, state: dict[str, torch.Tensor], source: str) -> None:
+    """Inverse of ``model.trainable_state_dict()`` (strict: every key must match)."""
+    from honestface.errors import CheckpointError
+
+    lora = {k: v for k, v in state.items() if k.startswith("unet.")}
+    model.restorer.load_lora_state_dict(lora, source=source)
+    for prefix, module in model.trainable_modules().items():
+        own = module.state_dict()
+        part = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        missing = sorted(set(own) - set(part))
+        if missing:
+            raise CheckpointError(source, f"missing trainable keys {[prefix + '.' + m for m in missing[:4]]}")
+        module.load_state_dict(part, strict=True)
+
+
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Named trainable parameters of a module (the discriminator's checkpoint content)."""
+    return {name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad}
+
+
+def _load_named(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    from honestface.errors import CheckpointError
+
+    params = dict(module.named_parameters())
+    wanted = {name for name, p in params.items() if p.requires_grad}
+    if set(state) != wanted:
+        raise CheckpointError(source, f"discriminator keys differ ({len(state)} in file, {len(wanted)} in model)")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def lr_lambda(optim, max_steps: int):
+    def factor(step: int) -> float:
+        if optim.warmup_steps and step < optim.warmup_steps:
+            return (step + 1) / optim.warmup_steps
+        if optim.scheduler == "constant":
+            return 1.0
+        progress = min(1.0, (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps))
+        if optim.scheduler == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
+
+
+def average_gradients(parameters: Sequence[torch.nn.Parameter], world_size: int) -> None:
+    """Average gradients over ranks with one coalesced all-reduce (missing grads count as 0)."""
+    if world_size <= 1 or not parameters:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for p in parameters:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
+        offset += n
+
+
+def image_grid(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack (B, 3, H, W) rows into one (3, rows*H, B*W) image."""
+    return torch.cat([torch.cat(list(row), dim=-1) for row in rows], dim=-2)
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Builds everything from a :class:`TrainConfig` and runs the loop (:meth:`run`)."""
+
+    def __init__(self, config: TrainConfig, output_dir: str | Path | None = None, resume: str | None = None) -> None:
+        from accelerate import Accelerator
+
+        self.config = config
+        self.output = Path(output_dir or config.output_dir)
+        loop = config.train
+        if loop.num_threads > 0:
+            torch.set_num_threads(loop.num_threads)
+        self.accelerator = Accelerator(mixed_precision=loop.mixed_precision, cpu=loop.cpu)
+        self.device = self.accelerator.device
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+        if self.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            with open(self.output / "config.json", "w", encoding="utf-8") as handle:
+                json.dump(config.to_dict(), handle, indent=1)
+
+        # identical initial weights on every rank, then per-rank random streams
+        self.model = build_model(config.model, config.seed).to(self.device)
+        self.objective = TrainingObjective.build(
+            config.losses, self.model.unet, self.model.restorer.alphas_cumprod.float(),
+            models_dir=config.model.models_dir, device=self.device)
+        self.landmarks = self._backend("landmark", config.model.landmarks, config.model.landmark_options)
+        self.identity = self._backend("identity", config.model.identity, config.model.identity_options)
+        ckpt.seed_everything(config.seed * 1000 + self.rank)
+
+        self.g_params = [p for p in self.model.trainable_parameters() if p.requires_grad]
+        optim = config.optim
+        self.opt_g = torch.optim.AdamW(self.g_params, lr=optim.lr, betas=optim.betas,
+                                       weight_decay=optim.weight_decay, eps=optim.eps)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lr_lambda(optim, loop.max_steps))
+        self.discriminator = self.objective.discriminator
+        self.d_params: list[torch.nn.Parameter] = []
+        self.opt_d = self.sched_d = None
+        if self.discriminator is not None:
+            self.d_params = [p for p in self.discriminator.parameters() if p.requires_grad]
+            self.opt_d = torch.optim.AdamW(self.d_params, lr=optim.disc_lr, betas=optim.betas,
+                                           weight_decay=optim.weight_decay, eps=optim.eps)
+            self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lr_lambda(optim, loop.max_steps))
+
+        self.train_set, self.val_set = build_datasets(config.data)
+        if self.train_set.config.image_size != self.model.config.image_size:
+            raise ConfigError(f"data.image_size {config.data.image_size} != model image size "
+                              f"{self.model.config.image_size}")
+        self.sampler = EpochSampler(len(self.train_set), seed=config.seed, rank=self.rank, world_size=self.world)
+        self.step = 0
+        if resume:
+            self._resume(resume)
+        self.writer = None
+        if self.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.output / "logs"))
+        self.history: list[dict[str, float]] = []
+
+    # ---------------------------------------------------------------- backends
+    def _backend(self, kind: str, name: str, options: dict[str, Any]):
+        if not name or name == "none":
+            return None
+        from honestface.face import load_identity_backend, load_landmark_backend
+
+        factory = load_landmark_backend if kind == "landmark" else load_identity_backend
+        return factory(name, models_dir=self.config.model.models_dir, device=str(self.device), **dict(options))
+
+    # ------------------------------------------------------------------ resume
+    def _resume(self, resume: str) -> None:
+        path = ckpt.latest_checkpoint(self.output) if resume == "auto" else Path(resume)
+        if path is None:
+            logger.info("no checkpoint in %s: starting from scratch", self.output)
+            return
+        data = ckpt.read_checkpoint(path, self.rank)
+        trainer = data["trainer"]
+        load_trainable_state(self.model, data["trainable"], str(path))
+        if self.discriminator is not None:
+            if data["discriminator"] is None:
+                raise ConfigError(f"{path} has no discriminator but the adversarial loss is on")
+            _load_named(self.discriminator, data["discriminator"], str(path))
+        optimizers = data["optimizers"]
+        self.opt_g.load_state_dict(optimizers["generator"])
+        self.sched_g.load_state_dict(optimizers["generator_scheduler"])
+        if self.opt_d is not None:
+            self.opt_d.load_state_dict(optimizers["discriminator"])
+            self.sched_d.load_state_dict(optimizers["discriminator_scheduler"])
+        self.sampler.load_state_dict(trainer["sampler"][min(self.rank, len(trainer["sampler"]) - 1)])
+        if data["rng"] is not None:
+            ckpt.set_rng_state(data["rng"])
+        else:
+            logger.warning("%s has no RNG state for rank %d: random streams restart", path, self.rank)
+        self.step = int(trainer["step"])
+        logger.info("resumed from %s at step %d", path, self.step)
+
+    def save_checkpoint(self) -> Path:
+        final = ckpt.checkpoint_dir(self.output, self.step)
+        tmp = final.with_name(final.name + ".tmp")
+        if self.is_main and tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        self.accelerator.wait_for_everyone()
+        ckpt.write_rank_files(tmp, self.rank)
+        samplers = self._gather_sampler_states()
+        if self.is_main:
+            optimizers = {"generator": self.opt_g.state_dict(), "generator_scheduler": self.sched_g.state_dict()}
+            if self.opt_d is not None:
+                optimizers["discriminator"] = self.opt_d.state_dict()
+                optimizers["discriminator_scheduler"] = self.sched_d.state_dict()
+            trainer = {"step": self.step, "world_size": self.world, "sampler": samplers,
+                       "config": self.config.to_dict()}
+            ckpt.write_main_files(tmp, self.model.trainable_state_dict(),
+                                  trainable_state(self.discriminator) if self.discriminator is not None else None,
+                                  optimizers, trainer)
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            ckpt.finalize(tmp, final, self.config.train.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def _gather_sampler_states(self) -> list[dict[str, int]]:
+        own = self.sampler.state_dict()
+        if self.world == 1:
+            return [own]
+        import torch.distributed as dist
+
+        states: list[Any] = [None] * self.world
+        dist.all_gather_object(states, own)
+        return states
+
+    # ----------------------------------------------------------------- forward
+    def _conditioning(self, batch: dict[str, Any]) -> dict[str, torch.Tensor | None]:
+        """Landmarks and identity embeddings of the references (frozen backends, no grad)."""
+        refs, mask = batch["references"], batch["reference_mask"]
+        lq_landmarks = ref_landmarks = embeddings = None
+        if refs.shape[1] == 0 or not bool(mask.any()):
+            return {"lq_landmarks": None, "reference_landmarks": None, "identity_embeddings": None}
+        with torch.no_grad():
+            flat = refs.flatten(0, 1)
+            real = mask.flatten()
+            if self.landmarks is not None:
+                lq_landmarks = self.landmarks.landmarks(batch["lq"]).float()
+                points = torch.full((flat.shape[0], 68, 2), float("nan"))
+                if bool(real.any()):
+                    points[real] = self.landmarks.landmarks(flat[real]).float().cpu()
+                ref_landmarks = points.view(refs.shape[0], refs.shape[1], 68, 2)
+            if self.identity is not None:
+                dim = int(self.identity.embedding_dim)
+                vectors = torch.zeros(flat.shape[0], dim)
+                if bool(real.any()):
+                    vectors[real] = self.identity.embed(flat[real].to(self.device)).float().cpu()
+                embeddings = vectors.view(refs.shape[0], refs.shape[1], dim)
+        return {"lq_landmarks": lq_landmarks, "reference_landmarks": ref_landmarks,
+                "identity_embeddings": embeddings}
+
+    def _model_forward(self, batch: dict[str, Any]):
+        cond = self._conditioning(batch)
+        move = lambda t: None if t is None else t.to(self.device)  # noqa: E731
+        with self.accelerator.autocast():
+            return self.model(move(batch["lq"]), move(batch["references"]), move(batch["reference_mask"]),
+                              move(cond["lq_landmarks"]), move(cond["reference_landmarks"]),
+                              move(cond["identity_embeddings"]))
+
+    def train_step(self, stream) -> dict[str, float]:
+        """One optimiser step of G, then one of D. Returns the logged values."""
+        loop = self.config.train
+        accumulation = loop.gradient_accumulation
+        self.model.train()
+        self.objective.train()
+        logged: dict[str, float] = {}
+        latents: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for _ in range(accumulation):
+            batch = next(stream)
+            gt = batch["gt"].to(self.device)
+            output = self._model_forward(batch)
+            mask = self.objective.mfa_masks(batch["lq"].to(self.device)) if self.objective.lpips is not None else None
+            with self.accelerator.autocast():
+                terms = self.objective.generator_losses(output.image, gt, output.latent_restored, mask)
+            (terms["total"] / accumulation).backward()
+            for name, value in terms.items():
+                logged[f"loss/{name}"] = logged.get(f"loss/{name}", 0.0) + float(value.detach()) / accumulation
+            if self.discriminator is not None:
+                with torch.no_grad(), self.accelerator.autocast():
+                    real = self.model.restorer.encode(gt * 2.0 - 1.0)
+                latents.append((output.latent_restored.detach(), real.detach()))
+        average_gradients(self.g_params, self.world)
+        if self.config.optim.max_grad_norm > 0:
+            logged["grad_norm/generator"] = float(torch.nn.utils.clip_grad_norm_(self.g_params,
+                                                                                 self.config.optim.max_grad_norm))
+        self.opt_g.step()
+        self.sched_g.step()
+        self.opt_g.zero_grad(set_to_none=True)
+
+        if self.discriminator is not None:
+            self.opt_d.zero_grad(set_to_none=True)  # drop what the G step left on D
+            for fake, real in latents:
+                with self.accelerator.autocast():
+                    loss_d = self.objective.discriminator_losses(fake, real)
+                (loss_d / accumulation).backward()
+                logged["loss/discriminator"] = logged.get("loss/discriminator", 0.0) + float(loss_d.detach()) / accumulation
+            average_gradients(self.d_params, self.world)
+            if self.config.optim.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.d_params, self.config.optim.max_grad_norm)
+            self.opt_d.step()
+            self.sched_d.step()
+            self.opt_d.zero_grad(set_to_none=True)
+        logged["lr/generator"] = self.sched_g.get_last_lr()[0]
+        if self.sched_d is not None:
+            logged["lr/discriminator"] = self.sched_d.get_last_lr()[0]
+        return logged
+
+    # -------------------------------------------------------------- validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Restore part of the val split; log a grid and PSNR / A-LD (eyes) / Deg."""
+        if self.val_set is None or not self.is_main:
+            return {}
+        from honestface.metrics.pixel import psnr
+
+        loop = self.config.train
+        with torch.random.fork_rng(devices=[]):  # validation must not shift the training RNG
+            was_training = self.model.training
+            self.model.eval()
+            keys = [(i, i) for i in range(min(len(self.val_set), loop.val_batches * loop.val_batch_size))]
+            results: dict[str, list[float]] = {"psnr": [], "psnr_lq": [], "ald_eyes": [], "deg": []}
+            grid_rows = None
+            for start in range(0, len(keys), loop.val_batch_size):
+                batch = collate([self.val_set[k] for k in keys[start:start + loop.val_batch_size]])
+                restored = self._model_forward(batch).image.float().cpu().clamp(0, 1)
+                gt, lq = batch["gt"], batch["lq"]
+                results["psnr"] += psnr(restored, gt).tolist()
+                results["psnr_lq"] += psnr(lq, gt).tolist()
+                results["ald_eyes"] += self._ald(restored, gt)
+                results["deg"] += self._deg(restored, gt)
+                if grid_rows is None:
+                    grid_rows = [lq, restored, gt]
+            self.model.train(was_training)
+        metrics = {}
+        for name, values in results.items():
+            finite = [v for v in values if math.isfinite(v)]
+            if finite:
+                metrics[f"val/{name}"] = sum(finite) / len(finite)
+        if grid_rows is not None:
+            grid = image_grid(grid_rows)
+            if self.writer is not None:
+                self.writer.add_image("val/lq_restored_gt", grid, self.step)
+            from honestface.image_io import save_image
+
+            save_image(grid, self.output / "samples" / f"step-{self.step:08d}.png")
+        return metrics
+
+    def _val_backend(self, kind: str):
+        attribute = f"_val_{kind}"
+        if not hasattr(self, attribute):
+            loop = self.config.train
+            name = loop.val_landmarks if kind == "landmark" else loop.val_identity
+            options = {"aligned_fallback": True} if name == "dlib" and kind == "landmark" else {}
+            setattr(self, attribute, self._backend(kind, name, options))
+        return getattr(self, attribute)
+
+    def _ald(self, restored: torch.Tensor, gt: torch.Tensor) -> list[float]:
+        backend = self._val_backend("landmark")
+        if backend is None:
+            return []
+        from honestface.errors import HonestFaceError as _Error
+        from honestface.metrics.landmark import ald_eyes
+
+        a, b = backend.landmarks(restored).double(), backend.landmarks(gt).double()
+        values = []
+        for i in range(a.shape[0]):
+            try:
+                values.append(float(ald_eyes(a[i], b[i])))
+            except _Error:  # degenerate landmarks of a failed fit: no value for this face
+                continue
+        return values
+
+    def _deg(self, restored: torch.Tensor, gt: torch.Tensor) -> list[float]:
+        backend = self._val_backend("identity")
+        if backend is None:
+            return []
+        from honestface.metrics.identity import identity_angle_degrees
+
+        return identity_angle_degrees(backend.embed(restored).float().cpu(), backend.embed(gt).float().cpu()).tolist()
+
+    # ------------------------------------------------------------------- export
+    def export(self) -> Path | None:
+        """Write the inference checkpoint (HonestFace ``.safetensors``) of the current weights."""
+        if not self.is_main:
+            return None
+        from honestface.loaders.checkpoint import save_checkpoint
+
+        path = self.output / self.config.train.export_name
+        tmp = path.with_name(path.stem + ".partial.safetensors")
+        save_checkpoint(self.model, tmp, extra_metadata={"training_step": str(self.step)})
+        tmp.replace(path)
+        return path
+
+    # --------------------------------------------------------------------- loop
+    def log(self, values: dict[str, float]) -> None:
+        if self.world > 1:  # average the scalar values over ranks for the log
+            import torch.distributed as dist
+
+            names = sorted(k for k in values if k.startswith("loss/"))
+            tensor = torch.tensor([values[k] for k in names], dtype=torch.float64, device=self.device)
+            dist.all_reduce(tensor)
+            for name, value in zip(names, (tensor / self.world).tolist()):
+                values[name] = value
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, self.step)
+
+    def run(self) -> dict[str, Any]:
+        loop = self.config.train
+        stream = infinite_batches(self.train_set, self.sampler, loop.batch_size, loop.num_workers)
+        started, samples = time.perf_counter(), 0
+        last: dict[str, float] = {}
+        while self.step < loop.max_steps:
+            last = self.train_step(stream)
+            self.step += 1
+            samples += loop.batch_size * loop.gradient_accumulation * self.world
+            for name, value in last.items():
+                if not math.isfinite(value):
+                    raise HonestFaceError(f"{name} is {value} at step {self.step}: training diverged")
+            if self.is_main:
+                self.history.append({"step": self.step, **{k: v for k, v in last.items() if k.startswith("loss/")}})
+            if loop.log_every and self.step % loop.log_every == 0:
+                self.log(dict(last))
+                if self.is_main:
+                    losses = " ".join(f"{k[5:]}={v:.4f}" for k, v in last.items() if k.startswith("loss/"))
+                    logger.info("step %d %s", self.step, losses)
+            final = self.step == loop.max_steps
+            if loop.val_every and (self.step % loop.val_every == 0 or final):
+                metrics = self.validate()
+                if metrics and self.writer is not None:
+                    for name, value in metrics.items():
+                        self.writer.add_scalar(name, value, self.step)
+                    logger.info("validation at step %d: %s", self.step, metrics)
+            if (loop.checkpoint_every and self.step % loop.checkpoint_every == 0) or final:
+                self.save_checkpoint()
+        elapsed = time.perf_counter() - started
+        exported = self.export()
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+        self.accelerator.wait_for_everyone()
+        summary = {"steps": self.step, "seconds": elapsed, "samples_per_second": samples / max(elapsed, 1e-9),
+                   "export": str(exported) if exported else None, "last": last}
+        if self.is_main:
+            with open(self.output / "history.json", "w", encoding="utf-8") as handle:
+                json.dump(self.history, handle)
+        return summary
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (training/configs/*.yaml)")
+    parser.add_argument("--resume", help="checkpoint folder, or 'auto' for the newest in the output folder")
+    parser.add_argument("--output", help="output folder (overrides output_dir)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=100")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config, args.overrides)
+        trainer = Trainer(config, output_dir=args.output, resume=args.resume)
+        summary = trainer.run()
+    except HonestFaceError as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 1
+    if trainer.is_main:
+        print(json.dumps({k: v for k, v in summary.items() if k != "last"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
