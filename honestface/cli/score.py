@@ -1,0 +1,93 @@
+"""``honestface score RESTORED GT``: metrics of restored faces against their ground truth.
+
+RESTORED and GT are two image files, or two folders whose images are paired by file
+name (without extension). Prints a table (paper column names, arrows give the better
+direction); ``--json`` / ``--csv`` also write the scores to a file. Metrics that cannot
+be computed here (missing weights, missing backend) are listed with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import ImageError
+
+
+def add_metric_options(parser: argparse.ArgumentParser, default_metrics: str) -> None:
+    """Options shared by ``score`` and ``evaluate``."""
+    parser.add_argument("--metrics", default=None, metavar="LIST",
+                        help=f"comma-separated metric keys or column names, 'table1' or 'all' (default: {default_metrics})")
+    parser.add_argument("--landmarks", default="dlib", metavar="NAME",
+                        help="landmark backend for L2-LD / A-LD: dlib (offline) or fan (default: dlib)")
+    parser.add_argument("--identity", default="dlib", metavar="NAME",
+                        help="identity backend for Deg.: dlib, arcface-onnx, arcface-torch, adaface (default: dlib)")
+    parser.add_argument("--models-dir", default=None, metavar="DIR",
+                        help="models root (ComfyUI layout; default: $HONESTFACE_MODELS); pyiqa weights in DIR/pyiqa")
+    parser.add_argument("--device", default="cpu", help="torch device for the networks (default: cpu)")
+    parser.add_argument("--y-channel", action="store_true", help="PSNR / SSIM on the luma channel instead of RGB")
+    parser.add_argument("--msswd-seed", type=int, default=0, help="seed of MS-SWD's random projections (default: 0)")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON")
+    parser.add_argument("--csv", type=Path, default=None, metavar="FILE", help="also write per-image scores as CSV")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_evaluator(args: argparse.Namespace, default_metrics: tuple[str, ...]):
+    from ..metrics.evaluate import Evaluator
+    from ..metrics.registry import parse_metric_list
+
+    metrics = parse_metric_list(args.metrics, default_metrics)
+    return Evaluator(metrics, landmark_backend=args.landmarks, identity_backend=args.identity,
+                     models_dir=args.models_dir, device=args.device, y_channel=args.y_channel,
+                     msswd_seed=args.msswd_seed)
+
+
+def run_and_print(evaluator, pairs, unpaired, args: argparse.Namespace, per_image: bool) -> int:
+    from ..progress import tqdm_progress
+
+    progress, close = tqdm_progress("scoring", len(pairs), disable=args.no_progress)
+    try:
+        report = evaluator.evaluate_pairs(pairs, unpaired, progress)
+    finally:
+        close()
+    print(report.format_table(per_image=per_image))
+    if args.json is not None:
+        print(f"wrote {report.write_json(args.json)}")
+    if args.csv is not None:
+        print(f"wrote {report.write_csv(args.csv)}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..metrics.evaluate import ImagePair, pair_folders
+    from ..metrics.registry import SCORE_METRICS
+
+    restored, ground_truth = Path(args.restored), Path(args.gt)
+    for path in (restored, ground_truth):
+        if not path.exists():
+            raise ImageError(f"not found: {path}")
+    if restored.is_dir() and ground_truth.is_dir():
+        pairs, unpaired = pair_folders(restored, ground_truth)
+        if not pairs:
+            raise ImageError(f"no images with the same name in {restored} and {ground_truth}")
+    elif restored.is_file() and ground_truth.is_file():
+        pairs, unpaired = [ImagePair(restored.stem, restored, ground_truth)], {}
+    else:
+        raise ImageError("RESTORED and GT must both be image files or both be folders")
+    evaluator = build_evaluator(args, SCORE_METRICS)
+    return run_and_print(evaluator, pairs, unpaired, args, per_image=True)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "score",
+        help="score restored faces against ground truth (A-LD, L2-LD, Deg., PSNR, SSIM, LPIPS, ...)",
+        description=sys.modules[__name__].__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("restored", metavar="RESTORED", help="restored image, or a folder of them")
+    parser.add_argument("gt", metavar="GT", help="ground-truth image, or a folder paired by file name")
+    add_metric_options(parser, "every per-image metric")
+    parser.set_defaults(func=run)
+    return parser

@@ -1,0 +1,59 @@
+"""``honestface evaluate`` on a small real test set (folders paired by name, references)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_cli_score import NAMES, build_test_set
+
+from honestface.cli import main
+from honestface.metrics.registry import EVALUATE_METRICS, TABLE1_METRICS
+
+
+@pytest.fixture(scope="module")
+def test_set(tmp_path_factory, shared_data) -> dict:
+    return build_test_set(tmp_path_factory.mktemp("evaluate"), shared_data)
+
+
+def test_evaluate_reports_every_table1_column_and_what_is_missing(test_set, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    code = main([
+        "evaluate", "--restored", str(test_set["restored"]), "--gt", str(test_set["gt"]),
+        "--refs", str(test_set["refs"]), "--json", str(out), "--per-image", "--no-progress",
+    ])
+    assert code == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    metrics = {m["key"]: m for m in report["metrics"]}
+    # Every requested metric is either computed or listed with a reason: nothing vanishes.
+    assert set(metrics) == set(EVALUATE_METRICS) | {"deg_ref"}
+    for key in TABLE1_METRICS:
+        entry = metrics[key]
+        assert entry["available"] or entry["reason"], key
+        if not entry["available"]:
+            assert f"{entry['name']}: " in printed.split("Unavailable metrics:")[1]
+    for key in ("psnr", "ssim", "msswd", "deg", "deg_ref", "l2ld", "ald_e", "ald_m", "ald"):
+        assert metrics[key]["available"], key
+    assert report["num_pairs"] == 4 and metrics["l2ld"]["count"] == 3 and metrics["deg"]["count"] == 4
+    assert report["missing_landmarks"] == [{"name": "face_d", "images": ["restored"]}]
+    assert report["unpaired"] == {"restored only": ["only_restored.png"], "ground truth only": []}
+    rows = {row["name"]: row for row in report["images"]}
+    assert list(rows) == list(NAMES)
+    # The colour-cast face is further from its ground truth in colour than the plain blur.
+    assert rows["face_c"]["msswd"] > rows["face_a"]["msswd"] > 0
+    # The shifted face keeps its layout (small A-LD) but moves every landmark (large L2-LD).
+    assert rows["face_b"]["l2ld"] > 3 * rows["face_a"]["l2ld"]
+    assert rows["face_b"]["ald_e"] < 3 * max(rows["face_a"]["ald_e"], rows["face_c"]["ald_e"])
+    # Restored faces are closer in identity to their own ground truth than the grey image.
+    assert rows["face_a"]["deg_ref"] < rows["face_d"]["deg_ref"]
+    assert "mean (4)" in printed and "ALD-e↓" in printed and "Deg.-ref↓" in printed
+
+
+def test_evaluate_needs_folders_with_common_names(test_set, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["evaluate", "--restored", str(empty), "--gt", str(test_set["gt"])]) == 1
+    assert "no images with the same name" in capsys.readouterr().err
+    assert main(["evaluate", "--restored", str(tmp_path / "nope"), "--gt", str(test_set["gt"])]) == 1
+    assert "not a folder" in capsys.readouterr().err
