@@ -23,6 +23,7 @@ Two entry points:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -265,6 +266,8 @@ def load_model(sd21: str | Path, checkpoint: str | Path | None = None, osdface_d
     - ``checkpoint`` (+ ``osdface_dir`` for the frozen VQ encoder): HonestFace. The config
       comes from the checkpoint; VGG16 from ``vgg`` or ``config.ide.vgg_file`` in
       ``<models>/honestface``.
+    Names are looked up in ``<models>/honestface`` (``models_dir`` or ``HONESTFACE_MODELS``).
+
     - ``osdface_dir`` alone: OSDFace (VRE-only prompt; references are ignored). The config
       is the preset whose ``token_dim`` matches the UNet (``"sd21"`` for SD 2.1-base), or
       ``config``.
@@ -285,6 +288,9 @@ def load_model(sd21: str | Path, checkpoint: str | Path | None = None, osdface_d
 
         raise MissingModelFileError("associate_2.ckpt", "<models>/honestface/OSDFace", "OSDFace VQ encoder",
                                     "A HonestFace checkpoint uses the frozen VQ encoder of the OSDFace release.")
+    if checkpoint is not None:
+        checkpoint = find_model_file("honestface", checkpoint, models_dir, what="HonestFace checkpoint")
+    osdface_dir = find_model_file("honestface", osdface_dir, models_dir, what="OSDFace release folder")
     sd = load_sd21(sd21, models_dir=models_dir)
     cross = int(sd.unet.config.cross_attention_dim)
     if checkpoint is not None:
@@ -306,6 +312,8 @@ def load_model(sd21: str | Path, checkpoint: str | Path | None = None, osdface_d
         vgg_state = load_vgg16_state_dict(vgg_path)
     model = HonestFaceModel(model_config, sd.unet, sd.vae, vgg_state_dict=vgg_state, lora=False)
     lines = list(sd.report.lines())
+    for line in lines:
+        logging.getLogger("honestface.loaders").info(line)
     if checkpoint is not None:
         lines += load_osdface(model, osdface_dir, parts=("vq",)).lines()
         lines.append(load_checkpoint(model, checkpoint).line())
