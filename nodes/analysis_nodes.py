@@ -9,9 +9,10 @@ import torch
 from honestface.face import require_landmarks
 from honestface.errors import ImageError, NoFaceError
 
-from .comfy_io import DEVICE_CHOICES, comfy_progress, comfy_to_images, images_to_comfy, masks_to_comfy, resolve_device
+from .comfy_io import (DEVICE_CHOICES, clear_errors, comfy_progress, comfy_to_images, images_to_comfy, masks_to_comfy,
+                       resolve_device)
 from .handles import MODEL_CACHE, FaceAnalysis, unload_all
-from .model_folders import models_root_for
+from .model_folders import list_files, models_root_for
 from .preview import GREEN, RED, draw_points
 
 CATEGORY = "HonestFace"
@@ -26,14 +27,40 @@ _IDENTITY_KIND = {"dlib": "face_recognition", "arcface-onnx": "insightface",
                   "arcface-torch": "insightface", "adaface": "face_recognition"}
 
 
-def build_face_analysis(landmark_backend: str, identity_backend: str, detector: str, device: str) -> FaceAnalysis:
+DEFAULT_MODEL = "default"
+
+
+def identity_model_choices() -> list[str]:
+    """Recogniser weight files: insightface ONNX files and .pth/.ckpt files in facerestore_models."""
+    onnx = [f for f in list_files("insightface") if f.lower().endswith(".onnx")]
+    torch_files = [f for f in list_files("facerestore_models") if f.lower().endswith((".pth", ".ckpt", ".pt"))]
+    return [DEFAULT_MODEL] + onnx + torch_files
+
+
+def resolve_identity_model(name: str):
+    import folder_paths
+
+    from honestface.errors import MissingModelFileError
+
+    for folder in ("insightface", "facerestore_models"):
+        path = folder_paths.get_full_path(folder, name)
+        if path is not None:
+            return path
+    raise MissingModelFileError(name, folder_paths.get_folder_paths("insightface")[0], "face recogniser weights")
+
+
+def build_face_analysis(landmark_backend: str, identity_backend: str, detector: str, device: str,
+                        identity_model: str = DEFAULT_MODEL) -> FaceAnalysis:
     from honestface.face import load_face_detector, load_identity_backend, load_landmark_backend
 
     torch_device = str(resolve_device(device))
     landmarks = load_landmark_backend(landmark_backend, models_dir=models_root_for(_LANDMARK_KIND[landmark_backend]),
                                       device=torch_device)
+    extra = {}
+    if identity_model != DEFAULT_MODEL and identity_backend != "dlib":
+        extra["model"] = resolve_identity_model(identity_model)
     identity = load_identity_backend(identity_backend, models_dir=models_root_for(_IDENTITY_KIND[identity_backend]),
-                                     device=torch_device)
+                                     device=torch_device, **extra)
     family, _, variant = detector.partition("-")
     face_detector = load_face_detector(family, models_dir=models_root_for("face_recognition"), model=variant)
     return FaceAnalysis(landmarks=landmarks, identity=identity, detector=face_detector,
@@ -60,15 +87,21 @@ class HonestFaceAnalysisLoader:
             "identity_backend": (IDENTITY_CHOICES, {"default": "dlib", "tooltip":
                 "Face recogniser for identity embeddings: dlib 128-d (offline), ArcFace (insightface ONNX pack "
                 "or the same network in PyTorch) or AdaFace. Must match what the HonestFace checkpoint was trained with."}),
+            "identity_model": (identity_model_choices(), {"default": DEFAULT_MODEL, "tooltip":
+                "Weights of the face recogniser: default (ArcFace: insightface/models/buffalo_l/w600k_r50.onnx), "
+                "another insightface ONNX file, or an arcface_torch/AdaFace file from models/facerestore_models. "
+                "Ignored by dlib."}),
             "detector": (DETECTOR_CHOICES, {"default": "dlib-hog", "tooltip":
                 "Face detector for whole photos: dlib HOG (fast) or dlib MMOD CNN (more robust, slower on CPU)."}),
             "device": (DEVICE_CHOICES, {"default": "auto", "tooltip":
                 "auto: the device ComfyUI uses for models; cpu: keep the backends on the CPU."}),
         }}
 
-    def load(self, landmark_backend, identity_backend, detector, device):
-        key = ("face_analysis", landmark_backend, identity_backend, detector, device)
-        analysis = MODEL_CACHE.get(key, lambda: build_face_analysis(landmark_backend, identity_backend, detector, device))
+    @clear_errors
+    def load(self, landmark_backend, identity_backend, identity_model, detector, device):
+        key = ("face_analysis", landmark_backend, identity_backend, identity_model, detector, device)
+        analysis = MODEL_CACHE.get(key, lambda: build_face_analysis(landmark_backend, identity_backend, detector,
+                                                                    device, identity_model))
         return (analysis,)
 
 
@@ -93,6 +126,7 @@ class HonestFaceAlignFace:
                 "Which face of each photo: 0 = the largest, 1 = the next, ..."}),
         }}
 
+    @clear_errors
     def align(self, face_analysis, images, size, face_index):
         from honestface.face.align import align_face
 
@@ -132,6 +166,7 @@ class HonestFaceMFAMask:
                 "How strongly the overlay preview tints the masked regions."}),
         }}
 
+    @clear_errors
     def mask(self, face_analysis, images, k, overlay_strength):
         from honestface.mfa import mask_overlay, mfa_mask_from_images
 
@@ -150,12 +185,6 @@ def _landmarks(face_analysis: FaceAnalysis, images: torch.Tensor, what: str) -> 
     with torch.no_grad():
         points = face_analysis.landmarks.landmarks(images).float().cpu()
     return require_landmarks(points, what)
-
-
-def identity_angle_degrees(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Deg.: angle between identity embeddings (B, D) and (B, D) in degrees, (B,)."""
-    cosine = torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).clamp(-1.0, 1.0)
-    return torch.rad2deg(torch.arccos(cosine))
 
 
 class HonestFaceALDScore:
@@ -182,7 +211,9 @@ class HonestFaceALDScore:
             "reference": ("IMAGE", {"tooltip": "Ground truth or reference faces: one image, or one per restored face."}),
         }}
 
+    @clear_errors
     def score(self, face_analysis, restored, reference):
+        from honestface.metrics.identity import identity_angle_degrees
         from honestface.metrics.landmark import affine_landmark_distance, l2_landmark_distance
 
         restored_images = comfy_to_images(restored, "restored")
@@ -244,6 +275,7 @@ class HonestFaceUnloadModels:
     def IS_CHANGED(cls, **kwargs):
         return float("nan")  # always run
 
+    @clear_errors
     def unload(self, trigger=None):
         count = unload_all()
         return {"ui": {"text": [f"released {count} HonestFace model(s)"]}, "result": (count,)}

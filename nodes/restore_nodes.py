@@ -4,12 +4,14 @@ selector (Eq. 6), one-step restore of aligned faces and of whole photos."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from honestface.errors import HonestFaceError, ImageError, NoFaceError
+import folder_paths
+from honestface.errors import HonestFaceError, MissingModelFileError, NoFaceError
 
-from .comfy_io import (DEVICE_CHOICES, DTYPE_CHOICES, check_interrupted, comfy_progress, comfy_to_images,
+from .comfy_io import (clear_errors, DEVICE_CHOICES, DTYPE_CHOICES, check_interrupted, comfy_progress, comfy_to_images,
                        images_to_comfy, resolve_device, resolve_dtype)
 from .handles import MODEL_CACHE, FaceAnalysis, HonestFaceModel
 from .model_folders import find_in_folders, list_files, list_subfolders
@@ -18,8 +20,8 @@ CATEGORY = "HonestFace"
 
 #: What marks an OSDFace release folder inside models/honestface.
 OSDFACE_MARKER = "pytorch_lora_weights.safetensors"
-#: torchvision's VGG16 weights (the facial feature extractor), in models/honestface.
-VGG_FILE = "vgg16-397923af.pth"
+#: The OSDFace file holding the VQ encoder of the visual tokens.
+OSDFACE_VQ_FILE = "associate_2.ckpt"
 NONE = "none"
 AUTO = "auto"
 
@@ -63,8 +65,15 @@ def build_model(base_model: str, weights: str, osdface_folder: str, dtype: str, 
     checkpoint = None if is_osdface else weights_path
     vgg = None
     if checkpoint is not None:
+        from honestface.loaders.checkpoint import config_from_checkpoint
+
+        if osdface_dir is None:
+            raise MissingModelFileError(OSDFACE_VQ_FILE, Path(folder_paths.get_folder_paths("honestface")[0]) / "OSDFace",
+                                        "OSDFace VQ encoder", "A HonestFace checkpoint uses the frozen VQ encoder of "
+                                        "the OSDFace release: put the release folder in models/honestface.")
         # The facial feature extractor needs torchvision's VGG16 weights next to the checkpoint.
-        vgg = find_in_folders("honestface", VGG_FILE, "VGG16 weights of the facial feature extractor")
+        vgg = find_in_folders("honestface", config_from_checkpoint(checkpoint).ide.vgg_file,
+                              "VGG16 weights of the facial feature extractor")
     load_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, load_device)
     pipeline = HonestFacePipeline.from_pretrained(sd21=sd21, checkpoint=checkpoint, osdface_dir=osdface_dir,
@@ -107,20 +116,32 @@ class HonestFaceModelLoader:
                 "auto: the device ComfyUI's model management uses (respects --cpu, --lowvram ...)."}),
         }}
 
+    @clear_errors
     def load(self, base_model, weights, osdface_folder, dtype, device):
         key = ("model", base_model, weights, osdface_folder, dtype, device)
         model = MODEL_CACHE.get(key, lambda: build_model(base_model, weights, osdface_folder, dtype, device))
         return (model,)
 
 
-def make_pipeline(model: HonestFaceModel, face_analysis: FaceAnalysis | None):
-    """The cached model, loaded onto its device, with this run's face-analysis backends."""
+def require_references_support(model: HonestFaceModel) -> None:
+    if not getattr(model.pipeline.model, "accepts_references", True):
+        raise HonestFaceError(f"{model.description} restores without references; load a HonestFace checkpoint "
+                              "(.safetensors in models/honestface) to use references")
+
+
+def make_pipeline(model: HonestFaceModel, face_analysis: FaceAnalysis | None, with_references: bool = False):
+    """The cached model, loaded onto its device, with this run's face-analysis backends.
+
+    The face recogniser only matters with references (the FIE embeds them), so it is
+    attached (and its embedding size checked against the model) only then.
+    """
     from honestface.pipeline import HonestFacePipeline
 
     model.ready()
+    use_analysis = face_analysis is not None and with_references
     return HonestFacePipeline(model.pipeline.model,
-                              landmark_backend=None if face_analysis is None else face_analysis.landmarks,
-                              identity_backend=None if face_analysis is None else face_analysis.identity,
+                              landmark_backend=face_analysis.landmarks if use_analysis else None,
+                              identity_backend=face_analysis.identity if use_analysis else None,
                               device=model.load_device, dtype=model.dtype,
                               batch_size=model.pipeline.batch_size)
 
@@ -165,12 +186,14 @@ class HonestFaceIdentityEmbedder:
             "lq_face": ("IMAGE", {"tooltip": "The aligned low-quality face(s) to restore."}),
         }}
 
+    @clear_errors
     def embed(self, model, face_analysis, references, lq_face):
         from honestface.models.ide import crop_eye_patches, eye_boxes
 
+        require_references_support(model)
         refs = comfy_to_images(references, "references")
         lq = comfy_to_images(lq_face, "lq_face")
-        pipeline = make_pipeline(model, face_analysis)
+        pipeline = make_pipeline(model, face_analysis, with_references=True)
         progress = comfy_progress(3)
         lq_prepared = pipeline.prepare_images(lq, "lq_face")
         batch = pipeline.prepare_references([refs] * lq.shape[0])
@@ -218,6 +241,7 @@ class HonestFaceVisualTokens:
             "lq_face": ("IMAGE", {"tooltip": "Aligned low-quality face(s)."}),
         }}
 
+    @clear_errors
     def tokens(self, model, lq_face):
         lq = comfy_to_images(lq_face, "lq_face")
         pipeline = make_pipeline(model, None)
@@ -254,6 +278,7 @@ class HonestFaceReferenceSelector:
                 "Landmarks of the distance: eyes and brows (the paper's choice), outer lip, or all 68."}),
         }}
 
+    @clear_errors
     def select(self, face_analysis, references, lq_face, subset):
         from honestface.face import require_landmarks
         from honestface.metrics.landmark import affine_landmark_distance
@@ -311,11 +336,14 @@ class HonestFaceRestoreAligned:
             "face_analysis": ("FACE_ANALYSIS", {"tooltip": "Needed with 'identity' (landmarks and the face recogniser)."}),
         }}
 
+    @clear_errors
     def restore(self, model, lq_face, color_correction, identity=None, face_analysis=None):
         if identity is not None and face_analysis is None:
             raise HonestFaceError("'identity' needs 'face_analysis' too (landmarks and the face recogniser)")
+        if identity is not None:
+            require_references_support(model)
         lq = comfy_to_images(lq_face, "lq_face")
-        pipeline = make_pipeline(model, face_analysis)
+        pipeline = make_pipeline(model, face_analysis, with_references=identity is not None)
         restored = pipeline.restore(lq, references=_reference_list(identity, lq.shape[0]),
                                     progress=comfy_progress(lq.shape[0]), color_correction=_color(color_correction))
         return (images_to_comfy(restored),)
@@ -364,13 +392,16 @@ class HonestFaceRestorePhoto:
                                                 "used for every restored face."}),
         }}
 
+    @clear_errors
     def restore(self, model, face_analysis, image, strength, face_indices, color_correction, references=None):
         from honestface.face.photo import restore_faces_in_photo
 
         photos = comfy_to_images(image, "image")
         refs = None if references is None else comfy_to_images(references, "references")
+        if refs is not None:
+            require_references_support(model)
         indices = parse_indices(face_indices)
-        pipeline = make_pipeline(model, face_analysis)
+        pipeline = make_pipeline(model, face_analysis, with_references=refs is not None)
         size = pipeline.image_size
 
         def restore_fn(crops: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,39 @@ from pathlib import Path
 from typing import Any
 
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WORKFLOWS = REPO_ROOT / "workflows"
+API_WORKFLOWS = WORKFLOWS / "api"
+
+#: The node pack's public node names; workflows refer to them, so they must not change.
+HONESTFACE_NODES = {
+    "HonestFaceModelLoader",
+    "HonestFaceAnalysisLoader",
+    "HonestFaceIdentityEmbedder",
+    "HonestFaceVisualTokens",
+    "HonestFaceRestoreAligned",
+    "HonestFaceRestorePhoto",
+    "HonestFaceMFAMask",
+    "HonestFaceALDScore",
+    "HonestFaceReferenceSelector",
+    "HonestFaceAlignFace",
+    "HonestFaceUnloadModels",
+}
+
+
+#: Seconds from queueing to the end of each prompt the tests ran (shown in the terminal summary).
+TIMINGS: dict[str, float] = {}
+
+
+def comfyui_dir() -> Path:
+    """The ComfyUI installed by ``scripts/comfyui_setup.sh`` (or ``HONESTFACE_COMFYUI``)."""
+    return Path(os.environ.get("HONESTFACE_COMFYUI", REPO_ROOT / ".comfyui" / "ComfyUI"))
+
+
+def load_workflow(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

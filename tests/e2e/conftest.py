@@ -9,42 +9,14 @@ its process group at the end of the session.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
-from tests.e2e.comfyui_server import ComfyUIServer
-
-WORKFLOWS = REPO_ROOT / "workflows"
-API_WORKFLOWS = WORKFLOWS / "api"
-
-#: The node pack's public node names; workflows refer to them, so they must not change.
-HONESTFACE_NODES = {
-    "HonestFaceModelLoader",
-    "HonestFaceAnalysisLoader",
-    "HonestFaceIdentityEmbedder",
-    "HonestFaceVisualTokens",
-    "HonestFaceRestoreAligned",
-    "HonestFaceRestorePhoto",
-    "HonestFaceMFAMask",
-    "HonestFaceALDScore",
-    "HonestFaceReferenceSelector",
-    "HonestFaceAlignFace",
-    "HonestFaceUnloadModels",
-}
-
-
-def comfyui_dir() -> Path:
-    return Path(os.environ.get("HONESTFACE_COMFYUI", REPO_ROOT / ".comfyui" / "ComfyUI"))
-
-
-def load_workflow(path: Path) -> dict:
-    return json.loads(path.read_text())
+from comfyui_server import (API_WORKFLOWS, HONESTFACE_NODES, REPO_ROOT, TIMINGS, ComfyUIServer, comfyui_dir,
+                            load_workflow)
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +58,10 @@ def comfyui_server(comfyui_install, tiny_models_dir, tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if TIMINGS:
+        terminalreporter.write_sep("-", "prompt timings in ComfyUI (queue to finish, CPU, tiny models)")
+        for name, seconds in TIMINGS.items():
+            terminalreporter.write_line(f"  {name:55s} {seconds:7.2f} s")

@@ -1,0 +1,273 @@
+"""The example workflows and the error paths, run by a real ComfyUI server.
+
+Each ``workflows/api/*.json`` is queued with ``POST /prompt`` (model names rewritten to the
+tiny models, input images from the real test data copied into the server's input folder)
+and must finish with images of the right size, in range, and different from the input.
+Errors a user can make must come back as ComfyUI ``node_errors`` or an ``execution_error``
+carrying HonestFace's message, and the server must go on serving.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfyui_server import API_WORKFLOWS, TIMINGS, execution_error, load_workflow
+from honestface.testing.make_tiny_models import TINY_IDENTITY_BACKEND
+
+pytestmark = pytest.mark.e2e
+
+def to_png(source: Path, target: Path, max_side: int | None = None) -> None:
+    image = Image.open(source).convert("RGB")
+    if max_side and max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.LANCZOS)
+    image.save(target)
+
+
+@pytest.fixture(scope="module")
+def inputs(comfyui_server, shared_data) -> dict[str, Path]:
+    """The input images the workflows name, in the server's input folder."""
+    obama = shared_data / "real_lq" / "reference_sets" / "obama"
+    pairs = shared_data / "real_lq" / "pairs"
+    first_pair = sorted((pairs / "lq").iterdir())[0].name
+    sources = {
+        "honestface_lq_face.png": sorted((obama / "lq_crop").iterdir())[0],
+        "honestface_reference_1.png": sorted((obama / "refs").iterdir())[0],
+        "honestface_reference_2.png": sorted((obama / "refs").iterdir())[1],
+        "honestface_reference_3.png": sorted((obama / "refs").iterdir())[2],
+        "honestface_photo.png": shared_data / "real_lq" / "whole" / "Blake_Lively.jpg",
+        "honestface_restored.png": pairs / "lq" / first_pair,
+        "honestface_ground_truth.png": pairs / "pseudo_hq" / first_pair,
+    }
+    written = {}
+    for name, source in sources.items():
+        to_png(source, comfyui_server.input_dir / name, max_side=512)
+        written[name] = comfyui_server.input_dir / name
+    Image.new("RGB", (256, 256), (128, 128, 128)).save(comfyui_server.input_dir / "honestface_blank.png")
+    written["honestface_blank.png"] = comfyui_server.input_dir / "honestface_blank.png"
+    return written
+
+
+@pytest.fixture(scope="module")
+def tiny_choices(comfyui_server) -> dict[str, str]:
+    """The tiny models' names as the loader nodes list them."""
+    status, info = comfyui_server.request("/object_info/HonestFaceModelLoader")
+    assert status == 200
+    required = info["HonestFaceModelLoader"]["input"]["required"]
+    bases, weights = required["base_model"][0], required["weights"][0]
+    checkpoints = [w for w in weights if w.endswith(".safetensors")]
+    folders = [w for w in weights if not w.endswith(".safetensors")]
+    single_files = [b for b in bases if b.endswith((".safetensors", ".ckpt"))]
+    assert single_files and checkpoints and folders, (bases, weights)
+    return {"base_model": single_files[0], "honestface": checkpoints[0], "osdface": folders[0],
+            "identity_backend": TINY_IDENTITY_BACKEND}
+
+
+def with_tiny_models(prompt: dict, choices: dict[str, str]) -> dict:
+    """Real model names -> the tiny models' (what a user with the real files would not change)."""
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "HonestFaceModelLoader":
+            inputs["base_model"] = choices["base_model"]
+            is_osdface = not inputs["weights"].endswith(".safetensors")
+            inputs["weights"] = choices["osdface" if is_osdface else "honestface"]
+        if node["class_type"] == "HonestFaceAnalysisLoader":
+            # The tiny checkpoint was trained (randomly) for this recogniser, the real one for ArcFace.
+            inputs["identity_backend"] = choices["identity_backend"]
+    return prompt
+
+
+def saved_images(comfyui_server, entry: dict, node_id: str) -> list[np.ndarray]:
+    images = entry["outputs"][node_id]["images"]
+    arrays = []
+    for image in images:
+        folder = comfyui_server.output_dir if image["type"] == "output" else comfyui_server.base_dir / "temp"
+        path = folder / image["subfolder"] / image["filename"]
+        arrays.append(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0)
+    return arrays
+
+
+def input_array(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+
+
+def run(comfyui_server, name: str, prompt: dict) -> dict:
+    entry, seconds = comfyui_server.run_prompt(prompt, timeout=900)
+    TIMINGS[name] = seconds
+    error = execution_error(entry)
+    assert error is None, f"{name} failed: {json.dumps(error, indent=1)[:4000]}\n{comfyui_server.log()}"
+    assert entry["status"]["status_str"] == "success"
+    return entry
+
+
+def assert_restored(output: np.ndarray, source: np.ndarray) -> None:
+    assert output.shape == source.shape, (output.shape, source.shape)
+    assert np.isfinite(output).all() and output.min() >= 0.0 and output.max() <= 1.0
+    assert np.abs(output - source).mean() > 1e-3, "output is identical to the input"
+
+
+def test_restore_without_references(comfyui_server, inputs, tiny_choices):
+    prompt = with_tiny_models(load_workflow(API_WORKFLOWS / "osdface_restore_without_references.json"), tiny_choices)
+    entry = run(comfyui_server, "osdface_restore_without_references", prompt)
+    [restored] = saved_images(comfyui_server, entry, "4")
+    assert_restored(restored, input_array(inputs["honestface_lq_face.png"]))
+    report = entry["outputs"]["6"]["text"][0]
+    assert "distinct codes" in report
+
+
+def test_restore_with_references(comfyui_server, inputs, tiny_choices):
+    prompt = with_tiny_models(load_workflow(API_WORKFLOWS / "honestface_restore_with_references.json"), tiny_choices)
+    entry = run(comfyui_server, "honestface_restore_with_references", prompt)
+    [restored] = saved_images(comfyui_server, entry, "11")
+    assert_restored(restored, input_array(inputs["honestface_lq_face.png"]))
+    [chosen] = saved_images(comfyui_server, entry, "12")
+    references = [input_array(inputs[f"honestface_reference_{i}.png"]) for i in (1, 2, 3)]
+    # The chosen reference is one of the references (at the model's size, so compare coarsely).
+    chosen_small = np.asarray(Image.fromarray((chosen * 255).astype(np.uint8)).resize((32, 32)), np.float32) / 255
+    distances = [np.abs(chosen_small - np.asarray(Image.fromarray((r * 255).astype(np.uint8)).resize((32, 32)),
+                                                  np.float32) / 255).mean() for r in references]
+    assert min(distances) < 0.03, distances
+    [eyes] = saved_images(comfyui_server, entry, "13")
+    assert eyes.shape[1] == 2 * eyes.shape[0]  # left and right eye side by side
+
+
+def test_restore_whole_photo(comfyui_server, inputs, tiny_choices):
+    prompt = with_tiny_models(load_workflow(API_WORKFLOWS / "honestface_restore_whole_photo.json"), tiny_choices)
+    entry = run(comfyui_server, "honestface_restore_whole_photo", prompt)
+    [photo] = saved_images(comfyui_server, entry, "5")
+    source = input_array(inputs["honestface_photo.png"])
+    assert_restored(photo, source)
+    # Outside the faces the photo is unchanged: most pixels are kept exactly (up to PNG rounding).
+    unchanged = (np.abs(photo - source) < 1.5 / 255).all(axis=-1).mean()
+    assert unchanged > 0.3, unchanged
+    report = entry["outputs"]["7"]["text"][0]
+    assert "face(s) found" in report
+    faces = saved_images(comfyui_server, entry, "6")
+    assert faces and all(face.shape[0] == face.shape[1] for face in faces)  # aligned square crops
+
+
+def test_mfa_mask(comfyui_server, inputs, tiny_choices):
+    prompt = with_tiny_models(load_workflow(API_WORKFLOWS / "honestface_mfa_mask.json"), tiny_choices)
+    entry = run(comfyui_server, "honestface_mfa_mask", prompt)
+    [mask] = saved_images(comfyui_server, entry, "5")
+    [overlay] = saved_images(comfyui_server, entry, "6")
+    source = input_array(inputs["honestface_lq_face.png"])
+    assert mask.shape == overlay.shape == source.shape
+    gray = mask[..., 0]
+    assert gray.max() > 0.9 and gray.min() < 0.1  # min-max normalised (Eq. 11)
+    # The mask attends to the centre of an aligned face (eyes, nose, mouth), not the corners.
+    h, w = gray.shape
+    centre = gray[h // 4: 3 * h // 4, w // 4: 3 * w // 4].mean()
+    corners = np.mean([gray[:h // 8, :w // 8].mean(), gray[:h // 8, -w // 8:].mean()])
+    assert centre > corners + 0.05, (centre, corners)
+    assert_restored(overlay, source)
+
+
+def test_ald_score(comfyui_server, inputs, tiny_choices):
+    prompt = with_tiny_models(load_workflow(API_WORKFLOWS / "honestface_ald_score.json"), tiny_choices)
+    entry = run(comfyui_server, "honestface_ald_score", prompt)
+    values = {name: float(entry["outputs"][node]["text"][0]) for name, node in
+              (("ALD-e", "5"), ("ALD-m", "6"), ("L2-LD", "7"), ("Deg.", "8"))}
+    assert all(np.isfinite(v) and v >= 0 for v in values.values()), values
+    assert 0 < values["Deg."] < 90, values  # same person: a small angle, but not identical images
+    assert entry["outputs"]["10"]["text"][0].startswith("image 0: ALD-e")
+    [overlay] = saved_images(comfyui_server, entry, "9")
+    assert_restored(overlay, input_array(inputs["honestface_restored.png"]))
+
+    # Scoring an image against itself gives zero distances and a zero angle.
+    same = copy.deepcopy(prompt)
+    same["2"]["inputs"]["image"] = "honestface_restored.png"
+    entry = run(comfyui_server, "honestface_ald_score (self)", same)
+    for node in ("5", "6", "7"):
+        assert float(entry["outputs"][node]["text"][0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(entry["outputs"]["8"]["text"][0]) == pytest.approx(0.0, abs=0.5)
+
+
+def mfa_prompt(tiny_choices) -> dict:
+    return with_tiny_models(load_workflow(API_WORKFLOWS / "honestface_mfa_mask.json"), tiny_choices)
+
+
+def test_invalid_input_is_refused_with_node_errors(comfyui_server, inputs, tiny_choices):
+    prompt = with_tiny_models(load_workflow(API_WORKFLOWS / "osdface_restore_without_references.json"), tiny_choices)
+    prompt["2"]["inputs"]["weights"] = "no-such-weights.safetensors"
+    status, answer = comfyui_server.queue_prompt(prompt)
+    assert status == 400
+    assert "2" in answer["node_errors"], answer
+    assert "no-such-weights.safetensors" in json.dumps(answer["node_errors"]["2"])
+
+
+def test_execution_errors_carry_honestface_messages(comfyui_server, inputs, tiny_choices):
+    # No face in the image: the A-LD node says so.
+    prompt = with_tiny_models(load_workflow(API_WORKFLOWS / "honestface_ald_score.json"), tiny_choices)
+    prompt["1"]["inputs"]["image"] = "honestface_blank.png"
+    entry, _ = comfyui_server.run_prompt(prompt)
+    error = execution_error(entry)
+    assert error is not None and error["node_type"] == "HonestFaceALDScore", error
+    assert "no face landmarks found in the restored faces" in error["exception_message"]
+    assert error["exception_type"].endswith("NoFaceError")
+
+    # A malformed option: a clear message, no traceback from inside torch.
+    prompt = with_tiny_models(load_workflow(API_WORKFLOWS / "honestface_restore_whole_photo.json"), tiny_choices)
+    prompt["4"]["inputs"]["face_indices"] = "first"
+    entry, _ = comfyui_server.run_prompt(prompt)
+    error = execution_error(entry)
+    assert error is not None and "face_indices must be 'all' or comma-separated numbers" in error["exception_message"]
+
+    # References with OSDFace weights: refused with the reason.
+    prompt = with_tiny_models(load_workflow(API_WORKFLOWS / "honestface_restore_with_references.json"), tiny_choices)
+    prompt["7"]["inputs"]["weights"] = tiny_choices["osdface"]
+    entry, _ = comfyui_server.run_prompt(prompt)
+    error = execution_error(entry)
+    assert error is not None and "restores without references" in error["exception_message"], error
+
+    # The server keeps serving.
+    run(comfyui_server, "honestface_mfa_mask (after errors)", mfa_prompt(tiny_choices))
+
+
+def test_wrong_and_missing_weight_files(comfyui_server, inputs, tiny_choices, tiny_models_dir):
+    honestface_dir = tiny_models_dir / "honestface"
+    broken = honestface_dir / "not-a-checkpoint.safetensors"
+    broken.write_bytes(b"this is not a safetensors file")
+    incomplete = honestface_dir / "OSDFace-incomplete"
+    shutil.copytree(honestface_dir / tiny_choices["osdface"], incomplete)
+    (incomplete / "associate_2.ckpt").unlink()
+    try:
+        prompt = with_tiny_models(load_workflow(API_WORKFLOWS / "osdface_restore_without_references.json"),
+                                  tiny_choices)
+        prompt["2"]["inputs"]["weights"] = broken.name
+        prompt["2"]["inputs"]["osdface_folder"] = tiny_choices["osdface"]
+        entry, _ = comfyui_server.run_prompt(prompt)
+        error = execution_error(entry)
+        assert error is not None and error["node_type"] == "HonestFaceModelLoader", error
+        assert broken.name in error["exception_message"]
+        assert error["exception_type"].endswith("CheckpointError"), error["exception_type"]
+
+        prompt["2"]["inputs"]["weights"] = incomplete.name
+        prompt["2"]["inputs"]["osdface_folder"] = "auto"
+        entry, _ = comfyui_server.run_prompt(prompt)
+        error = execution_error(entry)
+        assert error is not None and "associate_2.ckpt" in error["exception_message"], error
+        assert incomplete.name in error["exception_message"]
+    finally:
+        broken.unlink()
+        shutil.rmtree(incomplete)
+    run(comfyui_server, "osdface_restore_without_references (after errors)",
+        with_tiny_models(load_workflow(API_WORKFLOWS / "osdface_restore_without_references.json"), tiny_choices))
+
+
+def test_unload_models_node(comfyui_server, inputs, tiny_choices):
+    run(comfyui_server, "honestface_mfa_mask (load)", mfa_prompt(tiny_choices))
+    entry = run(comfyui_server, "unload", {"1": {"class_type": "HonestFaceUnloadModels", "inputs": {}}})
+    text = entry["outputs"]["1"]["text"][0]
+    assert text.startswith("released ") and int(text.split()[1]) >= 1, text
+    # Loading again after the unload works.
+    prompt = mfa_prompt(tiny_choices)
+    prompt["3"]["inputs"]["k"] = 12.0  # a changed input, so ComfyUI runs the graph again
+    run(comfyui_server, "honestface_mfa_mask (after unload)", prompt)
