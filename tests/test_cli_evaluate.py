@@ -6,8 +6,10 @@ import json
 
 import pytest
 from test_cli_score import NAMES, build_test_set
+from test_metrics import write_random_fid_weights, write_random_lpips_weights
 
 from honestface.cli import main
+from honestface.metrics.iqa import pyiqa_installed
 from honestface.metrics.registry import EVALUATE_METRICS, TABLE1_METRICS
 
 
@@ -57,3 +59,24 @@ def test_evaluate_needs_folders_with_common_names(test_set, tmp_path, capsys):
     assert "no images with the same name" in capsys.readouterr().err
     assert main(["evaluate", "--restored", str(tmp_path / "nope"), "--gt", str(test_set["gt"])]) == 1
     assert "not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not pyiqa_installed(), reason="pyiqa is not installed")
+def test_evaluate_with_local_pyiqa_weights_computes_lpips_and_fid(test_set, tmp_path, monkeypatch, capsys):
+    """With weight files (real formats, random values) in <models>/pyiqa, LPIPS and FID are computed offline."""
+    models = tmp_path / "models"
+    write_random_lpips_weights(models / "pyiqa")
+    write_random_fid_weights(models / "pyiqa", monkeypatch)
+    out = tmp_path / "report.json"
+    code = main([
+        "evaluate", "--restored", str(test_set["restored"]), "--gt", str(test_set["gt"]),
+        "--metrics", "lpips,fid,psnr", "--models-dir", str(models), "--json", str(out), "--no-progress",
+    ])
+    assert code == 0
+    printed = capsys.readouterr().out
+    metrics = {m["key"]: m for m in json.loads(out.read_text())["metrics"]}
+    assert metrics["lpips"]["available"] and metrics["fid"]["available"], printed
+    assert metrics["lpips"]["count"] == 4 and metrics["lpips"]["mean"] > 0
+    assert metrics["fid"]["mean"] is not None and metrics["fid"]["mean"] > 0
+    assert "LPIPS↓" in printed and "FID↓" in printed and "Unavailable metrics" not in printed

@@ -129,18 +129,13 @@ def test_offline_hub_refuses_every_download(tmp_path):
     assert not any(tmp_path.rglob("*.pth"))
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not pyiqa_installed(), reason="pyiqa is not installed")
-def test_lpips_through_pyiqa_from_local_weight_files(tmp_path, shared_data):
-    """LPIPS built from weight files in their real formats (random values) in <models>/pyiqa."""
+def write_random_lpips_weights(hub: Path) -> None:
+    """pyiqa's LPIPS (AlexNet, v0.1) files in their real formats, with random values."""
     import torchvision
     from pyiqa.archs.lpips_arch import LPIPS
 
-    from honestface.metrics.iqa import PyiqaMetric
-
-    hub = tmp_path / "models" / "pyiqa"
-    (hub / "checkpoints").mkdir(parents=True)
-    (hub / "pyiqa").mkdir()
+    (hub / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (hub / "pyiqa").mkdir(exist_ok=True)
     torch.manual_seed(0)
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), hub / "checkpoints" / "alexnet-owt-7be5be79.pth")
     with offline_hub(hub):
@@ -150,6 +145,26 @@ def test_lpips_through_pyiqa_from_local_weight_files(tmp_path, shared_data):
             layer.weight.data.abs_()
     torch.save(network.state_dict(), hub / "pyiqa" / "LPIPS_v0.1_alex-df73285e.pth")
 
+
+def write_random_fid_weights(hub: Path, monkeypatch) -> None:
+    """pyiqa's FID Inception file in its real format, with random values."""
+    import pyiqa.archs.inception as inception
+
+    (hub / "pyiqa").mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(1)
+    with monkeypatch.context() as patch:
+        patch.setattr(inception, "load_pretrained_network", lambda *args, **kwargs: None)
+        network = inception.fid_inception_v3()
+    torch.save(network.state_dict(), hub / "pyiqa" / "pt_inception-2015-12-05-6726825d.pth")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not pyiqa_installed(), reason="pyiqa is not installed")
+def test_lpips_through_pyiqa_from_local_weight_files(tmp_path, shared_data):
+    """LPIPS built from weight files in their real formats (random values) in <models>/pyiqa."""
+    from honestface.metrics.iqa import PyiqaMetric
+
+    write_random_lpips_weights(tmp_path / "models" / "pyiqa")
     assert check_pyiqa_metric("lpips", tmp_path / "models").available
     metric = PyiqaMetric("lpips", models_dir=tmp_path / "models")
     faces = celeba_faces(shared_data)[:, :, ::2, ::2].contiguous()

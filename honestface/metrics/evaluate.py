@@ -89,6 +89,13 @@ def pair_folders(
     return pairs, unpaired
 
 
+def describe_error(error: BaseException) -> str:
+    """The message of an error (``str()`` of OSError subclasses shows errno fields instead)."""
+    if error.args and isinstance(error.args[0], str):
+        return error.args[0]
+    return str(error)
+
+
 def _format_value(value: Optional[float]) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -296,7 +303,7 @@ class Evaluator:
         try:
             return factory(backend, models_dir=self.models_dir, device=str(self.device)), ""
         except (HonestFaceError, ImportError, OSError, RuntimeError) as error:
-            return None, f"{role} backend '{backend}' could not be loaded: {error}"
+            return None, f"{role} backend '{backend}' could not be loaded: {describe_error(error)}"
 
     def _load_pyiqa(self, key: str) -> MetricStatus:
         availability = check_pyiqa_metric(key, self.models_dir)
@@ -305,7 +312,7 @@ class Evaluator:
         try:
             self._pyiqa[key] = PyiqaMetric(key, self.models_dir, self.device)
         except Exception as error:  # a broken weight file must not abort the other metrics
-            return MetricStatus(key, False, f"pyiqa could not build it: {type(error).__name__}: {error}")
+            return MetricStatus(key, False, f"pyiqa could not build it: {type(error).__name__}: {describe_error(error)}")
         return MetricStatus(key, True)
 
     def _available(self, key: str) -> bool:
@@ -425,7 +432,7 @@ class Evaluator:
                 try:
                     result.set_values[key] = metric.folders([p.restored for p in pairs], [p.ground_truth for p in pairs])
                 except Exception as error:
-                    statuses[key] = MetricStatus(key, False, f"failed: {type(error).__name__}: {error}")
+                    statuses[key] = MetricStatus(key, False, f"failed: {type(error).__name__}: {describe_error(error)}")
         if resized:
             result.notes.append(
                 f"{len(resized)} restored image(s) had a different size from the ground truth and were resized to it: "
