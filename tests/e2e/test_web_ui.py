@@ -1,0 +1,63 @@
+"""The UI-format workflows, loaded by ComfyUI's real web frontend in headless Chromium.
+
+What a user does: drag ``workflows/<name>.json`` into the editor and press Queue. The
+frontend then turns the graph into an API prompt with ``app.graphToPrompt()``; that prompt
+must be exactly the API twin in ``workflows/api/`` (same nodes, inputs, links, titles).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from browser import HeadlessComfyUI, find_chromium
+from comfyui_server import API_WORKFLOWS, WORKFLOWS, load_workflow
+
+pytestmark = pytest.mark.e2e
+
+UI_WORKFLOWS = sorted(WORKFLOWS.glob("*.json"))
+
+
+@pytest.fixture(scope="module")
+def web_ui(comfyui_server):
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("Chromium not installed (Debian: apt-get install chromium); set HONESTFACE_CHROMIUM to a binary")
+    browser = HeadlessComfyUI(comfyui_server.url, chromium)
+    try:
+        browser.start()
+        yield browser
+    finally:
+        browser.close()
+
+
+def test_every_ui_workflow_has_an_api_twin():
+    assert {p.name for p in UI_WORKFLOWS} == {p.name for p in API_WORKFLOWS.glob("*.json")}
+    assert len(UI_WORKFLOWS) >= 5
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=[p.stem for p in UI_WORKFLOWS])
+def test_web_ui_converts_workflow_to_its_api_twin(web_ui, path):
+    prompt = web_ui.graph_to_prompt(load_workflow(path))
+    expected = load_workflow(API_WORKFLOWS / path.name)
+    assert prompt == expected, (f"{path.name}: the web UI sends\n{json.dumps(prompt, indent=1)}\n"
+                                f"but workflows/api/{path.name} is\n{json.dumps(expected, indent=1)}")
+
+
+def test_web_ui_lists_the_nodes_with_descriptions(web_ui, comfyui_server):
+    """The editor knows every HonestFace node, under the HonestFace category, with tooltips."""
+    found = web_ui.evaluate(
+        "JSON.stringify(Object.fromEntries(Object.entries(LiteGraph.registered_node_types)"
+        ".filter(([name]) => name.startsWith('HonestFace'))"
+        ".map(([name, type]) => [name, {category: type.category, description: type.nodeData?.description ?? ''}])))")
+    nodes = json.loads(found)
+    info = comfyui_server.object_info
+    expected = {name for name in info if info[name].get("python_module", "").endswith("HonestFace")}
+    assert set(nodes) == expected and expected
+    for name, data in nodes.items():
+        assert data["category"] == "HonestFace", name
+        assert len(data["description"]) > 40, name
+        for section in ("required", "optional"):
+            for input_name, spec in info[name]["input"].get(section, {}).items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
