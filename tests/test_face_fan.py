@@ -1,0 +1,136 @@
+"""FAN landmarks: the network, its weight files (no download), heatmaps and points."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from honestface.errors import CheckpointError, MissingModelFileError
+from honestface.face import load_landmark_backend
+from honestface.face.fan import FAN, FanLandmarks, fan_crop_affine, read_fan
+
+
+def random_fan(num_modules: int = 1, seed: int = 0, small: bool = True) -> FAN:
+    """A FAN with random weights; ``small`` narrows it (64 channels, 2 hourglass levels) for speed."""
+    torch.manual_seed(seed)
+    network = (FAN(num_modules, hourglass_depth=2, channels=64) if small else FAN(num_modules)).eval()
+    with torch.no_grad():
+        for name, buffer in network.named_buffers():
+            if name.endswith("running_var"):
+                buffer.uniform_(0.5, 2.0)
+            elif name.endswith("running_mean"):
+                buffer.normal_(0.0, 0.1)
+    return network
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A models folder with a FAN file named and formatted like face-alignment's download."""
+    root = tmp_path_factory.mktemp("models")
+    (root / "face_alignment").mkdir()
+    network = random_fan()
+    torch.save(network.state_dict(), root / "face_alignment" / "2DFAN4-11f355bf06.pth.tar")
+    return root, network
+
+
+def test_layout_matches_the_face_alignment_package():
+    reference_module = pytest.importorskip("face_alignment.models.fan")
+    ours, theirs = FAN(4), reference_module.FAN(4)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    small_ours, small_theirs = random_fan(1, small=False), reference_module.FAN(1).eval()
+    small_theirs.load_state_dict(small_ours.state_dict())
+    crop = torch.rand(1, 3, 64, 64)  # fully convolutional: a small input checks the same graph
+    with torch.no_grad():
+        assert torch.allclose(small_ours(crop)[-1], small_theirs(crop)[-1], atol=1e-5)
+
+
+def test_points_are_the_heatmap_maxima_in_photo_coordinates(models):
+    root, network = models
+    backend = load_landmark_backend("fan", models_dir=root)
+    assert isinstance(backend, FanLandmarks)
+    images = torch.rand(2, 3, 300, 240)
+    boxes = torch.tensor([[60.0, 80.0, 180.0, 220.0], [20.0, 30.0, 120.0, 150.0]])
+    points, heatmaps, affine = backend.predict(images, boxes)
+    assert points.shape == (2, 68, 2) and heatmaps.shape == (2, 68, 64, 64)
+    # Independent decoding: integer argmax of each heatmap, then heatmap -> crop -> photo.
+    flat = heatmaps.flatten(2).argmax(-1)
+    hx, hy = (flat % 64).float(), (flat // 64).float()
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    side = 200 * ((x1 - x0) + (y1 - y0)) / 195
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 - 0.12 * (y1 - y0)
+    scale = side / 256
+    expected_x = cx[:, None] + (4 * hx + 1.5 - 127.5) * scale[:, None]
+    expected_y = cy[:, None] + (4 * hy + 1.5 - 127.5) * scale[:, None]
+    # The quarter-pixel refinement moves a point by at most 0.25 heatmap pixels.
+    tolerance = (0.25 * 4 * scale)[:, None] + 1e-3
+    assert ((points[..., 0] - expected_x).abs() <= tolerance).all()
+    assert ((points[..., 1] - expected_y).abs() <= tolerance).all()
+    # The crop really is the network input: same heatmaps from the warped crop directly.
+    from honestface.face.align import warp
+    with torch.no_grad():
+        direct = network(warp(images, fan_crop_affine(boxes), (256, 256), padding_mode="zeros"))[-1]
+    assert torch.allclose(direct, heatmaps, atol=1e-5)
+
+
+def test_photo_frame_heatmaps_put_each_peak_at_its_point(models):
+    from honestface.face.fan import heatmaps_to_photo
+    from honestface.face.heatmaps import render_gaussian_heatmaps
+
+    torch.manual_seed(3)
+    boxes = torch.tensor([[40.0, 40.0, 160.0, 160.0]])
+    affine = fan_crop_affine(boxes)
+    heat_points = torch.rand(1, 68, 2) * 40 + 12  # inside the 64x64 grid
+    maps64 = render_gaussian_heatmaps(heat_points, 64, 64, sigma=1.5)
+    photo = heatmaps_to_photo(maps64, affine, 200, 200)
+    assert photo.shape == (1, 68, 200, 200)
+    # Where each peak must land: heatmap -> crop (4 p + 1.5) -> photo (inverse crop transform).
+    # Bilinear upsampling peaks at a heatmap pixel centre, so use the nearest one.
+    crop_points = heat_points.round() * 4 + 1.5
+    scale = affine[0, 0, 0]
+    expected = (crop_points - affine[:, None, :, 2]) / scale
+    peak = photo.flatten(2).argmax(-1)
+    peak_xy = torch.stack([peak % 200, peak // 200], -1).float()
+    assert (peak_xy - expected).norm(dim=-1).max() < 1.5  # photo pixels are integers
+    # The backend's heatmaps() is this function applied to its own prediction.
+    root, _ = models
+    backend = load_landmark_backend("fan", models_dir=root)
+    images = torch.rand(1, 3, 200, 200)
+    _, raw, raw_affine = backend.predict(images, boxes)
+    assert torch.allclose(heatmaps_to_photo(raw, raw_affine, 200, 200),
+                          heatmaps_to_photo(*backend.predict(images, boxes)[1:], 200, 200))
+
+
+def test_no_face_gives_nan_and_gradients_flow_with_a_box(models):
+    root, _ = models
+    backend = load_landmark_backend("fan", models_dir=root)
+    grey = torch.full((1, 3, 160, 160), 0.5)
+    assert torch.isnan(backend.landmarks(grey)).all()
+    assert backend.heatmaps(grey).abs().sum() == 0
+    images = torch.rand(1, 3, 128, 128, requires_grad=True)
+    _, heatmaps, _ = backend.predict(images, torch.tensor([[20.0, 20.0, 100.0, 100.0]]))
+    heatmaps.sum().backward()
+    assert images.grad.abs().sum() > 0
+
+
+def test_torchscript_archive_is_accepted(tmp_path):
+    network = random_fan(seed=1)
+    with pytest.warns(FutureWarning):  # tracing is deprecated, but old face-alignment files are traced
+        traced = torch.jit.trace(network, torch.rand(1, 3, 256, 256), strict=False)
+    folder = tmp_path / "face_alignment"
+    folder.mkdir()
+    traced.save(str(folder / "2DFAN4-cd938726ad.zip"))
+    backend = load_landmark_backend("fan", models_dir=tmp_path)
+    crop = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        assert torch.allclose(backend.network(crop)[-1], network(crop)[-1], atol=1e-5)
+
+
+def test_missing_and_wrong_files(tmp_path):
+    with pytest.raises(MissingModelFileError) as info:
+        load_landmark_backend("fan", models_dir=tmp_path)
+    assert "2DFAN4-11f355bf06.pth.tar" in info.value.args[0]
+    assert str(tmp_path / "face_alignment") in info.value.args[0]
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"conv.weight": torch.zeros(2)}, wrong)
+    with pytest.raises(CheckpointError, match="FAN"):
+        read_fan(wrong)
