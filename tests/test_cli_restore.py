@@ -1,0 +1,130 @@
+"""``honestface restore`` end to end on the tiny models folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from honestface.cli import main
+from honestface.image_io import load_image, save_image
+from honestface.testing import make_tiny_models as tiny
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    tiny.make_tiny_models(root, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    """Three 'aligned crops' of two sizes and two references (synthetic, smooth)."""
+    folder = tmp_path_factory.mktemp("faces")
+    generator = torch.Generator().manual_seed(0)
+    paths = []
+    for i, size in enumerate((64, 96, 64)):
+        image = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=generator), size=size,
+                                                mode="bilinear", align_corners=False)[0]
+        paths.append(save_image(image, folder / "lq" / f"face{i}.png"))
+    refs = [save_image(torch.rand(3, 64, 64, generator=generator), folder / "refs" / f"ref{i}.png")
+            for i in range(2)]
+    return folder, paths, refs
+
+
+def _honestface_args(models, output, *extra):
+    return ["restore", *extra, "--sd", "tiny-sd21-base.safetensors", "--weights", "honestface-tiny.safetensors",
+            "--osdface", "osdface-tiny", "--models-dir", str(models), "-o", str(output), "--no-progress"]
+
+
+def _pixels(path):
+    return (load_image(path).numpy() * 255).round().astype(np.int16)
+
+
+def test_restore_aligned_with_references(models, faces, tmp_path, capsys):
+    folder, paths, refs = faces
+    out = tmp_path / "out"
+    code = main(_honestface_args(models, out, str(folder / "lq"), "--ref", str(folder / "refs"), "--batch-size", "2"))
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "UNet: 208/208 tensors loaded" in printed and "honestface-tiny.safetensors: loaded" in printed
+    assert "restored 3 face(s) in 3 image(s)" in printed
+    for path in paths:
+        result = out / f"{path.stem}.png"
+        assert load_image(result).shape == load_image(path).shape  # written at the input size
+
+    # batch size does not change results; the same seed gives the same files
+    again = tmp_path / "again"
+    assert main(_honestface_args(models, again, str(folder / "lq"), "--ref", str(folder / "refs"),
+                                 "--batch-size", "1")) == 0
+    for path in paths:
+        difference = np.abs(_pixels(out / f"{path.stem}.png") - _pixels(again / f"{path.stem}.png"))
+        assert difference.max() <= 1
+
+    # references matter for a HonestFace checkpoint
+    no_refs = tmp_path / "no_refs"
+    assert main(_honestface_args(models, no_refs, str(paths[0]))) == 0
+    assert np.abs(_pixels(no_refs / "face0.png") - _pixels(out / "face0.png")).max() > 1
+
+
+def test_osdface_weights_colour_correction_and_dtype(models, faces, tmp_path, capsys):
+    folder, paths, refs = faces
+    base = ["restore", str(paths[1]), "--sd", "tiny-sd21-base", "--weights", "osdface-tiny",
+            "--models-dir", str(models), "--no-progress", "-q"]
+    assert main([*base, "-o", str(tmp_path / "plain"), "--ref", str(refs[0])]) == 0
+    captured = capsys.readouterr()
+    assert "do not use references" in captured.err
+    assert main([*base, "-o", str(tmp_path / "adain"), "--color-correction", "adain"]) == 0
+    plain, adain = _pixels(tmp_path / "plain" / "face1.png"), _pixels(tmp_path / "adain" / "face1.png")
+    assert np.abs(plain - adain).max() > 1
+    # AdaIN matches the input's per-channel mean
+    source = load_image(paths[1]).mean(dim=(1, 2))
+    corrected = load_image(tmp_path / "adain" / "face1.png").mean(dim=(1, 2))
+    assert torch.allclose(corrected, source, atol=0.02)
+    assert main([*base, "-o", str(tmp_path / "bf16"), "--dtype", "bfloat16"]) == 0
+    assert load_image(tmp_path / "bf16" / "face1.png").shape == (3, 96, 96)
+
+
+def test_whole_photo_is_detected_and_pasted_back(models, shared_data, tmp_path, capsys):
+    photo = shared_data / "real_lq" / "whole" / "codeformer_01.jpg"  # a group photo
+    out = tmp_path / "whole"
+    assert main(_honestface_args(models, out, str(photo), "-q", "--face-index", "0")) == 0
+    assert "restored 1 face(s) in 1 image(s)" in capsys.readouterr().out
+    source, result = _pixels(photo), _pixels(out / "codeformer_01.png")
+    assert source.shape == result.shape
+    changed = np.abs(source - result).max(axis=0) > 8
+    assert 0.005 < changed.mean() < 0.3  # one face region changed, the rest of the photo did not
+    corners = [changed[:10, :10], changed[:10, -10:], changed[-10:, :10], changed[-10:, -10:]]
+    assert not any(c.any() for c in corners)
+
+
+@pytest.mark.parametrize("case", ["missing image", "missing sd", "missing weights", "wrong weights",
+                                  "missing osdface", "bad image"])
+def test_errors_exit_1_with_a_message(models, faces, tmp_path, capsys, case):
+    folder, paths, refs = faces
+    args = _honestface_args(models, tmp_path / "out", str(paths[0]))
+    if case == "missing image":
+        args[1] = str(tmp_path / "nope.png")
+        expected = "nope.png"
+    elif case == "missing sd":
+        args[args.index("--sd") + 1] = "v2-1_512-ema-pruned.safetensors"
+        expected = "v2-1_512-ema-pruned.safetensors"
+    elif case == "missing weights":
+        args[args.index("--weights") + 1] = "honestface.safetensors"
+        expected = str(models / "honestface")
+    elif case == "wrong weights":
+        args[args.index("--weights") + 1] = str(models / tiny.SD_CHECKPOINT)
+        expected = "no HonestFace metadata"
+    elif case == "missing osdface":
+        args[args.index("--osdface") + 1] = "OSDFace"
+        expected = "OSDFace"
+    else:
+        bad = tmp_path / "broken.png"
+        bad.write_bytes(b"not an image")
+        args[1] = str(bad)
+        expected = "cannot read image"
+    assert main(args) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("honestface restore: error:")
+    assert expected in error and "[Errno" not in error and "Traceback" not in error
