@@ -25,7 +25,7 @@ import torch
 
 from ..config import FORMAT_VERSION, HonestFaceConfig
 from ..errors import CheckpointError, ConfigError, MissingModelFileError
-from .osdface import FileReport, load_state_into
+from .osdface import FileReport
 
 logger = logging.getLogger("honestface.loaders")
 
@@ -135,17 +135,7 @@ def load_checkpoint(model, path: str | Path) -> FileReport:
                               "a checkpoint of this model configuration")
     if model.restorer.lora_config is None:
         model.restorer.add_lora(stored.lora)
-    lora = {k: v for k, v in state.items() if k.startswith("unet.")}
-    loaded = model.restorer.load_lora_state_dict(lora, source=str(path))
-    used = set(lora)
-    for prefix, module in model.trainable_modules().items():
-        part = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
-        loaded += load_state_into(module, part, path, prefix) if module.state_dict() else 0
-        used.update(f"{prefix}.{k}" for k in module.state_dict())
-    unexpected = sorted(set(state) - used)
-    if unexpected:
-        raise CheckpointError(path, f"{len(unexpected)} unexpected keys, e.g. {unexpected[:3]}",
-                              "only the keys of this model's trainable parts")
+    loaded = model.load_trainable_state_dict(state, source=str(path))
     report = FileReport(path, loaded, 0)
     logger.info(report.line())
     return report

@@ -110,6 +110,30 @@ class HonestFaceModel(nn.Module):
                 state[f"{prefix}.{key}"] = value.detach().clone()
         return state
 
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str = "trainable weights") -> int:
+        """Inverse of :meth:`trainable_state_dict` (strict: missing, unexpected or mis-shaped
+        keys raise :class:`~honestface.errors.CheckpointError`). Returns the keys loaded."""
+        from ..errors import CheckpointError
+        from ..loaders.osdface import load_state_into
+
+        if self.restorer.lora_config is None:
+            self.restorer.add_lora(self.config.lora)
+        lora = {k: v for k, v in state.items() if k.startswith("unet.")}
+        loaded = self.restorer.load_lora_state_dict(lora, source=source)
+        used = set(lora)
+        for prefix, module in self.trainable_modules().items():
+            own = module.state_dict()
+            if not own:
+                continue
+            part = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+            loaded += load_state_into(module, part, source, prefix)
+            used.update(f"{prefix}.{k}" for k in own)
+        unexpected = sorted(set(state) - used)
+        if unexpected:
+            raise CheckpointError(source, f"{len(unexpected)} unexpected keys, e.g. {unexpected[:3]}",
+                                  "only the keys of this model's trainable parts")
+        return loaded
+
     # ---------------------------------------------------------------- forward
     def prompt(self, lq: torch.Tensor, references: torch.Tensor | None = None,
                reference_mask: torch.Tensor | None = None,

@@ -62,7 +62,8 @@ class OneStepRestorer(nn.Module):
         self.unet = unet
         self.vae = vae
         self.config = config
-        self.register_buffer("alphas_cumprod", training_alphas_cumprod(config), persistent=False)
+        # A plain attribute, not a buffer: ``module.to(float16)`` must not round the schedule.
+        self.alphas_cumprod = training_alphas_cumprod(config)
         self.vae.requires_grad_(False)
         self.lora_config: LoRAConfig | None = None
 
@@ -86,7 +87,7 @@ class OneStepRestorer(nn.Module):
         unet_dtype = next(self.unet.parameters()).dtype
         noise_pred = self.unet(latent.to(unet_dtype), timestep,
                                encoder_hidden_states=prompt.to(unet_dtype)).sample
-        alpha = self.alphas_cumprod[self.config.timestep]
+        alpha = float(self.alphas_cumprod[self.config.timestep])
         return one_step_x0(latent, noise_pred.to(latent.dtype), alpha), noise_pred
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:

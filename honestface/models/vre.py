@@ -138,7 +138,9 @@ class VQCodebook(nn.Module):
 
     def nearest(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, P, C) -> nearest code index (B, P) and its squared distance (B, P)."""
-        codes = self.embedding.weight
+        # float32 at least: half-precision distances would reorder near-ties.
+        features = features.float() if features.dtype in (torch.float16, torch.bfloat16) else features
+        codes = self.embedding.weight.to(features.dtype)
         # ||z||^2 + ||e||^2 - 2 z.e, the same expansion the released model was trained with.
         distances = (features.pow(2).sum(-1, keepdim=True) + codes.pow(2).sum(-1)
                      - 2.0 * features @ codes.t())
@@ -249,7 +251,8 @@ class VisualRepresentationEmbedder(nn.Module):
         code_index, min_distance = self.vq.quantize.nearest(features)
         indices, valid = select_distinct_codes(code_index, min_distance, self.config.num_tokens,
                                               self.config.codebook_size)
-        codes = self.vq.quantize.embedding(indices) * valid.unsqueeze(-1).to(features.dtype)
+        weight = self.vq.quantize.embedding.weight
+        codes = weight[indices] * valid.unsqueeze(-1).to(weight.dtype)
         return codes, indices, valid
 
     def forward(self, images: torch.Tensor) -> VREOutput:
