@@ -282,6 +282,26 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return final
 
+    def weights_digest(self) -> list[str]:
+        """SHA-256 of the trainable weights (generator and discriminator) on every rank."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        tensors = list(self.model.trainable_state_dict().items())
+        if self.discriminator is not None:
+            tensors += sorted(trainable_state(self.discriminator).items())
+        for name, value in tensors:
+            digest.update(name.encode())
+            digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+        own = digest.hexdigest()
+        if self.world == 1:
+            return [own]
+        import torch.distributed as dist
+
+        digests: list[Any] = [None] * self.world
+        dist.all_gather_object(digests, own)
+        return digests
+
     def _gather_sampler_states(self) -> list[dict[str, int]]:
         own = self.sampler.state_dict()
         if self.world == 1:
@@ -507,8 +527,12 @@ class Trainer:
             self.writer.flush()
             self.writer.close()
         self.accelerator.wait_for_everyone()
+        digests = self.weights_digest()
+        if len(set(digests)) > 1:
+            raise HonestFaceError(f"the trainable weights differ between ranks: {digests}")
         summary = {"steps": self.step, "seconds": elapsed, "samples_per_second": samples / max(elapsed, 1e-9),
-                   "export": str(exported) if exported else None, "last": last}
+                   "export": str(exported) if exported else None, "world_size": self.world,
+                   "weights_sha256": digests, "last": last}
         if self.is_main:
             with open(self.output / "history.json", "w", encoding="utf-8") as handle:
                 json.dump(self.history, handle)
@@ -540,6 +564,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if trainer.is_main:
         print(json.dumps({k: v for k, v in summary.items() if k != "last"}))
+        with open(trainer.output / "summary.json", "w", encoding="utf-8") as handle:
+            json.dump(summary, handle, indent=1)
     return 0
 
 

@@ -1,0 +1,239 @@
+"""The training program on the tiny model and real faces (CPU).
+
+Fast tests run the trainer in-process; the multi-process, kill-and-resume and
+command-line tests start real processes and are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from honestface.errors import ConfigError
+
+from training import state as ckpt
+from training.config import apply_overrides, load_config
+from training.train import Trainer, build_model
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = REPO_ROOT / "training" / "configs" / "tiny.yaml"
+PAPER = REPO_ROOT / "training" / "configs" / "paper.yaml"
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def celeba_subset(shared_data, tmp_path_factory) -> Path:
+    """A data root of links to a handful of real identity folders (nothing is copied)."""
+    root = tmp_path_factory.mktemp("faces")
+    for folder in sorted(p for p in (shared_data / "celeba").iterdir() if p.is_dir())[:8]:
+        (root / folder.name).symlink_to(folder, target_is_directory=True)
+    return root
+
+
+def tiny_config(root: Path, output: Path, *overrides: str):
+    return load_config(TINY, [f"data.roots=[{root}]", f"output_dir={output}", "train.log_every=0",
+                              "data.val_fraction=0.25", *overrides])
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def test_tiny_trains_with_every_loss(celeba_subset, tmp_path):
+    config = tiny_config(celeba_subset, tmp_path, "train.max_steps=2", "train.val_every=2",
+                         "train.checkpoint_every=0")
+    trainer = Trainer(config)
+    before = snapshot(trainer.model)
+    disc_before = snapshot(trainer.discriminator)
+    trainable = {id(p) for p in trainer.model.trainable_parameters()}
+    summary = trainer.run()
+
+    last = summary["last"]
+    for name in ("mse", "ea_dists", "identity", "mfa", "adversarial", "total", "discriminator"):
+        assert torch.isfinite(torch.tensor(last[f"loss/{name}"])), name
+        assert last[f"loss/{name}"] > 0, name
+    changed_trainable = changed_frozen = 0
+    for name, parameter in trainer.model.named_parameters():
+        moved = not torch.equal(parameter.detach(), before[name])
+        if id(parameter) in trainable:
+            changed_trainable += moved
+        else:
+            assert not moved, f"frozen parameter {name} changed"
+    assert changed_trainable > 0.8 * len(trainable)
+    # each group of trainable parts moved: LoRA, VRE projection, IDE heads, fusion
+    # (the default concat fusion has no parameters)
+    for prefix in ("restorer.unet.", "vre.projection", "ide.", "fusion"):
+        group = [(n, p) for n, p in trainer.model.named_parameters() if n.startswith(prefix) and id(p) in trainable]
+        assert group or prefix == "fusion", prefix
+        assert not group or any(not torch.equal(p.detach(), before[n]) for n, p in group), prefix
+    for name, parameter in trainer.discriminator.named_parameters():
+        moved = not torch.equal(parameter.detach(), disc_before[name])
+        assert moved == parameter.requires_grad or not parameter.requires_grad, name
+
+    # logs, samples, validation metrics, checkpoint and export exist
+    assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "samples").glob("step-*.png"))
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-00000002"
+    assert Path(summary["export"]).is_file()
+
+
+def test_overfitting_a_few_faces_lowers_the_reconstruction_loss(celeba_subset, tmp_path):
+    config = tiny_config(celeba_subset, tmp_path, "train.max_steps=40", "train.val_every=0",
+                         "train.checkpoint_every=0", "losses.ea_dists=0", "losses.identity=0", "losses.mfa=0",
+                         "losses.adversarial=0", "optim.lr=2e-3", "data.horizontal_flip=false",
+                         "data.min_images_per_identity=16", "data.val_fraction=0", "train.batch_size=4")
+    trainer = Trainer(config)
+    trainer.train_set.items = trainer.train_set.items[:4]  # a handful of images
+    trainer.sampler.length = 4
+    trainer.run()
+    mse = [h["loss/mse"] for h in trainer.history]
+    # the tiny VAE is random and frozen, so it cannot reach zero; it still drops by ~half
+    assert sum(mse[-5:]) / 5 < 0.6 * sum(mse[:3]) / 3, mse
+
+
+def test_resume_in_process_equals_uninterrupted_run(celeba_subset, tmp_path):
+    steps = ["train.max_steps=4", "train.val_every=0", "train.checkpoint_every=2", "train.keep_checkpoints=0"]
+    straight = Trainer(tiny_config(celeba_subset, tmp_path / "a", *steps))
+    straight.run()
+    first = Trainer(tiny_config(celeba_subset, tmp_path / "b", "train.max_steps=2", "train.val_every=0",
+                                "train.checkpoint_every=2"))
+    first.run()
+    resumed = Trainer(tiny_config(celeba_subset, tmp_path / "b", *steps), resume="auto")
+    assert resumed.step == 2
+    resumed.run()
+    expected, got = straight.model.trainable_state_dict(), resumed.model.trainable_state_dict()
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.allclose(expected[key], got[key], atol=1e-6), key
+    assert straight.weights_digest() == resumed.weights_digest()
+    # and the checkpoint of step 2 of the uninterrupted run equals the one of the split run
+    a = ckpt.read_checkpoint(ckpt.checkpoint_dir(tmp_path / "a", 2), 0)
+    b = ckpt.read_checkpoint(ckpt.checkpoint_dir(tmp_path / "b", 2), 0)
+    assert a["trainer"]["sampler"] == b["trainer"]["sampler"]
+    assert all(torch.equal(a["trainable"][k], b["trainable"][k]) for k in a["trainable"])
+
+
+def test_export_loads_in_the_core_restorer(celeba_subset, tmp_path):
+    from honestface.loaders.checkpoint import load_checkpoint
+    from honestface.pipeline import HonestFacePipeline
+
+    config = tiny_config(celeba_subset, tmp_path, "train.max_steps=1", "train.val_every=0",
+                         "train.checkpoint_every=0", "losses.ea_dists=0", "losses.identity=0", "losses.mfa=0",
+                         "losses.adversarial=0", "optim.lr=1e-2")
+    trainer = Trainer(config)
+    summary = trainer.run()
+    fresh = build_model(config.model, config.seed)  # same base weights, untrained adapter
+    lq = trainer.val_set[(0, 0)]["lq"][None]
+    with torch.no_grad():
+        untrained = fresh(lq).image
+    load_checkpoint(fresh, summary["export"])
+    pipeline = HonestFacePipeline(fresh)
+    restored = pipeline.restore(lq)
+    with torch.no_grad():
+        trainer.model.eval()
+        expected = trainer.model(lq).image
+    assert torch.allclose(restored, expected, atol=1e-5)
+    assert not torch.allclose(untrained, expected, atol=1e-4)
+
+
+def test_config_overrides_and_errors(tmp_path):
+    config = load_config(TINY, ["train.max_steps=7", "losses.adversarial=0", "data.roots=[a, b]"])
+    assert config.train.max_steps == 7 and config.losses.adversarial == 0 and config.data.roots == ["a", "b"]
+    paper = load_config(PAPER, ["model.osdface=OSDFace"])
+    assert paper.train.max_steps == 60_000 and paper.train.batch_size == 4
+    assert (paper.losses.mse, paper.losses.ea_dists, paper.losses.identity, paper.losses.adversarial,
+            paper.losses.mfa) == (1.0, 1.0, 0.1, 0.02, 1.0)
+    assert paper.optim.lr == 1e-4 and paper.losses.pretrained
+    with pytest.raises(ConfigError):
+        load_config(TINY, ["train.max_step=3"])
+    with pytest.raises(ConfigError):
+        load_config(TINY, ["nonsense"])
+    with pytest.raises(ConfigError):
+        load_config(TINY, ["model.init=sd21"])  # needs model.sd21
+    with pytest.raises(ConfigError):
+        load_config(tmp_path / "missing.yaml")
+    assert apply_overrides({}, ["a.b.c=[1, 2]"]) == {"a": {"b": {"c": [1, 2]}}}
+
+
+def test_missing_perceptual_weights_stop_the_start(celeba_subset, tmp_path):
+    from honestface.errors import MissingModelFileError
+
+    config = tiny_config(celeba_subset, tmp_path, "losses.pretrained=true", f"model.models_dir={tmp_path}")
+    with pytest.raises(MissingModelFileError):
+        Trainer(config)
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def _command(config_args: list[str]) -> list[str]:
+    return [sys.executable, str(REPO_ROOT / "training" / "train.py"), "--config", str(TINY), *config_args]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_equals_uninterrupted_run(celeba_subset, tmp_path):
+    args = [f"data.roots=[{celeba_subset}]", "data.val_fraction=0.25", "train.max_steps=6",
+            "train.checkpoint_every=2", "train.val_every=0", "train.log_every=1", "train.keep_checkpoints=0"]
+    done = subprocess.run(_command(["--output", str(tmp_path / "straight"), *args]), env=_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen(_command(["--output", str(killed_dir), *args]), env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and not (ckpt.checkpoint_dir(killed_dir, 2)).is_dir():
+        time.sleep(0.2)
+    time.sleep(1.0)  # let it run on past the checkpoint before it is killed
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed_dir / "honestface.safetensors").exists(), "the run finished before it was killed"
+    resumed = subprocess.run(_command(["--output", str(killed_dir), "--resume", "auto", *args]), env=_env(),
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+
+    from safetensors.torch import load_file
+
+    expected = load_file(str(tmp_path / "straight" / "honestface.safetensors"))
+    got = load_file(str(killed_dir / "honestface.safetensors"))
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.allclose(expected[key], got[key], atol=1e-6), key
+    a = json.loads((tmp_path / "straight" / "summary.json").read_text())["weights_sha256"]
+    b = json.loads((killed_dir / "summary.json").read_text())["weights_sha256"]
+    assert a == b
+
+
+@pytest.mark.slow
+def test_two_processes_keep_identical_weights(celeba_subset, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               str(REPO_ROOT / "training" / "train.py"), "--config", str(TINY), "--output", str(tmp_path),
+               f"data.roots=[{celeba_subset}]", "data.val_fraction=0.25", "train.max_steps=4",
+               "train.checkpoint_every=2", "train.val_every=0"]
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert len(summary["weights_sha256"]) == 2 and len(set(summary["weights_sha256"])) == 1
+    # both ranks stored their random state and their own share of the data order
+    checkpoint = ckpt.latest_checkpoint(tmp_path)
+    assert (checkpoint / "rng-rank0.pt").is_file() and (checkpoint / "rng-rank1.pt").is_file()
+    trainer_state = json.loads((checkpoint / "trainer.json").read_text())
+    assert [s["world_size"] for s in trainer_state["sampler"]] == [2, 2]
