@@ -271,3 +271,44 @@ def test_unload_models_node(comfyui_server, inputs, tiny_choices):
     prompt = mfa_prompt(tiny_choices)
     prompt["3"]["inputs"]["k"] = 12.0  # a changed input, so ComfyUI runs the graph again
     run(comfyui_server, "honestface_mfa_mask (after unload)", prompt)
+
+
+def test_align_face_and_reference_selector(comfyui_server, inputs, tiny_choices):
+    """The two helper nodes the example workflows do not use, in one prompt."""
+    analysis = {"class_type": "HonestFaceAnalysisLoader", "inputs": {
+        "landmark_backend": "dlib", "identity_backend": "dlib", "identity_model": "default",
+        "detector": "dlib-hog", "device": "auto"}}
+    load = lambda name: {"class_type": "LoadImage", "inputs": {"image": name}}  # noqa: E731
+    prompt = {
+        "1": analysis,
+        "2": load("honestface_photo.png"),
+        "3": {"class_type": "HonestFaceAlignFace", "inputs": {"face_analysis": ["1", 0], "images": ["2", 0],
+                                                             "size": 256, "face_index": 0}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "HonestFace/aligned"}},
+        "5": load("honestface_lq_face.png"),
+        "6": load("honestface_reference_1.png"),
+        "7": load("honestface_reference_2.png"),
+        "8": load("honestface_reference_3.png"),
+        "9": {"class_type": "ImageBatch", "inputs": {"image1": ["6", 0], "image2": ["7", 0]}},
+        "10": {"class_type": "ImageBatch", "inputs": {"image1": ["9", 0], "image2": ["8", 0]}},
+        "11": {"class_type": "HonestFaceReferenceSelector", "inputs": {
+            "face_analysis": ["1", 0], "references": ["10", 0], "lq_face": ["5", 0], "subset": "eyes"}},
+        "12": {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "HonestFace/best"}},
+        "13": {"class_type": "PreviewAny", "inputs": {"source": ["11", 2]}},
+        "14": {"class_type": "PreviewAny", "inputs": {"source": ["11", 1]}},
+    }
+    entry = run(comfyui_server, "align face + reference selector", prompt)
+    [aligned] = saved_images(comfyui_server, entry, "4")
+    assert aligned.shape == (256, 256, 3) and aligned.std() > 0.05
+    distances = [float(part.split(": ")[1]) for part in entry["outputs"]["13"]["text"][0].split(", ")]
+    index = int(entry["outputs"]["14"]["text"][0])
+    assert len(distances) == 3 and index == int(np.argmin(distances))
+    [best] = saved_images(comfyui_server, entry, "12")
+    np.testing.assert_allclose(best, input_array(inputs[f"honestface_reference_{index + 1}.png"]), atol=1 / 255)
+
+    # A photo without a face: the alignment node says which image has none.
+    prompt["2"] = load("honestface_blank.png")
+    entry, _ = comfyui_server.run_prompt(prompt)
+    error = execution_error(entry)
+    assert error is not None and error["node_type"] == "HonestFaceAlignFace", error
+    assert "image 0 of the batch has 0 face(s)" in error["exception_message"]

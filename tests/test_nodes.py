@@ -1,0 +1,157 @@
+"""The node pack's ComfyUI-facing helpers, imported with the real ComfyUI (no fakes).
+
+Needs the ComfyUI that ``scripts/comfyui_setup.sh`` installs (skips with the reason
+otherwise); the end-to-end tests in ``tests/e2e`` run the same nodes inside a server.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COMFYUI = Path(os.environ.get("HONESTFACE_COMFYUI", REPO_ROOT / ".comfyui" / "ComfyUI"))
+
+
+@pytest.fixture(scope="module")
+def pack():
+    """``nodes/`` imported as ``honestface_nodes`` (ComfyUI has its own top-level ``nodes``)."""
+    if not (COMFYUI / "folder_paths.py").is_file():
+        pytest.skip(f"ComfyUI not installed at {COMFYUI} (bash scripts/comfyui_setup.sh)")
+    if str(COMFYUI) not in sys.path:
+        sys.path.append(str(COMFYUI))
+    from comfy.cli_args import args
+
+    args.cpu = True  # this machine has no GPU; ComfyUI's device probe needs to know
+    spec = importlib.util.spec_from_file_location("honestface_nodes", REPO_ROOT / "nodes" / "__init__.py",
+                                                  submodule_search_locations=[str(REPO_ROOT / "nodes")])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["honestface_nodes"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def io(pack):
+    return sys.modules["honestface_nodes.comfy_io"]
+
+
+def test_root_init_imports_without_comfyui():
+    """The repository's ``__init__.py`` registers nothing (and does not fail) outside ComfyUI."""
+    code = ("import importlib.util, sys; sys.modules.pop('folder_paths', None); "
+            f"spec = importlib.util.spec_from_file_location('pack_root', r'{REPO_ROOT / '__init__.py'}'); "
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+            "print(len(m.NODE_CLASS_MAPPINGS))")
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0"
+
+
+def test_image_layout_round_trip(io):
+    comfy = torch.rand(2, 5, 7, 3)
+    library = io.comfy_to_images(comfy)
+    assert library.shape == (2, 3, 5, 7)
+    assert torch.equal(library[1, 2], comfy[1, :, :, 2])
+    assert torch.equal(io.images_to_comfy(library), comfy)
+
+
+def test_gray_and_rgba_conversions(io):
+    gray = torch.rand(1, 4, 4, 1)
+    assert torch.equal(io.comfy_to_images(gray), gray.permute(0, 3, 1, 2).expand(-1, 3, -1, -1))
+    rgba = torch.rand(1, 4, 4, 4)
+    expected = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])  # composited on white
+    torch.testing.assert_close(io.comfy_to_images(rgba), expected.permute(0, 3, 1, 2))
+
+
+def test_bad_images_raise_image_errors(io):
+    from honestface.errors import ImageError
+
+    with pytest.raises(ImageError, match="batch, height, width"):
+        io.comfy_to_images(torch.rand(4, 4, 5))
+    with pytest.raises(ImageError):
+        io.comfy_to_images(torch.full((1, 4, 4, 3), float("nan")))
+    with pytest.raises(ImageError, match="MASK"):
+        io.comfy_to_masks(torch.rand(1, 1, 4, 4))
+
+
+def test_mask_layout_round_trip(io):
+    mask = torch.rand(3, 6, 5)
+    library = io.comfy_to_masks(mask)
+    assert library.shape == (3, 1, 6, 5)
+    assert torch.equal(io.masks_to_comfy(library), mask)
+    assert io.comfy_to_masks(torch.rand(6, 5)).shape == (1, 1, 6, 5)
+
+
+def test_model_folders_are_added_not_replaced(pack, tmp_path):
+    import folder_paths
+
+    folders = sys.modules["honestface_nodes.model_folders"]
+    user_folder = str(tmp_path / "my-honestface")
+    folder_paths.folder_names_and_paths["honestface"] = ([user_folder], set())  # as extra_model_paths.yaml does
+    folders.register_model_folders()
+    folders.register_model_folders()  # idempotent
+    paths, extensions = folder_paths.folder_names_and_paths["honestface"]
+    assert paths == [user_folder, os.path.join(folder_paths.models_dir, "honestface")]
+    assert extensions == set()  # the user's "every file" stays
+    assert os.path.join(folder_paths.models_dir, "insightface") in folder_paths.get_folder_paths("insightface")
+
+
+def test_models_root_for_finds_the_root_of_an_extra_folder(pack, tmp_path):
+    import folder_paths
+
+    from honestface.errors import MissingModelFileError
+
+    folders = sys.modules["honestface_nodes.model_folders"]
+    pack_dir = tmp_path / "insightface" / "models" / "buffalo_l"
+    pack_dir.mkdir(parents=True)
+    (pack_dir / "w600k_r50.onnx").write_bytes(b"")
+    folder_paths.add_model_folder_path("insightface", str(tmp_path / "insightface"))
+    assert folders.models_root_for("insightface", "buffalo_l/w600k_r50.onnx") == tmp_path
+    with pytest.raises(MissingModelFileError, match="antelopev2"):
+        folders.models_root_for("insightface", "antelopev2/glintr100.onnx")
+
+
+def test_face_indices_parsing(pack):
+    from honestface.errors import HonestFaceError
+
+    restore = sys.modules["honestface_nodes.restore_nodes"]
+    assert restore.parse_indices("all") is None and restore.parse_indices(" ") is None
+    assert restore.parse_indices("0, 2;3") == [0, 2, 3]
+    for bad in ("first", "-1"):
+        with pytest.raises(HonestFaceError):
+            restore.parse_indices(bad)
+
+
+def test_missing_file_errors_read_clearly(io):
+    from honestface.errors import MissingModelFileError
+
+    @io.clear_errors
+    def load():
+        raise MissingModelFileError("associate_2.ckpt", "/models/honestface/OSDFace", "OSDFace VQ encoder")
+
+    with pytest.raises(Exception) as caught:
+        load()
+    assert "associate_2.ckpt" in str(caught.value) and "/models/honestface/OSDFace" in str(caught.value)
+    assert "[Errno" not in str(caught.value)
+
+
+def test_mfa_mask_node_on_a_real_face(pack, io, shared_data):
+    from honestface.image_io import load_image
+
+    face = load_image(sorted((shared_data / "real_lq" / "reference_sets" / "obama" / "refs").iterdir())[0])
+    face = torch.nn.functional.interpolate(face[None], size=(128, 128), mode="bilinear", antialias=True)
+    (analysis,) = pack.HonestFaceAnalysisLoader().load("dlib", "dlib", "default", "dlib-hog", "cpu")
+    mask, overlay = pack.HonestFaceMFAMask().mask(analysis, io.images_to_comfy(face), 10.0, 0.6)
+    assert mask.shape == (1, 128, 128) and overlay.shape == (1, 128, 128, 3)
+    assert float(mask.min()) == pytest.approx(0.0, abs=1e-4) and float(mask.max()) == pytest.approx(1.0, abs=1e-3)
+    # Overlay: unchanged where the mask is 0, tinted where it is high.
+    untouched = mask[0] < 1e-3
+    torch.testing.assert_close(overlay[0][untouched], io.images_to_comfy(face)[0][untouched], atol=1e-3, rtol=0)
+    assert (overlay[0] - io.images_to_comfy(face)[0]).abs().sum(-1)[mask[0] > 0.9].min() > 0.01
