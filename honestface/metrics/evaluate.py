@@ -31,7 +31,7 @@ from ..image_io import list_images, load_image, resize_to
 from ..progress import ProgressCallback, report
 from .color import DEFAULT_SEED, ms_swd
 from .identity import identity_angle_degrees
-from .iqa import PYIQA_METRICS, PyiqaMetric, check_pyiqa_metric
+from .iqa import PyiqaMetric, check_pyiqa_metric
 from .landmark import ALD_EYES, ALD_MOUTH, affine_landmark_distance, l2_landmark_distance
 from .pixel import psnr, ssim
 from .registry import EVALUATE_METRICS, METRICS, MetricStatus

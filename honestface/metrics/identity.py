@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Union
 
 import numpy as np

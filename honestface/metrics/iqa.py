@@ -82,6 +82,7 @@ class Availability:
     available: bool
     reason: str = ""
     hub_dir: Optional[Path] = None
+    missing: tuple[str, ...] = ()  # hub-relative files missing from the most complete folder
 
 
 def pyiqa_installed() -> bool:
@@ -135,7 +136,9 @@ def check_pyiqa_metric(key: str, models_dir: str | Path | None = None) -> Availa
             best_missing = missing
     if chosen is None:
         where = " or ".join(str(folder) for folder in folders)
-        return Availability(False, f"weights not found: {', '.join(best_missing or [])} (looked in {where})")
+        return Availability(
+            False, f"weights not found: {', '.join(best_missing or [])} (looked in {where})", missing=tuple(best_missing or ())
+        )
     missing_repos = [repo for repo in spec.hf_repos if not _hf_repo_cached(repo)]
     if missing_repos:
         return Availability(
@@ -200,15 +203,16 @@ class PyiqaMetric:
         availability = check_pyiqa_metric(key, models_dir)
         self.spec = PYIQA_METRICS[key]
         if not availability.available:
-            folder = hub_folders(models_dir)[0]
-            missing = availability.reason
+            if not availability.missing:  # pyiqa or a Hugging Face model is missing
+                raise HonestFaceError(f"{key}: {availability.reason}")
             raise MissingModelFileError(
-                self.spec.hub_files[-1], folder, f"{key} ({missing})", "Place the pyiqa weights there; they are never downloaded."
+                availability.missing[0], hub_folders(models_dir)[0], key,
+                f"Missing: {', '.join(availability.missing)}. They are never downloaded.",
             )
         import pyiqa  # imported here: optional and heavy
 
         # The download module must be imported before it is patched.
-        import pyiqa.utils.download_util  # noqa: F401
+        import pyiqa.utils.download_util
 
         self.device = torch.device(device)
         with offline_hub(availability.hub_dir):

@@ -64,7 +64,7 @@ class DegenerateLandmarksError(LandmarkError):
 def _as_tensor(value: ArrayLike, name: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
-    if isinstance(value, np.ndarray) or isinstance(value, (list, tuple)):
+    if isinstance(value, (np.ndarray, list, tuple)):
         return torch.as_tensor(np.asarray(value, dtype=np.float64))
     raise LandmarkError(f"{name} must be a torch.Tensor or numpy array, got {type(value).__name__}")
 
