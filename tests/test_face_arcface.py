@@ -158,3 +158,28 @@ def test_bad_and_missing_weight_files(tmp_path):
     torch.save({"something": torch.zeros(1)}, bad_pth)
     with pytest.raises(CheckpointError):
         load_identity_backend("arcface-torch", model=bad_pth)
+
+
+@pytest.mark.slow
+def test_full_size_iresnet50_round_trip(tmp_path):
+    """The real IResNet-50 layout (3, 4, 14, 3) through the same export and mapping."""
+    from honestface.face.iresnet import IRESNET_LAYERS
+
+    torch.manual_seed(1)
+    model = IResNet(IRESNET_LAYERS["r50"]).eval()
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_var"):
+                buffer.uniform_(0.5, 2.0)
+    path = tmp_path / "insightface" / "models" / "buffalo_l" / "w600k_r50.onnx"
+    export_insightface_onnx(model, path)
+    mapped = iresnet_from_onnx(path)
+    assert mapped.layers_config == (3, 4, 14, 3)
+    images = torch.rand(2, 3, 112, 112) * 2 - 1
+    with torch.no_grad():
+        expected, got = model(images), mapped(images)
+    assert torch.allclose(got, expected, atol=1e-4 * expected.abs().max().item())
+    onnx_backend = load_identity_backend("arcface-onnx", models_dir=tmp_path)  # the default file name
+    torch_backend = load_identity_backend("arcface-torch", models_dir=tmp_path)
+    faces = torch.rand(1, 3, 512, 512)
+    assert torch.allclose(onnx_backend.embed(faces), torch_backend.embed(faces), atol=1e-4)

@@ -130,6 +130,14 @@ def test_detector_finds_both_faces_in_a_montage(shared_data):
         x0, y0, x1, y1 = face.box
         inside = (face.landmarks[:, 0] > x0 - 20) & (face.landmarks[:, 0] < x1 + 20)
         assert inside.all()
+    # Large photos are detected on a downscaled copy; boxes and landmarks come back at full size.
+    small = load_face_detector("dlib", max_side=300).detect(montage)
+    assert len(small) == 2
+    for face in small:
+        match = min(faces, key=lambda f: abs(f.box[0] - face.box[0]))
+        centre = lambda b: np.array([(b[0] + b[2]) / 2, (b[1] + b[3]) / 2])
+        assert np.linalg.norm(centre(face.box) - centre(match.box)) < 15
+        assert np.linalg.norm(face.landmarks - match.landmarks, axis=1).mean() < 4
 
 
 def test_unreadable_file_and_bad_tensor(landmarks, tmp_path):

@@ -37,6 +37,9 @@ ALIGNED_FACE_BOX = (0.20, 0.29, 0.79, 0.87)
 #: Images whose longer side is below this are upscaled before detection so that small
 #: faces (down to about 20 pixels) are still found; landmarks are scaled back.
 MIN_DETECTION_SIDE = 320
+#: Larger photos are downscaled to this longer side for detection only (HOG time grows
+#: with the pixel count); landmarks are still fitted at full resolution.
+MAX_DETECTION_SIDE = 2000
 
 
 def _import_dlib():
@@ -99,18 +102,21 @@ class DlibFaceDetector:
         model: "hog" (fast, frontal faces) or "mmod" (CNN, slower, more poses).
         upsample: how many times dlib upsamples the image before detecting.
         min_side: small images are first upscaled so their longer side is this long.
+        max_side: large images are downscaled to this longer side for detection.
         with_landmarks: fit the 68-point predictor to every detected box.
     """
 
     name = "dlib"
 
     def __init__(self, models_dir: str | Path | None = None, model: str = "hog", upsample: int = 1,
-                 min_side: int = MIN_DETECTION_SIDE, with_landmarks: bool = True) -> None:
+                 min_side: int = MIN_DETECTION_SIDE, with_landmarks: bool = True,
+                 max_side: int = MAX_DETECTION_SIDE) -> None:
         if model not in ("hog", "mmod"):
             raise HonestFaceError(f"unknown dlib detector '{model}'; use 'hog' or 'mmod'")
         self.model = model
         self.upsample = int(upsample)
         self.min_side = int(min_side)
+        self.max_side = int(max_side)
         self.with_landmarks = with_landmarks
         path = "" if model == "hog" else str(dlib_model_file(MMOD_DETECTOR_FILE, models_dir))
         self._detector = _load(model, path)
@@ -122,9 +128,13 @@ class DlibFaceDetector:
 
         height, width = array.shape[:2]
         factor = upscale_factor(height, width, self.min_side)
+        if self.max_side and max(height, width) > self.max_side:
+            factor = self.max_side / max(height, width)
         work = array
         if factor > 1.0:
             work = cv2.resize(array, (round(width * factor), round(height * factor)), interpolation=cv2.INTER_CUBIC)
+        elif factor < 1.0:
+            work = cv2.resize(array, (round(width * factor), round(height * factor)), interpolation=cv2.INTER_AREA)
         found = []
         if self.model == "hog":
             rects, scores, _ = self._detector.run(work, self.upsample, 0.0)
