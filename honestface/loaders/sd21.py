@@ -187,7 +187,7 @@ def _configs_from_argument(config: str | Path | Mapping[str, Any] | None) -> dic
 
 
 def betas_from_config(scheduler_config: Mapping[str, Any]) -> torch.Tensor:
-    """(T,) float64 ``beta_t`` of a DDPM-style schedule.
+    """(T,) float64 ``beta_t`` of a DDPM-style schedule (as LDM checkpoints store it).
 
     ``scaled_linear`` (SD 2.1-base, LDM's "linear"): ``beta = linspace(sqrt(b0), sqrt(b1), T)**2``;
     ``linear``: ``beta = linspace(b0, b1, T)``.
@@ -208,8 +208,24 @@ def betas_from_config(scheduler_config: Mapping[str, Any]) -> torch.Tensor:
 
 
 def alphas_cumprod_from_config(scheduler_config: Mapping[str, Any]) -> torch.Tensor:
-    """(T,) float64 ``abar_t = prod_{s<=t} (1 - beta_s)`` (paper Eq. 1), computed in float64."""
-    return torch.cumprod(1.0 - betas_from_config(scheduler_config), dim=0)
+    """(T,) ``abar_t = prod_{s<=t} (1 - beta_s)`` (paper Eq. 1) as float64.
+
+    Computed exactly as the one-step restorer computes it
+    (:func:`honestface.models.restorer.training_alphas_cumprod`: diffusers' float32
+    schedule, kept in float64 for the step), so both agree bit for bit.
+    """
+    if scheduler_config.get("trained_betas") is not None:
+        betas = torch.tensor(scheduler_config["trained_betas"], dtype=torch.float32)
+        return torch.cumprod(1.0 - betas, dim=0).double()
+    from ..config import DiffusionConfig
+    from ..models.restorer import training_alphas_cumprod
+
+    schedule = DiffusionConfig(
+        num_train_timesteps=int(scheduler_config.get("num_train_timesteps", 1000)),
+        beta_start=float(scheduler_config.get("beta_start", 0.00085)),
+        beta_end=float(scheduler_config.get("beta_end", 0.012)),
+        beta_schedule=str(scheduler_config.get("beta_schedule", "scaled_linear")))
+    return training_alphas_cumprod(schedule)
 
 
 def _check_epsilon(scheduler_config: Mapping[str, Any], report: LoadReport) -> None:
@@ -256,7 +272,8 @@ def build_sd21(configs: Mapping[str, Mapping[str, Any]] | None = None, *, dtype:
         for part, cls in (("unet", unet_cls), ("vae", vae_cls)):
             if part in components:
                 clean = {k: v for k, v in configs[part].items() if not k.startswith("_")}
-                model = cls.from_config(clean)
+                with torch.device(device):  # initialise where the model will run (fast on GPUs)
+                    model = cls.from_config(clean)
                 # nn.Module.to: diffusers' override logs a spurious float32 warning on every cast
                 torch.nn.Module.to(model, device=device, dtype=torch_dtype)
                 models[part] = model.eval().requires_grad_(False)
