@@ -88,21 +88,6 @@ def build_model(section, seed: int) -> HonestFaceModel:
     return model
 
 
-def load_trainable_state(model: HonestFaceModel, state: dict[str, torch.Tensor], source: str) -> None:
-    """Inverse of ``model.trainable_state_dict()`` (strict: every key must match)."""
-    from honestface.errors import CheckpointError
-
-    lora = {k: v for k, v in state.items() if k.startswith("unet.")}
-    model.restorer.load_lora_state_dict(lora, source=source)
-    for prefix, module in model.trainable_modules().items():
-        own = module.state_dict()
-        part = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
-        missing = sorted(set(own) - set(part))
-        if missing:
-            raise CheckpointError(source, f"missing trainable keys {[prefix + '.' + m for m in missing[:4]]}")
-        module.load_state_dict(part, strict=True)
-
-
 def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Named trainable parameters of a module (the discriminator's checkpoint content)."""
     return {name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad}
@@ -237,7 +222,7 @@ class Trainer:
             return
         data = ckpt.read_checkpoint(path, self.rank)
         trainer = data["trainer"]
-        load_trainable_state(self.model, data["trainable"], str(path))
+        self.model.load_trainable_state_dict(data["trainable"], source=str(path))
         if self.discriminator is not None:
             if data["discriminator"] is None:
                 raise ConfigError(f"{path} has no discriminator but the adversarial loss is on")

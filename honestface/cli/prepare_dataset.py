@@ -1,0 +1,202 @@
+"""``honestface prepare-dataset SRC OUT``: photos -> aligned identity folders for training.
+
+SRC holds one folder per person (``SRC/<identity>/*.jpg``, like LFW or CelebRef-HQ);
+images directly inside SRC count as one identity named after SRC. For every photo the
+largest detected face is aligned FFHQ-style (68-point landmarks, the crop of
+:func:`honestface.face.align.align_face`) to ``--size`` pixels and written to
+``OUT/<identity>/<name>.png``. Faces whose crop spans fewer than ``--min-face`` source
+pixels (they would be upscaled too much to serve as ground truth) are skipped, as are
+photos without a face and unreadable files. ``OUT/prepare_report.csv`` lists every
+source file with its status (ok / noface / small / unreadable) and face size, and
+``OUT/prepare_report.json`` the totals. Identities left with fewer than ``--min-images``
+faces are removed (references need other photos of the same person).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..errors import HonestFaceError, ImageError
+from ..image_io import IMAGE_SUFFIXES, load_image, save_image
+from ..progress import ProgressCallback, report
+
+STATUSES = ("ok", "noface", "small", "unreadable", "few_images")
+
+
+@dataclass
+class PreparedFace:
+    source: str
+    identity: str
+    status: str
+    face_px: float
+    output: str = ""
+
+
+def face_extent(landmarks: torch.Tensor) -> float:
+    """Side length, in source pixels, of the FFHQ crop square around a face."""
+    from ..face.align import ffhq_quad
+
+    quad = ffhq_quad(torch.as_tensor(landmarks, dtype=torch.float64))
+    return float((quad[3] - quad[0]).norm())
+
+
+def identity_sources(source: Path) -> list[tuple[str, list[Path]]]:
+    """(identity, image files) pairs of SRC, sorted."""
+    if not source.is_dir():
+        raise HonestFaceError(f"source folder not found: {source}")
+    groups = []
+    loose = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if loose:
+        groups.append((source.name, loose))
+    for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if files:
+            groups.append((folder.name, files))
+    if not groups:
+        raise HonestFaceError(f"no images in {source} or its sub-folders")
+    return groups
+
+
+def prepare_dataset(source: str | Path, output: str | Path, size: int = 512, min_face: float = 64.0,
+                    min_images: int = 1, max_per_identity: int | None = None, detector=None,
+                    image_format: str = "png", progress: ProgressCallback | None = None) -> dict:
+    """Detect, align and write identity folders; returns the report's totals.
+
+    Args:
+        source, output: folders (``output`` may exist; identity folders are replaced).
+        size: side of the aligned crops.
+        min_face: smallest accepted FFHQ crop extent in source pixels.
+        min_images: identities with fewer aligned faces are dropped.
+        max_per_identity: keep at most this many photos per identity (first by name).
+        detector: a :class:`~honestface.face.base.FaceDetector` returning 68 landmarks
+            (default: dlib HOG).
+        image_format: ``"png"`` (lossless, default) or ``"jpg"`` (quality 95).
+    """
+    from ..face.align import align_face
+
+    if image_format not in ("png", "jpg"):
+        raise HonestFaceError(f"image format must be png or jpg, got '{image_format}'")
+    if size < 16:
+        raise HonestFaceError(f"size must be at least 16, got {size}")
+    source, output = Path(source), Path(output)
+    groups = identity_sources(source)
+    if detector is None:
+        from ..face import load_face_detector
+
+        detector = load_face_detector("dlib")
+    output.mkdir(parents=True, exist_ok=True)
+    rows: list[PreparedFace] = []
+    total = sum(len(files[:max_per_identity] if max_per_identity else files) for _, files in groups)
+    done = 0
+    for identity, files in groups:
+        if max_per_identity:
+            files = files[:max_per_identity]
+        target = output / identity
+        if target.exists():
+            shutil.rmtree(target)
+        kept = []
+        for path in files:
+            row = PreparedFace(str(path.relative_to(source)), identity, "ok", 0.0)
+            try:
+                image = load_image(path)
+            except ImageError:
+                row.status = "unreadable"
+            else:
+                faces = [f for f in detector.detect(image) if f.landmarks is not None]
+                if not faces:
+                    row.status = "noface"
+                else:
+                    largest = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+                    row.face_px = face_extent(largest.landmarks)
+                    if row.face_px < min_face:
+                        row.status = "small"
+                    else:
+                        crop, _ = align_face(image, torch.as_tensor(largest.landmarks, dtype=torch.float32), size)
+                        written = target / f"{path.stem}.{image_format}"
+                        _save(crop, written, image_format)
+                        row.output = str(written.relative_to(output))
+                        kept.append(row)
+            rows.append(row)
+            done += 1
+            report(progress, done, total)
+        if len(kept) < min_images:
+            for row in kept:
+                row.status = "few_images"
+                row.output = ""
+            if target.exists():
+                shutil.rmtree(target)
+    return _write_report(output, rows, size, min_face, min_images)
+
+
+def _save(crop: torch.Tensor, path: Path, image_format: str) -> None:
+    if image_format == "png":
+        save_image(crop, path)
+        return
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = (crop.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0).round().astype("uint8")
+    Image.fromarray(array).save(path, quality=95)
+
+
+def _write_report(output: Path, rows: Sequence[PreparedFace], size: int, min_face: float, min_images: int) -> dict:
+    with open(output / "prepare_report.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "identity", "status", "face_px", "output"])
+        for row in rows:
+            writer.writerow([row.source, row.identity, row.status, f"{row.face_px:.1f}", row.output])
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    identities = sorted({row.identity for row in rows if row.status == "ok"})
+    totals = {"files": len(rows), "counts": counts, "identities": len(identities),
+              "faces": counts.get("ok", 0), "size": size, "min_face": min_face, "min_images": min_images}
+    with open(output / "prepare_report.json", "w", encoding="utf-8") as handle:
+        json.dump(totals, handle, indent=1)
+    return totals
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "prepare-dataset", help="align faces of identity folders into a training set",
+        description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", help="folder of identity folders (SRC/<identity>/*.jpg)")
+    parser.add_argument("output", help="output folder (OUT/<identity>/*.png and the reports)")
+    parser.add_argument("--size", type=int, default=512, help="aligned crop size (default 512)")
+    parser.add_argument("--min-face", type=float, default=64.0,
+                        help="skip faces whose crop spans fewer source pixels (default 64)")
+    parser.add_argument("--min-images", type=int, default=1,
+                        help="drop identities with fewer aligned faces (default 1; 2+ for references)")
+    parser.add_argument("--max-per-identity", type=int, default=None, help="use at most this many photos each")
+    parser.add_argument("--detector", default="hog", choices=("hog", "mmod"), help="dlib detector (default hog)")
+    parser.add_argument("--format", dest="image_format", default="png", choices=("png", "jpg"))
+    parser.add_argument("--models-dir", default=None, help="models folder (for the mmod detector file)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..face import load_face_detector
+    from ..progress import tqdm_progress
+
+    detector = load_face_detector("dlib", models_dir=args.models_dir, model=args.detector)
+    progress, close = tqdm_progress("prepare-dataset", total=0)
+    try:
+        totals = prepare_dataset(args.source, args.output, size=args.size, min_face=args.min_face,
+                                 min_images=args.min_images, max_per_identity=args.max_per_identity,
+                                 detector=detector, image_format=args.image_format, progress=progress)
+    finally:
+        close()
+    print(json.dumps(totals))
+    return 0 if totals["faces"] else 1
+
+
+__all__: list[str] = ["PreparedFace", "STATUSES", "add_parser", "face_extent", "identity_sources", "prepare_dataset"]
