@@ -106,12 +106,13 @@ def crop_eye_patches(images: torch.Tensor, boxes: torch.Tensor, size: int) -> to
     """
     from torchvision.ops import roi_align
 
-    batch = images.shape[0]
-    index = torch.arange(batch, device=images.device, dtype=images.dtype).repeat_interleave(2).unsqueeze(1)
-    rois = torch.cat([index, boxes.reshape(-1, 4).to(images.dtype)], dim=1)
-    patches = roi_align(images, rois, output_size=(size, size), spatial_scale=1.0,
+    batch, dtype = images.shape[0], images.dtype
+    # float32: roi_align has no half-precision CPU kernel, and the patches are small.
+    index = torch.arange(batch, device=images.device, dtype=torch.float32).repeat_interleave(2).unsqueeze(1)
+    rois = torch.cat([index, boxes.reshape(-1, 4).to(device=images.device, dtype=torch.float32)], dim=1)
+    patches = roi_align(images.float(), rois, output_size=(size, size), spatial_scale=1.0,
                         sampling_ratio=2, aligned=True)
-    return patches.reshape(batch, 2, images.shape[1], size, size)
+    return patches.reshape(batch, 2, images.shape[1], size, size).to(dtype)
 
 
 # ------------------------------------------------------------------------------- VGG16
