@@ -31,7 +31,8 @@ class ModelSection:
 
     Attributes:
         preset: ``"tiny"`` (random tiny model, no files) or ``"sd21"``.
-        init: ``"random"`` (tiny only), ``"sd21"`` (SD 2.1-base + fresh LoRA and heads),
+        init: ``"random"`` (random weights, no files: tests and benchmarks only),
+            ``"sd21"`` (SD 2.1-base + fresh LoRA and heads),
             ``"osdface"`` (SD 2.1-base + an OSDFace release: its LoRA, VRE and projection)
             or ``"checkpoint"`` (SD 2.1-base + a HonestFace checkpoint to fine-tune).
         sd21: SD 2.1-base diffusers folder or single-file checkpoint (name or path).
@@ -65,8 +66,6 @@ class ModelSection:
     def __post_init__(self) -> None:
         if self.init not in ("random", "sd21", "osdface", "checkpoint"):
             raise ConfigError(f"model.init must be random, sd21, osdface or checkpoint, got '{self.init}'")
-        if self.init == "random" and self.preset != "tiny":
-            raise ConfigError("model.init 'random' is only for the tiny preset")
         if self.init in ("sd21", "osdface", "checkpoint") and not self.sd21:
             raise ConfigError(f"model.init '{self.init}' needs model.sd21 (SD 2.1-base folder or file)")
         if self.init == "osdface" and not self.osdface:
