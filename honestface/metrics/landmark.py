@@ -160,7 +160,7 @@ def _check_non_degenerate(restored: torch.Tensor, weights: torch.Tensor, valid: 
         centroid = (w.unsqueeze(-1) * restored).sum(dim=-2, keepdim=True)
         centred = restored - centroid
         cov = torch.einsum("...n,...ni,...nj->...ij", w, centred, centred)
-        eigenvalues = torch.linalg.eigvalsh(torch.where(valid[..., None, None], cov, torch.eye(2, dtype=cov.dtype)))
+        eigenvalues = torch.linalg.eigvalsh(torch.where(valid[..., None, None], cov, torch.eye(2, dtype=cov.dtype, device=cov.device)))
         ratio = eigenvalues[..., 0] / eigenvalues[..., 1].clamp_min(torch.finfo(torch.float64).tiny)
         collinear = valid & ((ratio < _COLLINEAR_TOLERANCE) | (eigenvalues[..., 1] <= 0))
         if bool(collinear.any()):
