@@ -17,7 +17,7 @@ from .photo import PhotoFace, restore_faces_in_photo
 
 LANDMARK_BACKENDS = ("dlib", "fan")
 IDENTITY_BACKENDS = ("dlib", "arcface-onnx", "arcface-torch", "adaface")
-FACE_DETECTORS = ("dlib",)
+FACE_DETECTORS = ("dlib", "insightface")
 
 
 def _unknown(kind: str, name: str, known: tuple[str, ...]) -> HonestFaceError:
@@ -75,11 +75,18 @@ def load_face_detector(name: str = "dlib", models_dir: str | Path | None = None,
     """A whole-photo face detector that also returns 68 landmarks per face.
 
     Names:
-        "dlib": HOG (``model="hog"``, default) or MMOD CNN (``model="mmod"``).
+        "dlib": HOG (``model="hog"``, default) or MMOD CNN (``model="mmod"``); 68 landmarks.
+        "insightface": SCRFD/RetinaFace ONNX from ``<models>/insightface/models/``
+            (``model="buffalo_l/det_10g.onnx"`` by default); 5 landmarks.
     """
     if name == "dlib":
         from .dlib_backend import DlibFaceDetector
+        if not kw.get("model"):
+            kw.pop("model", None)
         return DlibFaceDetector(models_dir=models_dir, **kw)
+    if name == "insightface":
+        from .insightface_detector import load_insightface_detector
+        return load_insightface_detector(models_dir=models_dir, device=device, **kw)
     raise _unknown("face detector", name, FACE_DETECTORS)
 
 
