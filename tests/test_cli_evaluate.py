@@ -80,3 +80,23 @@ def test_evaluate_with_local_pyiqa_weights_computes_lpips_and_fid(test_set, tmp_
     assert metrics["lpips"]["count"] == 4 and metrics["lpips"]["mean"] > 0
     assert metrics["fid"]["mean"] is not None and metrics["fid"]["mean"] > 0
     assert "LPIPS↓" in printed and "FID↓" in printed and "Unavailable metrics" not in printed
+
+
+def test_pairing_by_name_with_flat_and_folder_references(tmp_path):
+    import torch
+
+    from honestface.image_io import save_image
+    from honestface.metrics.evaluate import pair_folders
+
+    for folder, names in (("restored", ["a.png", "b.png", "c.png"]), ("gt", ["a.jpg", "b.png", "d.png"]), ("refs", ["a.png"])):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            save_image(torch.zeros(3, 8, 8), tmp_path / folder / name)
+    (tmp_path / "refs" / "b").mkdir()
+    for name in ("r1.png", "r2.png"):
+        save_image(torch.zeros(3, 8, 8), tmp_path / "refs" / "b" / name)
+    pairs, unpaired = pair_folders(tmp_path / "restored", tmp_path / "gt", tmp_path / "refs")
+    assert [(p.name, p.ground_truth.name, [r.name for r in p.references]) for p in pairs] == [
+        ("a", "a.jpg", ["a.png"]), ("b", "b.png", ["r1.png", "r2.png"])
+    ]
+    assert unpaired == {"restored only": ["c.png"], "ground truth only": ["d.png"]}

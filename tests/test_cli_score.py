@@ -135,3 +135,12 @@ def test_score_errors_are_clean(test_set, tmp_path, capsys):
     assert main(["score", str(tmp_path / "missing.png"), str(test_set["gt"] / "face_a.png")]) == 1
     assert main(["score", str(test_set["restored"]), str(test_set["gt"]), "--metrics", "sharpness"]) == 1
     assert "unknown metric 'sharpness'" in capsys.readouterr().err
+
+
+def test_identical_images_give_infinite_psnr_in_valid_json(test_set, tmp_path):
+    out = tmp_path / "same.json"
+    face = str(test_set["gt"] / "face_a.png")
+    assert main(["score", face, face, "--metrics", "psnr,ssim", "--json", str(out), "--no-progress"]) == 0
+    report = json.loads(out.read_text())  # strict JSON: no Infinity / NaN tokens
+    assert report["images"][0]["psnr"] == "inf" and report["images"][0]["ssim"] == pytest.approx(1.0)
+    assert {m["key"]: m["mean"] for m in report["metrics"]}["psnr"] == "inf"

@@ -72,15 +72,16 @@ def pair_folders(
     restored = by_stem(restored_dir, "restored")
     ground_truth = by_stem(gt_dir, "ground-truth")
     names = sorted(set(restored) & set(ground_truth))
+    flat_refs: dict[str, list[Path]] = {}
+    if refs_dir is not None:
+        for path in list_images(refs_dir):
+            flat_refs.setdefault(path.stem, []).append(path)
     pairs = []
     for name in names:
         references: list[Path] = []
         if refs_dir is not None:
             folder = Path(refs_dir) / name
-            if folder.is_dir():
-                references = list_images(folder)
-            else:
-                references = [p for p in list_images(refs_dir) if p.stem == name]
+            references = list_images(folder) if folder.is_dir() else flat_refs.get(name, [])
         pairs.append(ImagePair(name, restored[name], ground_truth[name], references))
     unpaired = {
         "restored only": sorted(restored[n].name for n in set(restored) - set(ground_truth)),
@@ -102,6 +103,18 @@ def _format_value(value: Optional[float]) -> str:
     if math.isinf(value):
         return "inf"
     return f"{value:.4f}" if abs(value) < 10 else f"{value:.3f}"
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
 
 
 def _clean(value: Any) -> Optional[float]:
@@ -166,16 +179,10 @@ class EvaluationReport:
         }
 
     def write_json(self, path: str | Path) -> Path:
+        """The whole report as JSON (infinite values as the string "inf", NaN as null)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-
-        def default(value):
-            if isinstance(value, float) and not math.isfinite(value):
-                return str(value)
-            return str(value)
-
-        text = json.dumps(self.to_dict(), indent=2, default=default, allow_nan=True)
-        path.write_text(text.replace("Infinity", '"inf"').replace("NaN", "null") + "\n")
+        path.write_text(json.dumps(_json_safe(self.to_dict()), indent=2, allow_nan=False) + "\n")
         return path
 
     def write_csv(self, path: str | Path) -> Path:
@@ -407,8 +414,9 @@ class Evaluator:
             references = None
             if self._available("deg_ref"):
                 if pair.references:
-                    references = [torch.stack([load_image(p) for p in pair.references]) if _same_size(pair.references)
-                                  else torch.stack([resize_to(load_image(p).unsqueeze(0), 512)[0] for p in pair.references])]
+                    # Reference photos may have any size: bring them to the restored face's size.
+                    size = tuple(restored.shape[-2:])
+                    references = [torch.cat([resize_to(load_image(p).unsqueeze(0), size) for p in pair.references])]
                 else:
                     result.missing_references.append(pair.name)
             values, found = self.score_images(restored, ground_truth, references)
@@ -452,16 +460,6 @@ class Evaluator:
         if not pairs:
             raise ImageError(f"no images with the same name in {restored_dir} and {gt_dir}")
         return self.evaluate_pairs(pairs, unpaired, progress)
-
-
-def _same_size(paths: Sequence[Path]) -> bool:
-    from PIL import Image
-
-    sizes = set()
-    for path in paths:
-        with Image.open(path) as image:
-            sizes.add(image.size)
-    return len(sizes) == 1
 
 
 __all__ = ["EvaluationReport", "Evaluator", "ImagePair", "pair_folders"]
