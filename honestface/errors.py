@@ -25,7 +25,11 @@ class MissingModelFileError(HonestFaceError, FileNotFoundError):
             message = f"{what}: {message}"
         if hint:
             message += f" {hint}"
+        self.message = message
         super().__init__(message)
+
+    def __str__(self) -> str:  # OSError's would format as "[Errno None] None: ..."
+        return self.message
 
 
 class CheckpointError(HonestFaceError, ValueError):

@@ -51,3 +51,18 @@ def test_demo_without_data_uses_bundled_photo(tmp_path) -> None:
     page = (out / "report.html").read_text()
     assert "astronaut" in page
     assert "astronaut" in json.loads((out / "metrics.json").read_text())
+
+
+def test_demo_restores_with_configured_weights(shared_data, tmp_path) -> None:
+    from honestface.testing.make_tiny_models import main as make_tiny_models
+
+    models = tmp_path / "models"
+    make_tiny_models([str(models)])
+    out = tmp_path / "demo"
+    assert main(["demo", "--data", str(shared_data), "--identities", "1", "--references", "2",
+                 "--sd", str(models / "checkpoints" / "tiny-sd21-base.safetensors"),
+                 "--weights", "honestface-tiny.safetensors", "--osdface", "osdface-tiny",
+                 "--models-dir", str(models), "-o", str(out)]) == 0
+    (rows,) = json.loads((out / "metrics.json").read_text()).values()
+    assert {"LQ (input)", "restored, no refs", "restored, refs"} <= set(rows)
+    assert "restoration skipped" not in (out / "report.html").read_text()

@@ -54,6 +54,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--references", type=int, default=3, help="references per face (default: %(default)s)")
     parser.add_argument("--sd", default=None, help="SD 2.1-base: diffusers folder or checkpoint file")
     parser.add_argument("--weights", default=None, help="HonestFace .safetensors or OSDFace release folder")
+    parser.add_argument("--osdface", default=None,
+                        help="OSDFace release folder for the VRE encoder of a HonestFace checkpoint "
+                             "(default: <models>/honestface/OSDFace)")
     parser.add_argument("--models-dir", default=None, help="models folder (ComfyUI layout)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -115,14 +118,14 @@ def _astronaut_face(references: int, seed: int) -> DemoFace:
     return DemoFace("astronaut", gt, torch.stack(refs), "scikit-image astronaut (references: augmented copies)")
 
 
-def _load_pipeline(args: argparse.Namespace, landmark_backend):
+def _load_pipeline(args: argparse.Namespace):
     """The restoration pipeline from ``--sd``/``--weights``, or None when not configured."""
     if not (args.sd and args.weights):
         return None
-    from ..loaders import load_pipeline
+    from .restore import build_pipeline
 
-    return load_pipeline(args.sd, args.weights, device=args.device, models_dir=args.models_dir,
-                         landmark_backend=landmark_backend)
+    return build_pipeline(args.sd, args.weights, osdface=args.osdface, models_dir=args.models_dir,
+                          device=args.device)
 
 
 def _landmark_metrics(landmarks: torch.Tensor, gt_landmarks: torch.Tensor) -> dict[str, float]:
@@ -224,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
         faces = [_astronaut_face(args.references, args.seed)]
     landmark_backend = load_landmark_backend("dlib")
     identity_backend = load_identity_backend("dlib")
-    pipeline = _load_pipeline(args, landmark_backend)
+    pipeline = _load_pipeline(args)
     if pipeline is None:
         header.append("Restoration weights are not configured (--sd and --weights): the report shows the "
                       "analysis half of HonestFace (degradation, reference choice, MFA mask, metrics).")
