@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_cli_score import NAMES, build_test_set
-from test_metrics import write_random_fid_weights, write_random_lpips_weights
+
+try:  # the tests folder on sys.path (pytest's default rootdir-relative import)
+    from test_cli_score import NAMES, build_test_set
+    from test_metrics import write_random_fid_weights, write_random_lpips_weights
+except ImportError:  # tests imported as a package
+    from tests.test_cli_score import NAMES, build_test_set
+    from tests.test_metrics import write_random_fid_weights, write_random_lpips_weights
 
 from honestface.cli import main
 from honestface.metrics.iqa import pyiqa_installed
