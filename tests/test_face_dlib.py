@@ -130,6 +130,9 @@ def test_detector_finds_both_faces_in_a_montage(shared_data):
         x0, y0, x1, y1 = face.box
         inside = (face.landmarks[:, 0] > x0 - 20) & (face.landmarks[:, 0] < x1 + 20)
         assert inside.all()
+    # Landmarks fitted in given boxes are the detector's own.
+    fitted = load_landmark_backend("dlib").landmarks_in_boxes(montage, torch.tensor([f.box for f in faces]))
+    assert np.allclose(fitted.numpy(), np.stack([f.landmarks for f in faces]))
     # Large photos are detected on a downscaled copy; boxes and landmarks come back at full size.
     small = load_face_detector("dlib", max_side=300).detect(montage)
     assert len(small) == 2

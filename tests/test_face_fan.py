@@ -65,6 +65,9 @@ def test_points_are_the_heatmap_maxima_in_photo_coordinates(models):
     tolerance = (0.25 * 4 * scale)[:, None] + 1e-3
     assert ((points[..., 0] - expected_x).abs() <= tolerance).all()
     assert ((points[..., 1] - expected_y).abs() <= tolerance).all()
+    # Fitting in boxes of one photo is the same computation.
+    in_boxes = backend.landmarks_in_boxes(images[0], boxes)
+    assert torch.allclose(in_boxes[0], points[0], atol=1e-4)
     # The crop really is the network input: same heatmaps from the warped crop directly.
     from honestface.face.align import warp
     with torch.no_grad():

@@ -212,6 +212,12 @@ class DlibLandmarks:
             return np.full((68, 2), np.nan, dtype=np.float32)
         return fit_shape(self._predictor, array, box)
 
+    def landmarks_in_boxes(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) photo and (K, 4) face boxes (x0, y0, x1, y1) -> (K, 68, 2) points."""
+        array = to_uint8_hwc(image)[0]
+        points = [fit_shape(self._predictor, array, tuple(float(v) for v in box)) for box in boxes.tolist()]
+        return torch.from_numpy(np.stack(points)) if points else torch.zeros(0, 68, 2)
+
     def landmarks(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> (B, 68, 2) pixel (x, y); NaN rows where no face."""
         arrays = to_uint8_hwc(images)

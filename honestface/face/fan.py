@@ -253,6 +253,14 @@ class FanLandmarks(nn.Module):
         heatmaps = heatmaps * valid[:, None, None, None].to(heatmaps.dtype)
         return points, heatmaps, affine
 
+    def landmarks_in_boxes(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) photo and (K, 4) face boxes -> (K, 68, 2) points, one face per box."""
+        boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        if len(boxes) == 0:
+            return torch.zeros(0, 68, 2)
+        images = check_image_batch(image, "image")[:1].expand(len(boxes), -1, -1, -1)
+        return self.predict(images, boxes)[0]
+
     def landmarks(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> (B, 68, 2) photo pixels (x, y); NaN where no face."""
         return self.predict(images)[0]

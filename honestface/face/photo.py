@@ -55,15 +55,29 @@ def _region(box, height: int, width: int, scale: float) -> tuple[int, int, int, 
 
 
 def face_landmarks(image: torch.Tensor, box, landmark_backend: LandmarkBackend) -> np.ndarray | None:
-    """68 landmarks of the face in ``box`` from ``landmark_backend`` run on the enlarged box."""
+    """68 landmarks of the face in ``box`` from ``landmark_backend``.
+
+    Backends with ``landmarks_in_boxes`` (dlib, FAN) fit the points in the box itself;
+    others run on the box enlarged by :data:`LANDMARK_REGION_SCALE`. Points whose centre
+    falls outside the box (the backend picked a neighbouring face) are rejected.
+    """
     height, width = image.shape[-2:]
-    left, top, right, bottom = _region(box, height, width, LANDMARK_REGION_SCALE)
-    if right - left < 8 or bottom - top < 8:
-        return None
-    points = landmark_backend.landmarks(image[None, :, top:bottom, left:right])[0]
+    if hasattr(landmark_backend, "landmarks_in_boxes"):
+        points = landmark_backend.landmarks_in_boxes(image, torch.tensor([list(box)], dtype=torch.float32))[0]
+        points = points.detach().float().cpu()
+    else:
+        left, top, right, bottom = _region(box, height, width, LANDMARK_REGION_SCALE)
+        if right - left < 8 or bottom - top < 8:
+            return None
+        points = landmark_backend.landmarks(image[None, :, top:bottom, left:right])[0].detach().float().cpu()
+        points = points + torch.tensor([left, top], dtype=torch.float32)
     if not torch.isfinite(points).all():
         return None
-    return (points.detach().float().cpu() + torch.tensor([left, top], dtype=torch.float32)).numpy()
+    x0, y0, x1, y1 = box
+    cx, cy = points.mean(dim=0).tolist()
+    if not (x0 <= cx <= x1 and y0 <= cy <= y1):
+        return None
+    return points.numpy()
 
 
 def restore_faces_in_photo(image: torch.Tensor,
