@@ -27,7 +27,7 @@ def pack():
         sys.path.append(str(COMFYUI))
     from comfy.cli_args import args
 
-    args.cpu = True  # this machine has no GPU; ComfyUI's device probe needs to know
+    args.cpu = not torch.cuda.is_available()  # ComfyUI's device probe fails without a GPU unless told
     spec = importlib.util.spec_from_file_location("honestface_nodes", REPO_ROOT / "nodes" / "__init__.py",
                                                   submodule_search_locations=[str(REPO_ROOT / "nodes")])
     module = importlib.util.module_from_spec(spec)
@@ -155,3 +155,39 @@ def test_mfa_mask_node_on_a_real_face(pack, io, shared_data):
     untouched = mask[0] < 1e-3
     torch.testing.assert_close(overlay[0][untouched], io.images_to_comfy(face)[0][untouched], atol=1e-3, rtol=0)
     assert (overlay[0] - io.images_to_comfy(face)[0]).abs().sum(-1)[mask[0] > 0.9].min() > 0.01
+
+
+@pytest.mark.slow
+def test_model_loader_and_restore_through_comfyui_model_management(pack, tmp_path):
+    """Tiny models through the loader node: ComfyUI's memory manager puts the weights on its
+    device (float16 on a GPU with dtype auto), results come back as float32 IMAGEs on the
+    intermediate device, runs repeat exactly, and the unload node empties everything."""
+    import folder_paths
+
+    import comfy.model_management as model_management
+    from honestface.testing.make_tiny_models import make_tiny_models
+
+    pack.HonestFaceUnloadModels().unload()  # start from an empty cache (other tests load backends)
+    make_tiny_models(tmp_path)
+    for kind in ("checkpoints", "honestface"):
+        folder_paths.add_model_folder_path(kind, str(tmp_path / kind), is_default=True)
+    lq = torch.rand(2, 96, 80, 3)
+    for weights in ("osdface-tiny", "honestface-tiny.safetensors"):
+        (model,) = pack.HonestFaceModelLoader().load("tiny-sd21-base.safetensors", weights, "auto", "auto", "auto")
+        (again,) = pack.HonestFaceModelLoader().load("tiny-sd21-base.safetensors", weights, "auto", "auto", "auto")
+        assert again is model  # cached between runs
+        (restored,) = pack.HonestFaceRestoreAligned().restore(model, lq, "model default")
+        (repeat,) = pack.HonestFaceRestoreAligned().restore(model, lq, "model default")
+        weight = next(model.pipeline.model.parameters())
+        assert weight.device == model_management.get_torch_device()
+        assert weight.dtype == (torch.float16 if weight.device.type == "cuda" else torch.float32)
+        assert restored.shape == lq.shape and restored.dtype == torch.float32
+        assert restored.device == model_management.intermediate_device()
+        assert 0.0 <= float(restored.min()) and float(restored.max()) <= 1.0
+        assert torch.equal(restored, repeat)
+        assert (restored - lq).abs().mean() > 1e-3
+    result = pack.HonestFaceUnloadModels().unload()
+    assert result["result"] == (2,) and result["ui"]["text"] == ["released 2 HonestFace model(s)"]
+    assert not model_management.current_loaded_models
+    (reloaded,) = pack.HonestFaceModelLoader().load("tiny-sd21-base.safetensors", "osdface-tiny", "auto", "auto", "auto")
+    assert reloaded is not model
