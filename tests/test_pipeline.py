@@ -124,22 +124,27 @@ def test_reference_choice_uses_landmarks(pipeline):
 
 
 def test_input_conversions(pipeline):
-    rgb = faces(2, 6)
+    rgb = faces(1, 6)
     restored = pipeline.restore(rgb)
     gray = rgb.mean(dim=1, keepdim=True)
-    torch.testing.assert_close(pipeline.restore(gray), pipeline.restore(gray.expand(-1, 3, -1, -1)))
-    rgba = torch.cat([rgb, torch.ones(2, 1, 64, 64)], dim=1)
-    torch.testing.assert_close(pipeline.restore(rgba), restored)
-    transparent = torch.cat([rgb, torch.zeros(2, 1, 64, 64)], dim=1)  # composited on white
-    torch.testing.assert_close(pipeline.restore(transparent), pipeline.restore(torch.ones(2, 3, 64, 64)))
-    torch.testing.assert_close(pipeline.restore(rgb[0]), restored[:1])  # (3, H, W)
+    white = torch.ones(1, 3, 64, 64)
+    # One batch: grayscale repeated to RGB, opaque RGBA, fully transparent RGBA (-> white).
+    converted = pipeline.restore(torch.cat([
+        torch.cat([gray.expand(-1, 3, -1, -1), torch.ones(1, 1, 64, 64)], 1),
+        torch.cat([rgb, torch.ones(1, 1, 64, 64)], 1),
+        torch.cat([rgb, torch.zeros(1, 1, 64, 64)], 1)]))
+    torch.testing.assert_close(pipeline.restore(gray), converted[:1])
+    torch.testing.assert_close(converted[1:2], restored)
+    torch.testing.assert_close(converted[2:3], pipeline.restore(white))
+    torch.testing.assert_close(pipeline.restore(rgb[0]), restored)  # (3, H, W)
 
     odd = torch.rand(1, 3, 50, 70)
+    at_model_size = pipeline.restore(odd, output_size=64)
+    assert at_model_size.shape == (1, 3, 64, 64)
+    torch.testing.assert_close(at_model_size, pipeline.restore(resize_to(odd, 64)))
     out = pipeline.restore(odd)
     assert out.shape == (1, 3, 50, 70)
-    expected = resize_to(pipeline.restore(resize_to(odd, 64)), (50, 70))
-    torch.testing.assert_close(out, expected)
-    assert pipeline.restore(odd, output_size=64).shape == (1, 3, 64, 64)
+    torch.testing.assert_close(out, resize_to(at_model_size, (50, 70)))
 
 
 def test_bad_inputs_are_clear_errors(model, pipeline):
