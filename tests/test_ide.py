@@ -158,3 +158,11 @@ def test_identity_embedder_uses_the_chosen_reference():
     assert out.reference_index.tolist() == [1]
     direct = ide.feature_extractor(references[:, 1], ref_landmarks[:, 1])
     torch.testing.assert_close(out.feature_tokens, direct)
+
+
+def test_collinear_reference_landmarks_fall_back_to_the_first_reference():
+    g = torch.Generator().manual_seed(4)
+    lq = face_landmarks(g).unsqueeze(0)
+    line = torch.stack([torch.linspace(0, 60, 68), torch.linspace(0, 30, 68)], dim=1)
+    refs = torch.stack([line, line * 0.5 + 3]).unsqueeze(0)
+    assert select_reference(lq, refs, torch.ones(1, 2, dtype=torch.bool)).tolist() == [0]
