@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from honestface.errors import HonestFaceError, ImageError, NoFaceError
 from honestface.face.align import (
-    align_face, alignment_affine, feathered_mask, ffhq_quad, invert_affine, paste_back, transform_points,
+    align_face,
+    alignment_affine,
+    feathered_mask,
+    ffhq_quad,
+    invert_affine,
+    paste_back,
+    transform_points,
 )
 from honestface.face.photo import restore_faces_in_photo
 from honestface.image_io import load_image

@@ -10,10 +10,14 @@ import torch
 
 from honestface.errors import CheckpointError, MissingModelFileError
 from honestface.face import load_identity_backend
-from honestface.face.arcface import (
-    ARCFACE_FIVE_POINTS, ArcFaceTorch, ffhq_to_recognition_affine, iresnet_from_onnx, recognition_crop,
-)
 from honestface.face.align import transform_points
+from honestface.face.arcface import (
+    ARCFACE_FIVE_POINTS,
+    ArcFaceTorch,
+    ffhq_to_recognition_affine,
+    iresnet_from_onnx,
+    recognition_crop,
+)
 from honestface.face.iresnet import IResNet
 
 pytest.importorskip("onnx")

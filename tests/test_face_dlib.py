@@ -6,9 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from honestface.errors import HonestFaceError, ImageError, MissingModelFileError, NoFaceError
+from honestface.errors import (
+    HonestFaceError,
+    ImageError,
+    MissingModelFileError,
+    NoFaceError,
+)
 from honestface.face import (
-    load_face_detector, load_identity_backend, load_landmark_backend, require_landmarks,
+    load_face_detector,
+    load_identity_backend,
+    load_landmark_backend,
+    require_landmarks,
 )
 from honestface.face.dlib_backend import dlib_model_file, packaged_models_folder
 from honestface.image_io import load_image, load_images

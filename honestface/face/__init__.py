@@ -12,7 +12,13 @@ from pathlib import Path
 
 from ..errors import HonestFaceError
 from .align import align_face, paste_back
-from .base import FaceDetection, FaceDetector, IdentityBackend, LandmarkBackend, require_landmarks
+from .base import (
+    FaceDetection,
+    FaceDetector,
+    IdentityBackend,
+    LandmarkBackend,
+    require_landmarks,
+)
 from .photo import PhotoFace, restore_faces_in_photo
 
 LANDMARK_BACKENDS = ("dlib", "fan")
@@ -91,8 +97,19 @@ def load_face_detector(name: str = "dlib", models_dir: str | Path | None = None,
 
 
 __all__ = [
-    "FACE_DETECTORS", "IDENTITY_BACKENDS", "LANDMARK_BACKENDS",
-    "FaceDetection", "FaceDetector", "IdentityBackend", "LandmarkBackend", "PhotoFace",
-    "align_face", "paste_back", "restore_faces_in_photo",
-    "load_face_detector", "load_identity_backend", "load_landmark_backend", "require_landmarks",
+    "FACE_DETECTORS",
+    "IDENTITY_BACKENDS",
+    "LANDMARK_BACKENDS",
+    "FaceDetection",
+    "FaceDetector",
+    "IdentityBackend",
+    "LandmarkBackend",
+    "PhotoFace",
+    "align_face",
+    "load_face_detector",
+    "load_identity_backend",
+    "load_landmark_backend",
+    "paste_back",
+    "require_landmarks",
+    "restore_faces_in_photo",
 ]

@@ -22,11 +22,10 @@ restricted unpickler of :mod:`honestface.loaders.safe_pickle` (never runs pickle
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
@@ -163,7 +162,7 @@ class AdaFace(nn.Module):
     def embedding_dim(self) -> int:
         return self.network.num_features
 
-    def train(self, mode: bool = True) -> "AdaFace":
+    def train(self, mode: bool = True) -> AdaFace:
         return super().train(False)  # a frozen judge
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

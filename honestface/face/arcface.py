@@ -15,7 +15,10 @@ ONNX exporter, which folds every BatchNorm that follows a convolution into the
 convolution's weights and bias and keeps the others (each block's leading BN, the final
 ``bn2`` and ``features``). Initializer names are exporter-generated numbers, so the
 mapping follows the graph structure (the order of Conv / PRelu / BatchNormalization /
-Gemm nodes) and checks every shape; a folded BN becomes an identity BN carrying the conv
+Gemm nodes) and checks every shape. In ``w600k_r50.onnx`` the convolution weights and
+biases are numbered initializers, the kept BatchNorms carry arcface_torch names
+(``layer1.0.bn1.weight``, ``bn2.*``, ``features.*``), ``fc.*`` too, PReLU slopes are
+numbered (C, 1, 1) tensors, and each block's shortcut convolution follows its conv2; a folded BN becomes an identity BN carrying the conv
 bias (mean 0, var 1 - eps, weight 1), which computes exactly the same function.
 """
 
@@ -32,7 +35,7 @@ from torch import nn
 from ..errors import CheckpointError, HonestFaceError, ImageError
 from ..image_io import check_image_batch
 from ..paths import find_model_file
-from .align import quad_to_affine, warp
+from .align import warp
 from .iresnet import BN_EPS, IResNet, layers_from_state_dict
 
 #: insightface's ArcFace alignment template: 5 points (x, y) in a 112x112 crop.
@@ -344,7 +347,7 @@ def iresnet_from_pth(path: str | Path) -> IResNet:
 
     path = Path(path)
     state = load_tensors(path, what="arcface_torch weights", state_key="state_dict")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = {k.removeprefix("module."): v for k, v in state.items()}
     if "fc.weight" not in state:
         raise CheckpointError(path, "no 'fc.weight' key", "an arcface_torch IResNet state dict")
     layers = layers_from_state_dict(state)
@@ -381,7 +384,7 @@ class ArcFaceTorch(nn.Module):
     def embedding_dim(self) -> int:
         return self.network.num_features
 
-    def train(self, mode: bool = True) -> "ArcFaceTorch":
+    def train(self, mode: bool = True) -> ArcFaceTorch:
         # The recogniser is a frozen judge: BatchNorm statistics never change.
         return super().train(False)
 

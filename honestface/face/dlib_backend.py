@@ -20,8 +20,8 @@ import torch
 
 from ..errors import HonestFaceError, MissingModelFileError
 from ..paths import find_model_file
-from .base import FaceDetection
 from ._images import to_uint8_hwc, upscale_factor
+from .base import FaceDetection
 from .heatmaps import render_gaussian_heatmaps
 
 LANDMARKS_68_FILE = "shape_predictor_68_face_landmarks.dat"

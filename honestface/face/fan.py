@@ -147,7 +147,7 @@ def read_fan(path: str | Path) -> FAN:
     else:
         from ..loaders.safe_pickle import load_tensors
         state = load_tensors(path, what="FAN landmark weights", state_key="state_dict")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = {k.removeprefix("module."): v for k, v in state.items()}
     network = FAN(**_fan_config(state, path))
     expected = network.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
@@ -196,7 +196,7 @@ class FanLandmarks(nn.Module):
         self._detector = detector
         self.aligned_fallback = aligned_fallback
 
-    def train(self, mode: bool = True) -> "FanLandmarks":
+    def train(self, mode: bool = True) -> FanLandmarks:
         return super().train(False)
 
     @property

@@ -11,7 +11,7 @@ resolution in its first block, so 112 -> 7 before the fully connected layer.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -6,8 +6,8 @@ feathered mask. Generic over ``restore_fn`` so it does not depend on a particula
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
