@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -312,3 +313,35 @@ def test_align_face_and_reference_selector(comfyui_server, inputs, tiny_choices)
     error = execution_error(entry)
     assert error is not None and error["node_type"] == "HonestFaceAlignFace", error
     assert "image 0 of the batch has 0 face(s)" in error["exception_message"]
+
+
+def test_cancel_stops_a_long_batch_inside_the_node(comfyui_server, inputs, tiny_choices):
+    """Pressing Cancel (POST /interrupt) stops the restore node between faces, not at its end."""
+    workflow = with_tiny_models(load_workflow(API_WORKFLOWS / "osdface_restore_without_references.json"),
+                                tiny_choices)
+    run(comfyui_server, "osdface_restore_without_references (warm)", workflow)  # model loaded and cached
+    prompt = {key: workflow[key] for key in ("1", "2", "3", "4")}
+    prompt["20"] = {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "upscale_method": "bilinear",
+                                                           "width": 64, "height": 64, "crop": "disabled"}}
+    prompt["21"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["20", 0], "amount": 4000}}
+    prompt["3"]["inputs"]["lq_face"] = ["21", 0]
+    status, answer = comfyui_server.queue_prompt(prompt)
+    assert status == 200, answer
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until it runs, then a little longer
+        _, queue = comfyui_server.request("/queue")
+        if any(item[1] == answer["prompt_id"] for item in queue["queue_running"]):
+            break
+        time.sleep(0.1)
+    time.sleep(3.0)
+    cancelled_at = time.monotonic()
+    comfyui_server.request("/interrupt", {})
+    entry = comfyui_server.wait_for_history(answer["prompt_id"], timeout=300)
+    stopped_after = time.monotonic() - cancelled_at
+    TIMINGS["cancel: seconds from /interrupt to stop"] = stopped_after
+    interrupted = [data for name, data in entry["status"]["messages"] if name == "execution_interrupted"]
+    assert interrupted, entry["status"]
+    assert interrupted[0]["node_type"] == "HonestFaceRestoreAligned", interrupted
+    assert stopped_after < 10.0, stopped_after
+    assert "4" not in entry.get("outputs", {})  # nothing was saved
+    run(comfyui_server, "honestface_mfa_mask (after cancel)", mfa_prompt(tiny_choices))
