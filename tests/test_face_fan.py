@@ -46,7 +46,7 @@ def test_layout_matches_the_face_alignment_package():
 
 def test_points_are_the_heatmap_maxima_in_photo_coordinates(models):
     root, network = models
-    backend = load_landmark_backend("fan", models_dir=root)
+    backend = load_landmark_backend("fan", models_dir=root, flip_input=False)
     assert isinstance(backend, FanLandmarks)
     images = torch.rand(2, 3, 300, 240)
     boxes = torch.tensor([[60.0, 80.0, 180.0, 220.0], [20.0, 30.0, 120.0, 150.0]])
@@ -101,6 +101,23 @@ def test_photo_frame_heatmaps_put_each_peak_at_its_point(models):
     _, raw, raw_affine = backend.predict(images, boxes)
     assert torch.allclose(heatmaps_to_photo(raw, raw_affine, 200, 200),
                           heatmaps_to_photo(*backend.predict(images, boxes)[1:], 200, 200))
+
+
+def test_flip_averaging_makes_points_mirror_symmetric(models):
+    from honestface.face.fan import MIRROR_68
+
+    root, _ = models
+    backend = load_landmark_backend("fan", models_dir=root)  # flip_input=True, as face-alignment
+    assert backend.flip_input
+    width = 220
+    image = torch.rand(1, 3, 180, width)
+    box = torch.tensor([[50.0, 30.0, 150.0, 140.0]])
+    mirrored_box = torch.tensor([[width - 1 - 150.0, 30.0, width - 1 - 50.0, 140.0]])
+    points, _, _ = backend.predict(image, box)
+    mirrored_points, _, _ = backend.predict(image.flip(-1), mirrored_box)
+    expected = points[:, list(MIRROR_68)].clone()
+    expected[..., 0] = width - 1 - expected[..., 0]
+    assert torch.allclose(mirrored_points, expected, atol=1e-3)
 
 
 def test_no_face_gives_nan_and_gradients_flow_with_a_box(models):

@@ -38,6 +38,16 @@ HEATMAP_SIZE = 64
 REFERENCE_SCALE = 195.0
 CENTER_Y_OFFSET = 0.12
 
+#: Index of each point's mirror image in the 68-point iBUG scheme (left <-> right).
+MIRROR_68 = (
+    list(range(16, -1, -1))                      # jaw 0-16
+    + list(range(26, 21, -1)) + list(range(21, 16, -1))  # brows 17-21 <-> 22-26
+    + [27, 28, 29, 30] + [35, 34, 33, 32, 31]    # nose bridge, nostrils
+    + [45, 44, 43, 42, 47, 46] + [39, 38, 37, 36, 41, 40]  # eyes
+    + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55]     # outer lips
+    + [64, 63, 62, 61, 60, 67, 66, 65]           # inner lips
+)
+
 
 class FanConvBlock(nn.Module):
     """Pre-activation block whose three convolutions (C/2, C/4, C/4) are concatenated."""
@@ -184,17 +194,21 @@ class FanLandmarks(nn.Module):
 
     Boxes come from ``detector`` (dlib HOG by default; largest face per image); images
     without a detected face get NaN points and zero heatmaps, unless ``aligned_fallback``
-    is on, which uses the box where a face sits in an FFHQ-aligned crop.
+    is on, which uses the box where a face sits in an FFHQ-aligned crop. With
+    ``flip_input`` (face-alignment's default) the heatmaps of the mirrored crop, mirrored
+    back with left/right points swapped, are averaged with the direct ones.
     """
 
     name = "fan"
 
-    def __init__(self, network: FAN, detector=None, aligned_fallback: bool = False) -> None:
+    def __init__(self, network: FAN, detector=None, aligned_fallback: bool = False,
+                 flip_input: bool = True) -> None:
         super().__init__()
         self.network = network.eval()
         self.requires_grad_(False)
         self._detector = detector
         self.aligned_fallback = aligned_fallback
+        self.flip_input = flip_input
 
     def train(self, mode: bool = True) -> FanLandmarks:
         return super().train(False)
@@ -244,6 +258,9 @@ class FanLandmarks(nn.Module):
         affine = fan_crop_affine(safe_boxes)
         crops = warp(images, affine, (CROP_SIZE, CROP_SIZE), padding_mode="zeros")
         heatmaps = self.network(crops)[-1]
+        if self.flip_input and heatmaps.shape[1] == len(MIRROR_68):
+            mirrored = self.network(crops.flip(-1))[-1].flip(-1)[:, list(MIRROR_68)]
+            heatmaps = (heatmaps + mirrored) / 2
         heat_points = heatmaps_to_points(heatmaps.detach())
         crop_points = heat_points * (CROP_SIZE / HEATMAP_SIZE) + ((CROP_SIZE / HEATMAP_SIZE) - 1) / 2
         inverse = invert_affine(affine)
@@ -300,7 +317,7 @@ def find_fan_file(models_dir: str | Path | None = None, model: str | Path | None
 
 
 def load_fan_landmarks(models_dir: str | Path | None = None, device: str = "cpu", model: str | Path | None = None,
-                       detector=None, aligned_fallback: bool = False) -> FanLandmarks:
+                       detector=None, aligned_fallback: bool = False, flip_input: bool = True) -> FanLandmarks:
     """FAN landmark backend from ``<models>/face_alignment/`` (never downloads)."""
     return FanLandmarks(read_fan(find_fan_file(models_dir, model)), detector=detector,
-                        aligned_fallback=aligned_fallback).to(device)
+                        aligned_fallback=aligned_fallback, flip_input=flip_input).to(device)
