@@ -116,15 +116,20 @@ class HonestFacePipeline:
         images = to_rgb(images, name).float().cpu()
         return resize_to(images.clamp(0, 1), self.image_size)
 
-    def _landmarks(self, images: torch.Tensor) -> torch.Tensor | None:
+    def detect_landmarks(self, images: torch.Tensor) -> torch.Tensor | None:
+        """(B, 3, S, S) prepared faces -> (B, 68, 2) landmarks (NaN: no face), or None without a backend."""
         if self.landmark_backend is None:
             return None
         return self.landmark_backend.landmarks(images).float().cpu()
 
-    def _embeddings(self, images: torch.Tensor) -> torch.Tensor | None:
+    def embed_identities(self, images: torch.Tensor) -> torch.Tensor | None:
+        """(B, 3, S, S) prepared faces -> (B, D) identity embeddings, or None without a backend."""
         if self.identity_backend is None:
             return None
         return self.identity_backend.embed(images).float().cpu()
+
+    _landmarks = detect_landmarks
+    _embeddings = embed_identities
 
     def prepare_references(self, references: Sequence[torch.Tensor | None]) -> ReferenceBatch:
         """A list of (N_i, 3, H, W) reference sets (None or N_i = 0 allowed) -> padded batch."""
@@ -146,9 +151,9 @@ class HonestFacePipeline:
         real = images[mask]  # (M, 3, S, S)
         if real.shape[0] > 0 and self.landmark_backend is not None:
             landmarks = torch.full((batch, count, 68, 2), float("nan"))
-            landmarks[mask] = self._landmarks(real)
+            landmarks[mask] = self.detect_landmarks(real)
         if real.shape[0] > 0 and self.identity_backend is not None:
-            found = self._embeddings(real)
+            found = self.embed_identities(real)
             embeddings = torch.zeros(batch, count, found.shape[-1])
             embeddings[mask] = found
         return ReferenceBatch(images, mask, landmarks, embeddings)
@@ -201,7 +206,7 @@ class HonestFacePipeline:
                        generator: torch.Generator | None, color_correction: str | None) -> HonestFaceOutput:
         lq_landmarks = None
         if refs is not None and refs.mask.any() and refs.landmarks is not None:
-            lq_landmarks = self._landmarks(lq)
+            lq_landmarks = self.detect_landmarks(lq)
         return self.training_forward(
             lq, None if refs is None else refs.images, None if refs is None else refs.mask,
             lq_landmarks, None if refs is None else refs.landmarks,
@@ -241,7 +246,8 @@ class HonestFacePipeline:
                         osdface_dir: str | Path | None = None, models_dir: str | Path | None = None,
                         landmark_backend=None, identity_backend=None, device: str = "cpu",
                         dtype: torch.dtype = torch.float32, merge_lora: bool = True,
-                        batch_size: int = 4, vgg: str | Path | None = None) -> "HonestFacePipeline":
+                        batch_size: int = 4, vgg: str | Path | None = None,
+                        config: HonestFaceConfig | str | None = None) -> "HonestFacePipeline":
         """Build the real model from files.
 
         Args:
@@ -252,9 +258,12 @@ class HonestFacePipeline:
                 encoder, alone it gives OSDFace (no references).
             vgg: torchvision VGG16 weights (default: ``config.ide.vgg_file`` in
                 ``<models>/honestface``; required when ``checkpoint`` is given).
+            merge_lora: fold the LoRA into the UNet weights (faster; not for training).
+            config: for OSDFace weights without a checkpoint: a preset name or config
+                (default: the preset matching the UNet's cross-attention width).
         """
         model = load_model(sd21=sd21, checkpoint=checkpoint, osdface_dir=osdface_dir,
-                                       models_dir=models_dir, vgg=vgg, merge_lora=merge_lora)
+                                       models_dir=models_dir, vgg=vgg, merge_lora=merge_lora, config=config)
         return cls(model, landmark_backend, identity_backend, device=device, dtype=dtype, batch_size=batch_size)
 
 

@@ -115,7 +115,7 @@ def test_reference_choice_uses_landmarks(pipeline):
     batch = pipeline.prepare_references([refs])
     assert batch.mask.tolist() == [[True] * 4] and batch.landmarks.shape == (1, 4, 68, 2)
     assert batch.embeddings.shape == (1, 4, 16)
-    out = pipeline.training_forward(lq, batch.images, batch.mask, pipeline._landmarks(lq), batch.landmarks,
+    out = pipeline.training_forward(lq, batch.images, batch.mask, pipeline.detect_landmarks(lq), batch.landmarks,
                                     batch.embeddings)
     assert out.reference_index.tolist() == [2]
     # Without a landmark backend the first reference is used (eyes at aligned-face positions).
