@@ -237,3 +237,29 @@ def test_two_processes_keep_identical_weights(celeba_subset, tmp_path):
     assert (checkpoint / "rng-rank0.pt").is_file() and (checkpoint / "rng-rank1.pt").is_file()
     trainer_state = json.loads((checkpoint / "trainer.json").read_text())
     assert [s["world_size"] for s in trainer_state["sampler"]] == [2, 2]
+
+
+def test_training_from_model_files_and_from_its_own_checkpoint(celeba_subset, tmp_path):
+    """make_tiny_models writes SD 2.1 / OSDFace / VGG files in their real formats: start from
+    them (the paper's OSDFace initialisation), then continue from the exported checkpoint."""
+    from honestface.testing.make_tiny_models import make_tiny_models
+
+    models = tmp_path / "models"
+    make_tiny_models(models)
+    common = [f"model.models_dir={models}", "model.sd21=tiny-sd21-base.safetensors", "model.osdface=osdface-tiny",
+              "model.overrides={identity_backend: dlib, ide.identity_dim: 128}", "model.identity=dlib",
+              "train.max_steps=1", "train.val_every=0", "train.checkpoint_every=0",
+              "losses.ea_dists=0", "losses.mfa=0", "losses.identity=0"]
+    first = Trainer(tiny_config(celeba_subset, tmp_path / "a", "model.init=osdface", *common))
+    from safetensors.torch import load_file
+
+    lora_file = load_file(str(models / "honestface" / "osdface-tiny" / "pytorch_lora_weights.safetensors"))
+    start = first.model.trainable_state_dict()
+    assert all(torch.equal(start[k], v) for k, v in lora_file.items())  # OSDFace's LoRA is the start
+    exported = first.run()["export"]
+
+    second = Trainer(tiny_config(celeba_subset, tmp_path / "b", "model.init=checkpoint",
+                                 f"model.checkpoint={exported}", *common))
+    again = second.model.trainable_state_dict()
+    trained = first.model.trainable_state_dict()
+    assert again.keys() == trained.keys() and all(torch.equal(again[k], trained[k]) for k in trained)

@@ -75,16 +75,55 @@ def build_model(section, seed: int) -> HonestFaceModel:
         unet, vae = build_tiny_diffusers(config, seed)
         model = HonestFaceModel(config, unet, vae, vgg_state_dict=None, lora=True)
     else:
-        from honestface.loaders.factory import build_model_from_files
-
-        model = build_model_from_files(
-            sd21=section.sd21, checkpoint=section.checkpoint if section.init == "checkpoint" else None,
-            osdface_dir=section.osdface, models_dir=section.models_dir, vgg=section.vgg, merge_lora=False)
+        model = build_model_from_files(section)
         if getattr(model.restorer, "lora_config", None) is None:
             model.restorer.add_lora(model.config.lora)
     model.set_trainable()
     if section.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
+    return model
+
+
+def build_model_from_files(section) -> HonestFaceModel:
+    """SD 2.1-base (+ OSDFace release or HonestFace checkpoint) with an unmerged LoRA adapter.
+
+    - ``init: sd21``: SD 2.1-base; fresh LoRA and heads; the frozen VQ encoder of the VRE
+      comes from ``model.osdface`` when given (else it stays random, with a warning).
+    - ``init: osdface``: also the release's LoRA and VRE projection (the paper's start).
+    - ``init: checkpoint``: the config and trainable weights of a HonestFace checkpoint,
+      the VQ encoder from ``model.osdface``.
+    """
+    from honestface.loaders.checkpoint import config_from_checkpoint, load_checkpoint
+    from honestface.loaders.osdface import find_osdface_folder, load_osdface
+    from honestface.loaders.sd21 import load_sd21
+    from honestface.models.ide import load_vgg16_state_dict
+    from honestface.paths import find_model_file
+
+    models_dir = section.models_dir
+    sd = load_sd21(section.sd21, models_dir=models_dir)
+    if section.init == "checkpoint":
+        checkpoint = find_model_file("honestface", section.checkpoint, models_dir, what="HonestFace checkpoint")
+        config = config_from_checkpoint(checkpoint)
+    else:
+        config = HonestFaceConfig.from_preset(section.preset)
+        config.unet, config.vae = dict(sd.unet.config), dict(sd.vae.config)
+        config.token_dim = int(config.unet["cross_attention_dim"])
+        for key, value in section.overrides.items():
+            _set_dotted(config, key, value)
+        config.validate()
+    vgg_path = find_model_file("honestface", section.vgg or config.ide.vgg_file, models_dir,
+                               what="VGG16 weights of the facial feature extractor")
+    model = HonestFaceModel(config, sd.unet, sd.vae, vgg_state_dict=load_vgg16_state_dict(vgg_path), lora=False)
+    osdface = find_osdface_folder(section.osdface, models_dir) if section.osdface else None
+    if section.init == "osdface":
+        load_osdface(model, osdface)
+    else:
+        if osdface is not None:
+            load_osdface(model, osdface, parts=("vq",))
+        else:
+            logger.warning("no model.osdface given: the VRE's frozen VQ encoder stays random")
+        if section.init == "checkpoint":
+            load_checkpoint(model, checkpoint)
     return model
 
 
