@@ -172,3 +172,20 @@ def test_degenerate_inputs_raise_clear_errors():
     with pytest.raises(LandmarkError, match="subset"):
         affine_landmark_distance(reference, reference, subset="nose")
     assert issubclass(DegenerateLandmarksError, HonestFaceError) and issubclass(LandmarkError, ValueError)
+
+
+def test_degenerate_nan_mode_scores_the_rest_of_the_batch():
+    rng = np.random.default_rng(11)
+    reference = face_like_points(rng, 12)
+    candidates = np.stack([reference + rng.normal(scale=2.0, size=reference.shape) for _ in range(3)])
+    candidates[1] = np.stack([np.arange(12.0), 3 * np.arange(12.0)], axis=1)  # collinear
+    with pytest.raises(DegenerateLandmarksError, match="batch index"):
+        affine_landmark_distance(candidates, reference)
+    values = affine_landmark_distance(torch.tensor(candidates), torch.tensor(reference), degenerate="nan")
+    assert torch.isnan(values[1]) and torch.isfinite(values[[0, 2]]).all()
+    assert float(values[2]) == pytest.approx(float(affine_landmark_distance(candidates[2], reference)), rel=1e-12)
+    weights = np.zeros(12)
+    weights[:2] = 1.0  # only two weighted points
+    assert np.isnan(affine_landmark_distance(candidates[0], reference, weights, degenerate="nan"))
+    with pytest.raises(LandmarkError, match="degenerate"):
+        affine_landmark_distance(candidates, reference, degenerate="ignore")

@@ -147,28 +147,36 @@ def _prepare_weights(weights: ArrayLike | None, subset, n_full: int, like: torch
         raise LandmarkError(f"weights of shape {tuple(w.shape)} do not broadcast to {tuple(like.shape[:-1])}") from error
 
 
-def _check_non_degenerate(restored: torch.Tensor, weights: torch.Tensor, valid: torch.Tensor) -> None:
-    """Raise if some valid batch element has < 3 weighted points or collinear points."""
+def _degenerate(restored: torch.Tensor, weights: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(too_few, collinear): valid batch elements with < 3 weighted points / collinear points."""
     with torch.no_grad():
         support = (weights > 0).sum(dim=-1)
         too_few = valid & (support < 3)
-        if bool(too_few.any()):
-            raise DegenerateLandmarksError(
-                f"A-LD needs at least 3 landmarks with positive weight, got {int(support[too_few].min())}"
-            )
-        w = weights / weights.sum(dim=-1, keepdim=True)
+        usable = valid & ~too_few
+        w = weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
         centroid = (w.unsqueeze(-1) * restored).sum(dim=-2, keepdim=True)
         centred = restored - centroid
         cov = torch.einsum("...n,...ni,...nj->...ij", w, centred, centred)
-        eigenvalues = torch.linalg.eigvalsh(torch.where(valid[..., None, None], cov, torch.eye(2, dtype=cov.dtype, device=cov.device)))
+        identity = torch.eye(2, dtype=cov.dtype, device=cov.device)
+        eigenvalues = torch.linalg.eigvalsh(torch.where(usable[..., None, None], cov, identity))
         ratio = eigenvalues[..., 0] / eigenvalues[..., 1].clamp_min(torch.finfo(torch.float64).tiny)
-        collinear = valid & ((ratio < _COLLINEAR_TOLERANCE) | (eigenvalues[..., 1] <= 0))
-        if bool(collinear.any()):
-            where = collinear.nonzero().tolist() if collinear.ndim else []
-            raise DegenerateLandmarksError(
-                "restored landmarks are collinear (or coincide), so the affine fit of A-LD is not unique"
-                + (f" (batch index {where[:5]})" if where else "")
-            )
+        collinear = usable & ((ratio < _COLLINEAR_TOLERANCE) | (eigenvalues[..., 1] <= 0))
+    return too_few, collinear
+
+
+def _raise_degenerate(too_few: torch.Tensor, collinear: torch.Tensor, weights: torch.Tensor) -> None:
+    if bool(too_few.any()):
+        support = (weights > 0).sum(dim=-1)
+        raise DegenerateLandmarksError(
+            f"A-LD needs at least 3 landmarks with positive weight, got {int(support[too_few].min())}"
+        )
+    if bool(collinear.any()):
+        where = collinear.nonzero().tolist() if collinear.ndim else []
+        raise DegenerateLandmarksError(
+            "restored landmarks are collinear (or coincide), so the affine fit of A-LD is not unique"
+            + (f" (batch index {where[:5]})" if where else "")
+            + "; pass degenerate='nan' to get NaN for such sets instead"
+        )
 
 
 def fit_affine(
@@ -176,6 +184,7 @@ def fit_affine(
     reference: ArrayLike,
     weights: ArrayLike | None = None,
     subset: Union[str, Sequence[int], None] = None,
+    degenerate: str = "raise",
 ) -> ArrayLike:
     """The affine map of Eq. 15 carrying ``restored`` onto ``reference``.
 
@@ -184,15 +193,18 @@ def fit_affine(
         reference: (..., N, 2) landmarks ``H`` of the reference (ground truth).
         weights: (N,) or (..., N) non-negative weights ``w_k``; ``None`` = all ones.
         subset: ``"eyes"``, ``"mouth"``, ``"all"`` or a sequence of landmark indices.
+        degenerate: ``"raise"`` or ``"nan"``, as in :func:`affine_landmark_distance`.
 
     Returns:
         (..., 2, 3) matrices ``A`` with ``A @ (x, y, 1)^T`` ~ reference point.
     """
-    matrix, _ = _affine_fit(restored, reference, weights, subset)
+    matrix, _ = _affine_fit(restored, reference, weights, subset, degenerate)
     return matrix
 
 
-def _affine_fit(restored, reference, weights, subset):
+def _affine_fit(restored, reference, weights, subset, degenerate="raise"):
+    if degenerate not in ("raise", "nan"):
+        raise LandmarkError(f"degenerate must be 'raise' or 'nan', got {degenerate!r}")
     n_full = _as_tensor(restored, "restored").shape[-2] if hasattr(restored, "shape") else None
     restored_t, reference_t, return_numpy, out_dtype = _prepare(restored, reference, subset)
     w = _prepare_weights(weights, subset, n_full, restored_t)
@@ -201,14 +213,18 @@ def _affine_fit(restored, reference, weights, subset):
         raise DegenerateLandmarksError(f"A-LD needs at least 3 landmarks, got {n}")
 
     valid = ~(torch.isnan(restored_t).flatten(-2).any(-1) | torch.isnan(reference_t).flatten(-2).any(-1))
-    # Replace missing faces by a harmless triangle so the batch solve stays finite;
-    # their result is set to NaN at the end.
+    too_few, collinear = _degenerate(torch.nan_to_num(restored_t), w, valid)
+    if degenerate == "raise":
+        _raise_degenerate(too_few, collinear, w)
+    else:
+        valid = valid & ~too_few & ~collinear
+    # Replace missing faces (and, with degenerate="nan", degenerate sets) by a harmless
+    # triangle so the batch solve stays finite; their result is set to NaN at the end.
     filler = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64, device=restored_t.device)
     filler = filler.repeat((n + 2) // 3, 1)[:n]
     restored_t = torch.where(valid[..., None, None], restored_t, filler)
     reference_t = torch.where(valid[..., None, None], reference_t, filler)
     w = torch.where(valid[..., None], w, torch.ones_like(w))
-    _check_non_degenerate(restored_t, w, valid)
 
     # Normalise L (weighted centroid to 0, RMS radius to 1): an affine change of L that A absorbs.
     w_sum = w.sum(dim=-1, keepdim=True)
@@ -240,6 +256,7 @@ def affine_landmark_distance(
     reference: ArrayLike,
     weights: ArrayLike | None = None,
     subset: Union[str, Sequence[int], None] = None,
+    degenerate: str = "raise",
 ) -> ArrayLike:
     """A-LD (Eq. 14-15): weighted sum of squared residuals after the best affine fit.
 
@@ -250,6 +267,10 @@ def affine_landmark_distance(
         weights: (N,) or (..., N) non-negative weights ``w_k`` (default: all 1). With a
             ``subset`` the weights may be given for the subset or for all points.
         subset: ``"eyes"`` (ALD-e), ``"mouth"`` (ALD-m), ``"all"``, or landmark indices.
+        degenerate: what a batch element with fewer than 3 positively weighted points or
+            collinear restored points gives: ``"raise"`` (default) raises
+            :class:`DegenerateLandmarksError`; ``"nan"`` returns NaN for that element and
+            scores the rest (useful when ranking many candidates at once).
 
     Returns:
         (...) A-LD values; torch for torch input (differentiable, input float dtype),
@@ -257,9 +278,10 @@ def affine_landmark_distance(
 
     Raises:
         LandmarkError: wrong shapes or negative weights.
-        DegenerateLandmarksError: fewer than 3 weighted points or collinear restored points.
+        DegenerateLandmarksError: fewer than 3 points, or (with ``degenerate="raise"``)
+            fewer than 3 weighted points or collinear restored points.
     """
-    _, value = _affine_fit(restored, reference, weights, subset)
+    _, value = _affine_fit(restored, reference, weights, subset, degenerate)
     return value
 
 
@@ -293,13 +315,19 @@ def l2_landmark_distance(
 class AffineLandmarkDistance(torch.nn.Module):
     """A-LD as a module with a fixed subset and weights (e.g. ``AffineLandmarkDistance("eyes")``)."""
 
-    def __init__(self, subset: Union[str, Sequence[int], None] = None, weights: ArrayLike | None = None) -> None:
+    def __init__(
+        self,
+        subset: Union[str, Sequence[int], None] = None,
+        weights: ArrayLike | None = None,
+        degenerate: str = "raise",
+    ) -> None:
         super().__init__()
         self.subset = subset
         self.weights = weights
+        self.degenerate = degenerate
 
     def forward(self, restored: ArrayLike, reference: ArrayLike) -> ArrayLike:
-        return affine_landmark_distance(restored, reference, self.weights, self.subset)
+        return affine_landmark_distance(restored, reference, self.weights, self.subset, self.degenerate)
 
     def extra_repr(self) -> str:
         return f"subset={self.subset!r}"
