@@ -129,6 +129,12 @@ def test_pth_weights_load_and_gradients_flow(exported):
     assert faces.grad is not None and faces.grad.abs().sum() > 0
     backend.train()
     assert not backend.network.training  # a frozen judge: BatchNorm statistics never move
+    # Half-precision images (mixed-precision training) go through the float32 network.
+    half = faces.detach().to(torch.bfloat16).requires_grad_(True)
+    out = backend.embed(half)
+    assert torch.allclose(out, expected, atol=0.05 * expected.abs().max().item())
+    out.sum().backward()
+    assert half.grad.dtype == torch.bfloat16 and half.grad.abs().sum() > 0
 
 
 def test_ffhq_crop_maps_to_arcface_template(shared_data):

@@ -167,6 +167,7 @@ class AdaFace(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         crops = recognition_crop(images, self.input_alignment, self.network.input_size)
+        crops = crops.to(self.network.input_layer[0].weight.dtype)
         bgr = crops.flip(1) * 2.0 - 1.0  # RGB [0, 1] -> BGR [-1, 1]
         features, norm = self.network(bgr)
         return features if self.normalize else features * norm

@@ -126,6 +126,10 @@ def warp(images: torch.Tensor, matrix: torch.Tensor, size: tuple[int, int],
     """
     from kornia.geometry.transform import warp_affine
 
+    dtype = images.dtype
+    if dtype not in (torch.float32, torch.float64):  # half precision: resample in float32
+        images = images.float()
+    matrix = matrix.to(images.device, images.dtype)
     outputs = []
     for image, m in zip(images, matrix):
         image, m = image[None], m[None]
@@ -139,7 +143,7 @@ def warp(images: torch.Tensor, matrix: torch.Tensor, size: tuple[int, int],
             m = m @ pool
         outputs.append(warp_affine(image, m, dsize=size, mode="bilinear", padding_mode=padding_mode,
                                    align_corners=True))
-    return torch.cat(outputs, dim=0)
+    return torch.cat(outputs, dim=0).to(dtype)
 
 
 def align_face(image: torch.Tensor, landmarks, size: int = 512,

@@ -390,6 +390,7 @@ class ArcFaceTorch(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         crops = recognition_crop(images, self.input_alignment, self.network.input_size)
+        crops = crops.to(self.network.conv1.weight.dtype)  # e.g. bf16 images into a float32 judge
         features = self.network(crops * 2.0 - 1.0)
         return F.normalize(features, dim=-1) if self.normalize else features
 
