@@ -94,7 +94,7 @@ class InsightFaceDetector:
 
     def detect(self, image: torch.Tensor) -> list[FaceDetection]:
         """(3, H, W) in [0, 1] -> faces (5 landmarks each), largest first."""
-        photo = check_image_batch(image, "image")[:1].float()
+        photo = check_image_batch(image, "image")[:1].detach().float().cpu()
         height, width = photo.shape[-2:]
         scale = self.input_size / max(height, width)
         new_h, new_w = max(1, int(height * scale)), max(1, int(width * scale))
