@@ -122,6 +122,25 @@ def test_resume_in_process_equals_uninterrupted_run(celeba_subset, tmp_path):
     assert all(torch.equal(a["trainable"][k], b["trainable"][k]) for k in a["trainable"])
 
 
+def test_gradient_accumulation_equals_the_larger_batch(celeba_subset, tmp_path):
+    common = ["train.max_steps=2", "train.val_every=0", "train.checkpoint_every=0", "losses.ea_dists=0",
+              "losses.identity=0", "losses.mfa=0", "losses.adversarial=0", "optim.lr=1e-3"]
+    big = Trainer(tiny_config(celeba_subset, tmp_path / "big", "train.batch_size=2", *common))
+    big.run()
+    accumulated = Trainer(tiny_config(celeba_subset, tmp_path / "acc", "train.batch_size=1",
+                                      "train.gradient_accumulation=2", *common))
+    accumulated.run()
+    for one, other in zip(big.history, accumulated.history):  # same samples, same loss
+        assert one["loss/mse"] == pytest.approx(other["loss/mse"], rel=1e-5)
+    initial = build_model(big.config.model, 0).trainable_state_dict()
+    a, b = big.model.trainable_state_dict(), accumulated.model.trainable_state_dict()
+    difference = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    change = torch.cat([(a[k] - initial[k]).abs().flatten() for k in a])
+    # equal up to float rounding, which Adam amplifies only where a gradient is ~0
+    assert difference.mean() < 1e-3 * change.mean()
+    assert (difference > 1e-5).float().mean() < 1e-3
+
+
 def test_export_loads_in_the_core_restorer(celeba_subset, tmp_path):
     from honestface.loaders.checkpoint import load_checkpoint
     from honestface.pipeline import HonestFacePipeline
@@ -135,6 +154,9 @@ def test_export_loads_in_the_core_restorer(celeba_subset, tmp_path):
     lq = trainer.val_set[(0, 0)]["lq"][None]
     with torch.no_grad():
         untrained = fresh(lq).image
+    # the training checkpoint's model file is the same inference format
+    in_checkpoint = ckpt.latest_checkpoint(tmp_path) / ckpt.MODEL_FILE
+    load_checkpoint(build_model(config.model, config.seed), in_checkpoint)
     load_checkpoint(fresh, summary["export"])
     pipeline = HonestFacePipeline(fresh)
     restored = pipeline.restore(lq)

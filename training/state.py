@@ -2,7 +2,8 @@
 
 A checkpoint is a folder ``<output>/checkpoints/step-<N>/``::
 
-    trainable.safetensors      LoRA + VRE projection + IDE heads + fusion
+    honestface.safetensors     LoRA + VRE projection + IDE heads + fusion, in the inference
+                               checkpoint format (config in the metadata): the core loads it
     discriminator.safetensors  the discriminator's LoRA, head and null token (if used)
     optimizers.pt              optimiser and scheduler states (plain tensors/numbers)
     rng-rank<R>.pt             python/numpy/torch(/cuda) RNG states of every rank
@@ -29,6 +30,7 @@ import torch
 from honestface.errors import CheckpointError
 
 STEP_PATTERN = re.compile(r"^step-(\d+)$")
+MODEL_FILE = "honestface.safetensors"
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
@@ -112,12 +114,13 @@ def write_rank_files(tmp_dir: Path, rank: int) -> None:
     torch.save(rng_state(), tmp_dir / f"rng-rank{rank}.pt")
 
 
-def write_main_files(tmp_dir: Path, trainable: dict[str, torch.Tensor],
-                     discriminator: dict[str, torch.Tensor] | None, optimizers: dict[str, Any],
-                     trainer: dict[str, Any]) -> None:
+def write_main_files(tmp_dir: Path, model, discriminator: dict[str, torch.Tensor] | None,
+                     optimizers: dict[str, Any], trainer: dict[str, Any]) -> None:
     """Shared part of a checkpoint (rank 0)."""
+    from honestface.loaders.checkpoint import save_checkpoint
+
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    _save_safetensors(trainable, tmp_dir / "trainable.safetensors")
+    save_checkpoint(model, tmp_dir / MODEL_FILE, extra_metadata={"training_step": str(trainer["step"])})
     if discriminator is not None:
         _save_safetensors(discriminator, tmp_dir / "discriminator.safetensors")
     torch.save(optimizers, tmp_dir / "optimizers.pt")
@@ -148,7 +151,7 @@ def read_checkpoint(path: str | Path, rank: int) -> dict[str, Any]:
         raise CheckpointError(path, "not a training checkpoint (no trainer.json)")
     with open(trainer_file, encoding="utf-8") as handle:
         trainer = json.load(handle)
-    result: dict[str, Any] = {"trainer": trainer, "trainable": _load_safetensors(path / "trainable.safetensors")}
+    result: dict[str, Any] = {"trainer": trainer, "trainable": _load_safetensors(path / MODEL_FILE)}
     disc = path / "discriminator.safetensors"
     result["discriminator"] = _load_safetensors(disc) if disc.is_file() else None
     result["optimizers"] = torch.load(path / "optimizers.pt", map_location="cpu", weights_only=True)

@@ -297,7 +297,7 @@ class Trainer:
                 optimizers["discriminator_scheduler"] = self.sched_d.state_dict()
             trainer = {"step": self.step, "world_size": self.world, "sampler": samplers,
                        "config": self.config.to_dict()}
-            ckpt.write_main_files(tmp, self.model.trainable_state_dict(),
+            ckpt.write_main_files(tmp, self.model,
                                   trainable_state(self.discriminator) if self.discriminator is not None else None,
                                   optimizers, trainer)
         self.accelerator.wait_for_everyone()
