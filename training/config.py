@@ -44,7 +44,7 @@ class ModelSection:
         landmark_options: keyword arguments of that backend.
         identity: identity backend of the FIE (``"none"``: no identity embeddings).
         identity_options: keyword arguments of that backend.
-        gradient_checkpointing: recompute UNet activations in the backward pass.
+        gradient_checkpointing: recompute UNet and VAE activations in the backward pass.
         overrides: changes to the preset's :class:`honestface.config.HonestFaceConfig`
             (dotted keys, e.g. ``{"lora.rank": 8}``).
     """

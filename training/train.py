@@ -81,6 +81,9 @@ def build_model(section, seed: int) -> HonestFaceModel:
     model.set_trainable()
     if section.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
+        # the frozen VAE decoder sits between the loss and the LoRA: recompute it as well
+        if hasattr(model.vae, "enable_gradient_checkpointing"):
+            model.vae.enable_gradient_checkpointing()
     return model
 
 
