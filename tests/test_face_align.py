@@ -155,6 +155,8 @@ def test_restore_every_face_in_a_photo(montage, detector):
         assert centre < 0.1
         assert face.crop.shape == (3, 256, 256) and face.affine.shape == (2, 3)
         assert torch.allclose(face.restored, 1 - face.crop)
+        eyes_y = face.crop_landmarks[36:48, 1].mean()
+        assert 0.35 * 256 < eyes_y < 0.5 * 256  # the FFHQ layout inside the crop
     # The photo corners (far from both faces) are untouched.
     assert torch.equal(result[:, :5, :5], montage[:, :5, :5])
     assert torch.equal(result[:, -5:, -5:], montage[:, -5:, -5:])
