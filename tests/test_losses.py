@@ -259,3 +259,35 @@ def test_loss_config_validation():
         LossConfig.from_dict({"perceptual": 1})
     with pytest.raises(ConfigError):
         LossConfig(discriminator={"rank": 3})
+
+
+def test_perceptual_weights_load_from_their_release_formats(tmp_path):
+    """VGG16 in torchvision's layout, DISTS alpha/beta as in its weights.pt, LPIPS lin layers."""
+    from torchvision.models import vgg16
+
+    folder = tmp_path / "honestface"
+    folder.mkdir()
+    torch.manual_seed(3)
+    features = vgg16(weights=None).features.state_dict()
+    torch.save({f"features.{k}": v for k, v in features.items()}, folder / "vgg16-397923af.pth")
+    generator = torch.Generator().manual_seed(4)
+    alpha = torch.rand(1, 1475, 1, 1, generator=generator)
+    beta = torch.rand(1, 1475, 1, 1, generator=generator)
+    torch.save({"alpha": alpha, "beta": beta}, folder / "dists_weights.pt")
+    lins = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1, generator=generator)
+            for i, c in enumerate((64, 128, 256, 512, 512))}
+    torch.save(lins, folder / "lpips_vgg.pth")
+
+    dists = build_dists(pretrained=True, models_dir=tmp_path)
+    assert torch.equal(dists.alpha, alpha.flatten()) and torch.equal(dists.beta, beta.flatten())
+    assert torch.equal(dists.vgg.features[0].weight, features["0.weight"])
+    lpips = build_lpips(pretrained=True, models_dir=tmp_path, vgg=dists.vgg)
+    assert torch.equal(lpips.lin3, lins["lin3.model.1.weight"])
+    a, b = images(7), images(8)
+    assert torch.isfinite(dists(a, b)).all() and torch.isfinite(lpips(a, b)).all()
+
+    from honestface.errors import CheckpointError
+
+    torch.save({"weights": alpha}, folder / "dists_weights.pt")
+    with pytest.raises(CheckpointError):
+        build_dists(pretrained=True, models_dir=tmp_path)

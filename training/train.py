@@ -216,6 +216,10 @@ class Trainer:
             models_dir=config.model.models_dir, device=self.device)
         self.landmarks = self._backend("landmark", config.model.landmarks, config.model.landmark_options)
         self.identity = self._backend("identity", config.model.identity, config.model.identity_options)
+        if self.identity is not None and int(self.identity.embedding_dim) != self.model.config.ide.identity_dim:
+            raise ConfigError(f"model.identity '{config.model.identity}' gives {self.identity.embedding_dim}-d "
+                              f"embeddings but the model takes {self.model.config.ide.identity_dim}-d "
+                              "(model.overrides: ide.identity_dim)")
         ckpt.seed_everything(config.seed * 1000 + self.rank)
 
         self.g_params = [p for p in self.model.trainable_parameters() if p.requires_grad]
@@ -328,6 +332,15 @@ class Trainer:
         digests: list[Any] = [None] * self.world
         dist.all_gather_object(digests, own)
         return digests
+
+    def _any_rank(self, flag: bool) -> bool:
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        tensor = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(tensor)
+        return bool(tensor.item() > 0)
 
     def _gather_sampler_states(self) -> list[dict[str, int]]:
         own = self.sampler.state_dict()
@@ -529,9 +542,10 @@ class Trainer:
             last = self.train_step(stream)
             self.step += 1
             samples += loop.batch_size * loop.gradient_accumulation * self.world
-            for name, value in last.items():
-                if not math.isfinite(value):
-                    raise HonestFaceError(f"{name} is {value} at step {self.step}: training diverged")
+            bad = sorted(name for name, value in last.items() if not math.isfinite(value))
+            if self._any_rank(bool(bad)):  # every rank stops together, none hangs in a collective
+                raise HonestFaceError(f"non-finite {bad or 'loss on another rank'} at step {self.step}: "
+                                      "training diverged")
             if self.is_main:
                 self.history.append({"step": self.step, **{k: v for k, v in last.items() if k.startswith("loss/")}})
             if loop.log_every and self.step % loop.log_every == 0:

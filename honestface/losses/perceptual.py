@@ -42,19 +42,11 @@ LPIPS_FILE = "lpips_vgg.pth"
 DISTS_CHANNELS = (3,) + VGG16_STAGE_CHANNELS  # input + five stages = 1475
 
 
-def load_weight_file(path: str | Path) -> dict[str, torch.Tensor]:
+def load_weight_file(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors or a (safely unpickled) .pt/.pth/.ckpt file."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as error:  # safetensors raises its own error types
-            raise CheckpointError(path, f"cannot read safetensors file: {error}") from error
     from ..loaders.safe_pickle import load_tensors
 
-    return load_tensors(path)
+    return load_tensors(path, what=what)
 
 
 def sobel_edges(images: torch.Tensor) -> torch.Tensor:
@@ -239,7 +231,7 @@ def build_dists(pretrained: bool = True, models_dir: str | Path | None = None,
     if not pretrained:
         return DISTS(vgg)
     path = _resolve(dists_file, models_dir, "DISTS weights (alpha/beta)")
-    state = load_weight_file(path)
+    state = load_weight_file(path, "DISTS weights")
     if "alpha" not in state or "beta" not in state:
         raise CheckpointError(path, f"no 'alpha'/'beta' tensors (keys: {sorted(state)[:6]})",
                               "the DISTS release's weights.pt")
@@ -254,7 +246,7 @@ def build_lpips(pretrained: bool = True, models_dir: str | Path | None = None,
     if not pretrained:
         return LPIPS(vgg)
     path = _resolve(lpips_file, models_dir, "LPIPS VGG linear layers")
-    state = load_weight_file(path)
+    state = load_weight_file(path, "LPIPS weights")
     weights = []
     for index in range(5):
         key = next((k for k in (f"lin{index}.model.1.weight", f"lin{index}.weight") if k in state), None)
