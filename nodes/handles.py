@@ -10,7 +10,6 @@ by their loader settings; the *Unload models* node (or ``unload_all``) empties t
 from __future__ import annotations
 
 import gc
-import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -19,9 +18,6 @@ import torch
 
 import comfy.model_management as model_management
 import comfy.model_patcher
-
-logger = logging.getLogger("HonestFace")
-
 
 class ModelCache:
     """Loaded models keyed by the settings that built them (one process-wide instance)."""
@@ -91,5 +87,7 @@ class HonestFaceModel:
 
     def ready(self) -> Any:
         """Load the weights onto the compute device (ComfyUI decides what to offload)."""
-        model_management.load_models_gpu([self.patcher])
+        # Fully: our modules are plain torch layers, which ComfyUI's partial (low-VRAM) loading
+        # cannot run with some weights left on the CPU.
+        model_management.load_models_gpu([self.patcher], force_full_load=True)
         return self.pipeline

@@ -148,7 +148,12 @@ def make_pipeline(model: HonestFaceModel, face_analysis: FaceAnalysis | None, wi
 
 @dataclass
 class IdentityConditioning:
-    """HONESTFACE_IDENTITY: the references of every LQ face and the IDE's choice among them."""
+    """HONESTFACE_IDENTITY: the references of every LQ face and the IDE's choice among them.
+
+    The restore nodes hand ``references`` to the pipeline, which runs the IDE again inside
+    the model forward (so the restore is the same with or without this node); the tokens
+    and the index are kept for inspection.
+    """
 
     references: torch.Tensor  # (N, 3, H, W) aligned references in [0, 1]
     reference_index: torch.Tensor  # (B,) r0 of Eq. 6 for each LQ face it was computed for
@@ -198,7 +203,8 @@ class HonestFaceIdentityEmbedder:
         lq_prepared = pipeline.prepare_images(lq, "lq_face")
         batch = pipeline.prepare_references([refs] * lq.shape[0])
         progress(1, 3)
-        lq_landmarks = pipeline._landmarks(lq_prepared)
+        with torch.no_grad():
+            lq_landmarks = face_analysis.landmarks.landmarks(lq_prepared).float().cpu()
         device, dtype = pipeline.device, pipeline.dtype
         with torch.no_grad():
             ide = pipeline.model.ide(
