@@ -44,7 +44,7 @@ def test_layout_is_comfyui_style(models):
                      f"{tiny.SD_DIFFUSERS}/scheduler/scheduler_config.json",
                      f"{tiny.OSDFACE_FOLDER}/pytorch_lora_weights.safetensors",
                      f"{tiny.OSDFACE_FOLDER}/embedding_change_weights.pth",
-                     f"{tiny.OSDFACE_FOLDER}/associate_2.ckpt"):
+                     f"{tiny.OSDFACE_FOLDER}/associate_2.ckpt", tiny.ARCFACE_ONNX):
         assert (models / relative).is_file(), relative
 
 
@@ -111,3 +111,16 @@ def test_everything_loads_and_restores_through_the_pipeline(models):
                 parameter.zero_()
     without_lora = osdface.restore(faces)
     assert not torch.allclose(with_lora, without_lora)  # the tiny LoRA is not a zero adapter
+
+
+def test_tiny_arcface_serves_both_arcface_backends(models):
+    pytest.importorskip("onnxruntime")
+    from honestface.face import load_identity_backend
+
+    faces = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    onnx = load_identity_backend("arcface-onnx", models_dir=models)
+    torch_backend = load_identity_backend("arcface-torch", models_dir=models)
+    a, b = onnx.embed(faces), torch_backend.embed(faces).detach()
+    assert a.shape == b.shape == (3, 512)
+    cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+    assert (cosine > 0.999).all(), cosine

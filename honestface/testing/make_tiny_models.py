@@ -14,6 +14,9 @@ Layout written (every file in the format the real release uses, only smaller)::
                                                (Lightning checkpoint with a non-tensor object)
       honestface/honestface-tiny.safetensors   HonestFace checkpoint (config in the metadata)
       honestface/vgg16-397923af.pth            torchvision VGG16 layout, the layers the FFE uses
+      insightface/models/buffalo_l/w600k_r50.onnx   ArcFace as insightface exports it (IResNet,
+                                               BatchNorms folded, input "input.1" 1x3x112x112,
+                                               512-d output), with few and narrow layers
 
 The tiny model is :meth:`HonestFaceConfig.from_preset("tiny") <honestface.config.HonestFaceConfig.from_preset>`
 with the ``dlib`` identity backend (128-d descriptors from the ``face_recognition_models``
@@ -21,8 +24,9 @@ package), so the command line and the ComfyUI nodes run end to end offline. Weig
 are random (LoRA ``B`` matrices too, so the adapter changes the output) and fully
 determined by ``--seed``: two runs with the same seed write identical files.
 
-Nothing else is needed offline: dlib's landmark and descriptor models come from the
-``face_recognition_models`` package.
+dlib's landmark and descriptor models need no file here (they come from the
+``face_recognition_models`` package); the tiny ArcFace file serves the ``arcface-onnx``
+and ``arcface-torch`` identity backends (written when the ``onnx`` package is installed).
 """
 
 from __future__ import annotations
@@ -42,6 +46,10 @@ SD_CHECKPOINT = "checkpoints/tiny-sd21-base.safetensors"
 SD_DIFFUSERS = "diffusers/tiny-sd21-base"
 OSDFACE_FOLDER = "honestface/osdface-tiny"
 HONESTFACE_CHECKPOINT = "honestface/honestface-tiny.safetensors"
+ARCFACE_ONNX = "insightface/models/buffalo_l/w600k_r50.onnx"
+#: IResNet stages of the tiny ArcFace (r50 has (3, 4, 14, 3) blocks of widths (64, 128, 256, 512)).
+TINY_ARCFACE_LAYERS = (1, 1, 1, 1)
+TINY_ARCFACE_WIDTHS = (8, 16, 16, 32)
 #: Identity backend of the tiny HonestFace checkpoint and its embedding size.
 TINY_IDENTITY_BACKEND = "dlib"
 TINY_IDENTITY_DIM = 128
@@ -80,6 +88,26 @@ def _vgg16_state_dict(max_stage: int) -> dict[str, torch.Tensor]:
             for key, value in features.features.state_dict().items()}
 
 
+def write_tiny_arcface_onnx(path: Path, seed: int) -> Path | None:
+    """A narrow IResNet exported the way insightface exports ArcFace; None without ``onnx``."""
+    import importlib.util
+    import warnings
+
+    if importlib.util.find_spec("onnx") is None:
+        return None
+    from ..face.iresnet import IResNet
+
+    torch.manual_seed(seed)
+    network = IResNet(TINY_ARCFACE_LAYERS, num_features=512, widths=TINY_ARCFACE_WIDTHS).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(network, (torch.zeros(1, 3, 112, 112),), str(path), dynamo=False, opset_version=11,
+                          input_names=["input.1"], do_constant_folding=True,
+                          dynamic_axes={"input.1": {0: "batch"}})
+    return path
+
+
 def make_tiny_models(models_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     """Write the tiny models folder (see the module doc); returns {what: path}."""
     from ..loaders.checkpoint import save_checkpoint
@@ -115,6 +143,9 @@ def make_tiny_models(models_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     vgg_path = root / "honestface" / config.ide.vgg_file
     torch.save(_vgg16_state_dict(max(config.ide.color_stage, config.ide.structure_stage)), vgg_path)
     written["vgg16"] = vgg_path
+    arcface = write_tiny_arcface_onnx(root / ARCFACE_ONNX, seed + 5)
+    if arcface is not None:
+        written["arcface onnx"] = arcface
     for path in root.rglob("*.safetensors"):
         canonicalize_safetensors_header(path)
     return written
