@@ -9,7 +9,7 @@ import torch
 from honestface.face import require_landmarks
 from honestface.errors import ImageError, NoFaceError
 
-from .comfy_io import (DEVICE_CHOICES, clear_errors, comfy_progress, comfy_to_images, images_to_comfy, masks_to_comfy,
+from .comfy_io import (DEVICE_CHOICES, comfy_progress, comfy_to_images, images_to_comfy, masks_to_comfy,
                        resolve_device)
 from .handles import MODEL_CACHE, FaceAnalysis, unload_all
 from .model_folders import list_files, models_root_for
@@ -19,7 +19,7 @@ CATEGORY = "HonestFace"
 
 LANDMARK_CHOICES = ["dlib", "fan"]
 IDENTITY_CHOICES = ["dlib", "arcface-onnx", "arcface-torch", "adaface"]
-DETECTOR_CHOICES = ["dlib-hog", "dlib-mmod"]
+DETECTOR_CHOICES = ["dlib-hog", "dlib-mmod", "insightface"]
 
 #: Model kind whose folders hold each backend's weights (dlib's come with its pip package).
 _LANDMARK_KIND = {"dlib": "face_recognition", "fan": "face_alignment"}
@@ -62,7 +62,9 @@ def build_face_analysis(landmark_backend: str, identity_backend: str, detector: 
     identity = load_identity_backend(identity_backend, models_dir=models_root_for(_IDENTITY_KIND[identity_backend]),
                                      device=torch_device, **extra)
     family, _, variant = detector.partition("-")
-    face_detector = load_face_detector(family, models_dir=models_root_for("face_recognition"), model=variant)
+    detector_kind = "insightface" if family == "insightface" else "face_recognition"
+    face_detector = load_face_detector(family, models_dir=models_root_for(detector_kind), device=torch_device,
+                                       **({"model": variant} if variant else {}))
     return FaceAnalysis(landmarks=landmarks, identity=identity, detector=face_detector,
                         description=f"landmarks={landmark_backend}, identity={identity_backend}, detector={detector}")
 
@@ -92,12 +94,13 @@ class HonestFaceAnalysisLoader:
                 "another insightface ONNX file, or an arcface_torch/AdaFace file from models/facerestore_models. "
                 "Ignored by dlib."}),
             "detector": (DETECTOR_CHOICES, {"default": "dlib-hog", "tooltip":
-                "Face detector for whole photos: dlib HOG (fast) or dlib MMOD CNN (more robust, slower on CPU)."}),
+                "Face detector for whole photos: dlib HOG (fast), dlib MMOD CNN (more robust, slower on CPU) or "
+                "insightface SCRFD (models/insightface/models/buffalo_l/det_10g.onnx; 5 points, refined by the "
+                "landmark backend)."}),
             "device": (DEVICE_CHOICES, {"default": "auto", "tooltip":
                 "auto: the device ComfyUI uses for models; cpu: keep the backends on the CPU."}),
         }}
 
-    @clear_errors
     def load(self, landmark_backend, identity_backend, identity_model, detector, device):
         key = ("face_analysis", landmark_backend, identity_backend, identity_model, detector, device)
         analysis = MODEL_CACHE.get(key, lambda: build_face_analysis(landmark_backend, identity_backend, detector,
@@ -126,7 +129,6 @@ class HonestFaceAlignFace:
                 "Which face of each photo: 0 = the largest, 1 = the next, ..."}),
         }}
 
-    @clear_errors
     def align(self, face_analysis, images, size, face_index):
         from honestface.face.align import align_face
 
@@ -166,7 +168,6 @@ class HonestFaceMFAMask:
                 "How strongly the overlay preview tints the masked regions."}),
         }}
 
-    @clear_errors
     def mask(self, face_analysis, images, k, overlay_strength):
         from honestface.mfa import mask_overlay, mfa_mask_from_images
 
@@ -211,7 +212,6 @@ class HonestFaceALDScore:
             "reference": ("IMAGE", {"tooltip": "Ground truth or reference faces: one image, or one per restored face."}),
         }}
 
-    @clear_errors
     def score(self, face_analysis, restored, reference):
         from honestface.metrics.identity import identity_angle_degrees
         from honestface.metrics.landmark import affine_landmark_distance, l2_landmark_distance
@@ -275,7 +275,6 @@ class HonestFaceUnloadModels:
     def IS_CHANGED(cls, **kwargs):
         return float("nan")  # always run
 
-    @clear_errors
     def unload(self, trigger=None):
         count = unload_all()
         return {"ui": {"text": [f"released {count} HonestFace model(s)"]}, "result": (count,)}

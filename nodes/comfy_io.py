@@ -11,14 +11,12 @@ and the devices ComfyUI's model management chooses.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 import comfy.model_management as model_management
 import comfy.utils
 
-from honestface.errors import HonestFaceError, ImageError
+from honestface.errors import ImageError
 from honestface.image_io import check_image_batch
 from honestface.progress import ProgressCallback
 
@@ -126,26 +124,3 @@ def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
         return torch.float16
     return torch.float32
 
-
-class HonestFaceNodeError(HonestFaceError):
-    """Re-raised library error whose own text would be garbled in ComfyUI's error dialog."""
-
-
-def clear_errors(function):
-    """Make sure ComfyUI shows a HonestFace error's own message.
-
-    Errors that also derive from ``OSError`` (a missing model file is a
-    ``FileNotFoundError``) print as ``[Errno None] None: '<file>'`` once a ``filename``
-    attribute is set; they are re-raised with their message (the original is chained).
-    """
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except HonestFaceError as error:
-            message = str(error.args[0]) if error.args else ""
-            if message and str(error) != message:
-                raise HonestFaceNodeError(f"{type(error).__name__}: {message}") from error
-            raise
-
-    return wrapper

@@ -11,7 +11,7 @@ import torch
 import folder_paths
 from honestface.errors import HonestFaceError, MissingModelFileError, NoFaceError
 
-from .comfy_io import (clear_errors, DEVICE_CHOICES, DTYPE_CHOICES, check_interrupted, comfy_progress, comfy_to_images,
+from .comfy_io import (DEVICE_CHOICES, DTYPE_CHOICES, check_interrupted, comfy_progress, comfy_to_images,
                        images_to_comfy, resolve_device, resolve_dtype)
 from .handles import MODEL_CACHE, FaceAnalysis, HonestFaceModel
 from .model_folders import find_in_folders, list_files, list_subfolders
@@ -116,7 +116,6 @@ class HonestFaceModelLoader:
                 "auto: the device ComfyUI's model management uses (respects --cpu, --lowvram ...)."}),
         }}
 
-    @clear_errors
     def load(self, base_model, weights, osdface_folder, dtype, device):
         key = ("model", base_model, weights, osdface_folder, dtype, device)
         model = MODEL_CACHE.get(key, lambda: build_model(base_model, weights, osdface_folder, dtype, device))
@@ -191,7 +190,6 @@ class HonestFaceIdentityEmbedder:
             "lq_face": ("IMAGE", {"tooltip": "The aligned low-quality face(s) to restore."}),
         }}
 
-    @clear_errors
     def embed(self, model, face_analysis, references, lq_face):
         from honestface.models.ide import crop_eye_patches, eye_boxes
 
@@ -247,7 +245,6 @@ class HonestFaceVisualTokens:
             "lq_face": ("IMAGE", {"tooltip": "Aligned low-quality face(s)."}),
         }}
 
-    @clear_errors
     def tokens(self, model, lq_face):
         lq = comfy_to_images(lq_face, "lq_face")
         pipeline = make_pipeline(model, None)
@@ -284,7 +281,6 @@ class HonestFaceReferenceSelector:
                 "Landmarks of the distance: eyes and brows (the paper's choice), outer lip, or all 68."}),
         }}
 
-    @clear_errors
     def select(self, face_analysis, references, lq_face, subset):
         from honestface.face import require_landmarks
         from honestface.metrics.landmark import affine_landmark_distance
@@ -342,7 +338,6 @@ class HonestFaceRestoreAligned:
             "face_analysis": ("FACE_ANALYSIS", {"tooltip": "Needed with 'identity' (landmarks and the face recogniser)."}),
         }}
 
-    @clear_errors
     def restore(self, model, lq_face, color_correction, identity=None, face_analysis=None):
         if identity is not None and face_analysis is None:
             raise HonestFaceError("'identity' needs 'face_analysis' too (landmarks and the face recogniser)")
@@ -398,7 +393,6 @@ class HonestFaceRestorePhoto:
                                                 "used for every restored face."}),
         }}
 
-    @clear_errors
     def restore(self, model, face_analysis, image, strength, face_indices, color_correction, references=None):
         from honestface.face.photo import restore_faces_in_photo
 

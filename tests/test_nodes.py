@@ -129,19 +129,6 @@ def test_face_indices_parsing(pack):
             restore.parse_indices(bad)
 
 
-def test_missing_file_errors_read_clearly(io):
-    from honestface.errors import MissingModelFileError
-
-    @io.clear_errors
-    def load():
-        raise MissingModelFileError("associate_2.ckpt", "/models/honestface/OSDFace", "OSDFace VQ encoder")
-
-    with pytest.raises(Exception) as caught:
-        load()
-    assert "associate_2.ckpt" in str(caught.value) and "/models/honestface/OSDFace" in str(caught.value)
-    assert "[Errno" not in str(caught.value)
-
-
 def test_mfa_mask_node_on_a_real_face(pack, io, shared_data):
     from honestface.image_io import load_image
 
@@ -169,7 +156,7 @@ def test_model_loader_and_restore_through_comfyui_model_management(pack, tmp_pat
 
     pack.HonestFaceUnloadModels().unload()  # start from an empty cache (other tests load backends)
     make_tiny_models(tmp_path)
-    for kind in ("checkpoints", "honestface"):
+    for kind in ("checkpoints", "diffusers", "honestface"):
         folder_paths.add_model_folder_path(kind, str(tmp_path / kind), is_default=True)
     lq = torch.rand(2, 96, 80, 3)
     for weights in ("osdface-tiny", "honestface-tiny.safetensors"):
@@ -186,8 +173,31 @@ def test_model_loader_and_restore_through_comfyui_model_management(pack, tmp_pat
         assert 0.0 <= float(restored.min()) and float(restored.max()) <= 1.0
         assert torch.equal(restored, repeat)
         assert (restored - lq).abs().mean() > 1e-3
+    # The same SD weights as a diffusers folder restore the same faces.
+    outputs = {}
+    for base in ("tiny-sd21-base.safetensors", "tiny-sd21-base"):
+        (model,) = pack.HonestFaceModelLoader().load(base, "osdface-tiny", "auto", "auto", "auto")
+        (outputs[base],) = pack.HonestFaceRestoreAligned().restore(model, lq, "model default")
+    tolerance = 1e-5 if weight.device.type == "cpu" else 1e-2
+    torch.testing.assert_close(outputs["tiny-sd21-base"], outputs["tiny-sd21-base.safetensors"],
+                               atol=tolerance, rtol=0)
     result = pack.HonestFaceUnloadModels().unload()
-    assert result["result"] == (2,) and result["ui"]["text"] == ["released 2 HonestFace model(s)"]
+    assert result["result"] == (3,) and result["ui"]["text"] == ["released 3 HonestFace model(s)"]
     assert not model_management.current_loaded_models
     (reloaded,) = pack.HonestFaceModelLoader().load("tiny-sd21-base.safetensors", "osdface-tiny", "auto", "auto", "auto")
     assert reloaded is not model
+
+
+@pytest.mark.parametrize("landmarks, identity, detector, missing, folder", [
+    ("fan", "dlib", "dlib-hog", "", "face_alignment"),
+    ("dlib", "arcface-onnx", "dlib-hog", "w600k_r50.onnx", os.path.join("insightface", "models")),
+    ("dlib", "adaface", "dlib-hog", "", "facerestore_models"),
+    ("dlib", "dlib", "insightface", "det_10g.onnx", os.path.join("insightface", "models")),
+])
+def test_analysis_loader_names_the_missing_file_and_its_folder(pack, landmarks, identity, detector, missing, folder):
+    from honestface.errors import MissingModelFileError
+
+    with pytest.raises(MissingModelFileError) as caught:
+        pack.HonestFaceAnalysisLoader().load(landmarks, identity, "default", detector, "cpu")
+    message = caught.value.args[0]
+    assert missing in message and folder in message, message
