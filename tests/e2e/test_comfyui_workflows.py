@@ -190,6 +190,12 @@ def test_ald_score(comfyui_server, inputs, tiny_choices):
         assert float(entry["outputs"][node]["text"][0]) == pytest.approx(0.0, abs=1e-6)
     assert float(entry["outputs"]["8"]["text"][0]) == pytest.approx(0.0, abs=0.5)
 
+    # ArcFace (ONNX, insightface layout) found through extra_model_paths.yaml: a finite angle.
+    arcface = copy.deepcopy(prompt)
+    arcface["3"]["inputs"]["identity_backend"] = "arcface-onnx"
+    entry = run(comfyui_server, "honestface_ald_score (ArcFace ONNX)", arcface)
+    assert 0.0 <= float(entry["outputs"]["8"]["text"][0]) <= 180.0
+
 
 def mfa_prompt(tiny_choices) -> dict:
     return with_tiny_models(load_workflow(API_WORKFLOWS / "honestface_mfa_mask.json"), tiny_choices)
