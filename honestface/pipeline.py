@@ -327,7 +327,9 @@ def load_model(sd21: str | Path, checkpoint: str | Path | None = None, osdface_d
         lines += load_osdface(model, osdface_dir, parts=("vq",)).lines()
         lines.append(load_checkpoint(model, checkpoint).line())
     else:
-        lines += load_osdface(model, osdface_dir).lines()
+        # strict=False: the release's LoRA decides which UNet layers carry adapters (a
+        # difference from config.lora.target_modules is logged, never silently dropped).
+        lines += load_osdface(model, osdface_dir, strict=False).lines()
         model.accepts_references = False
     if merge_lora:
         model.restorer.merge_lora()

@@ -100,7 +100,7 @@ def _copy_release(folder, target):
     return target
 
 
-def test_missing_or_mismatched_keys_are_errors(release, tmp_path):
+def test_missing_or_mismatched_keys_are_errors(release, tmp_path, caplog):
     _, folder = release
     lora = load_file(str(folder / LORA_FILE))
 
@@ -114,9 +114,11 @@ def test_missing_or_mismatched_keys_are_errors(release, tmp_path):
     save_file({k: v for k, v in lora.items() if not k.startswith(module + ".")}, str(dropped / LORA_FILE))
     with pytest.raises(CheckpointError, match="expected ones missing"):
         load_osdface(tiny_model(3, lora=False), dropped)
-    # Non-strict loading adapts to exactly the file's modules.
-    report = load_osdface(tiny_model(3, lora=False), dropped, strict=False)
+    # Non-strict loading adapts to exactly the file's modules, and says so.
+    with caplog.at_level(logging.WARNING, logger="honestface.loaders"):
+        report = load_osdface(tiny_model(3, lora=False), dropped, strict=False)
     assert report.files[-1].loaded == len(lora) - 2
+    assert any("1 expected ones missing" in r.getMessage() for r in caplog.records)
 
     alien = _copy_release(folder, tmp_path / "alien")
     save_file({**lora, "unet.no_such_block.lora_A.weight": torch.zeros(4, 4),

@@ -130,9 +130,10 @@ def load_lora(restorer, path: str | Path, config: LoRAConfig, strict: bool = Tru
     """UNet LoRA in the diffusers/OSDFace format into ``restorer``.
 
     Without an adapter on the UNet yet, one is added on exactly the file's modules (rank
-    from the file, alpha from ``config``); with ``strict`` those modules must be the ones
-    ``config.target_modules`` selects. With an adapter already present, the file must
-    match it key for key.
+    from the file, alpha from ``config``). With ``strict`` those modules must be the ones
+    ``config.target_modules`` selects; without, a difference is logged as a warning (the
+    file's modules must still be linear/conv layers of the UNet, each with both factors).
+    With an adapter already present, the file must match it key for key.
     """
     from ..models.restorer import LORA_KEY_PREFIX, lora_module_names, lora_targets_from_state
 
@@ -152,15 +153,16 @@ def load_lora(restorer, path: str | Path, config: LoRAConfig, strict: bool = Tru
         if unknown:
             raise CheckpointError(path, f"{len(unknown)} LoRA modules are not linear/conv layers of this UNet, "
                                   f"e.g. {unknown[:3]}", "an SD 2.1-base UNet LoRA")
-        if strict:
-            expected = set(lora_module_names(restorer.unet, config.target_modules))
-            missing = sorted(expected - set(modules))
-            extra = sorted(set(modules) - expected)
-            if missing or extra:
-                raise CheckpointError(
-                    path, f"LoRA covers {len(modules)} modules: {len(missing)} expected ones missing "
-                    f"(e.g. {missing[:3]}), {len(extra)} unexpected (e.g. {extra[:3]})",
-                    f"LoRA on the {len(expected)} UNet modules matching {list(config.target_modules)}")
+        expected = set(lora_module_names(restorer.unet, config.target_modules))
+        missing = sorted(expected - set(modules))
+        extra = sorted(set(modules) - expected)
+        if missing or extra:
+            problem = (f"LoRA covers {len(modules)} modules: {len(missing)} expected ones missing "
+                       f"(e.g. {missing[:3]}), {len(extra)} unexpected (e.g. {extra[:3]})")
+            if strict:
+                raise CheckpointError(path, problem, f"LoRA on the {len(expected)} UNet modules matching "
+                                      f"{list(config.target_modules)} (or load with strict=False)")
+            logger.warning("%s: %s; using the file's modules", path.name, problem)
         restorer.add_lora(replace(config, rank=rank), target_modules=modules)
     loaded = restorer.load_lora_state_dict(lora, source=str(path))
     ignored, examples = _ignored(state, set(lora))
