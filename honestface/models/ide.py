@@ -284,5 +284,6 @@ class IdentityEmbedder(nn.Module):
         chosen = references[rows, index]
         chosen_landmarks = reference_landmarks[rows, index] if reference_landmarks is not None else None
         feature_tokens = self.feature_extractor(chosen, chosen_landmarks)
-        identity_tokens = self.identity_encoder(identity_embeddings, reference_mask if identity_embeddings is not None else None, batch)
+        identity_mask = reference_mask if identity_embeddings is not None else None
+        identity_tokens = self.identity_encoder(identity_embeddings, identity_mask, batch)
         return IDEOutput(feature_tokens, identity_tokens, index)
