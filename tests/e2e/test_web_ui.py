@@ -61,3 +61,13 @@ def test_web_ui_lists_the_nodes_with_descriptions(web_ui, comfyui_server):
         for section in ("required", "optional"):
             for input_name, spec in info[name]["input"].get(section, {}).items():
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
+
+
+def test_template_browser_lists_and_serves_the_workflows(comfyui_server):
+    """ComfyUI's template browser finds ``workflows/`` of the pack and serves each file."""
+    status, templates = comfyui_server.request("/workflow_templates")
+    assert status == 200
+    assert sorted(templates.get("HonestFace", [])) == sorted(p.stem for p in UI_WORKFLOWS)
+    for path in UI_WORKFLOWS:
+        served = json.loads(comfyui_server.get_bytes(f"/api/workflow_templates/HonestFace/{path.name}"))
+        assert served == load_workflow(path)
