@@ -154,7 +154,7 @@ def run_in_subprocess(spec: dict, timeout: float | None) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
     except subprocess.TimeoutExpired:
         return dict(spec, error=f"timed out after {timeout:.0f} s")
     for line in done.stdout.splitlines():

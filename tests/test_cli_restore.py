@@ -43,7 +43,7 @@ def _pixels(path):
 
 
 def test_restore_aligned_with_references(models, faces, tmp_path, capsys):
-    folder, paths, refs = faces
+    folder, paths, _ = faces
     out = tmp_path / "out"
     code = main(_honestface_args(models, out, str(folder / "lq"), "--ref", str(folder / "refs"), "--batch-size", "2"))
     assert code == 0
@@ -69,7 +69,7 @@ def test_restore_aligned_with_references(models, faces, tmp_path, capsys):
 
 
 def test_osdface_weights_colour_correction_and_dtype(models, faces, tmp_path, capsys):
-    folder, paths, refs = faces
+    _, paths, refs = faces
     base = ["restore", str(paths[1]), "--sd", "tiny-sd21-base", "--weights", "osdface-tiny",
             "--models-dir", str(models), "--no-progress", "-q"]
     assert main([*base, "-o", str(tmp_path / "plain"), "--ref", str(refs[0])]) == 0
@@ -102,7 +102,7 @@ def test_whole_photo_is_detected_and_pasted_back(models, shared_data, tmp_path, 
 @pytest.mark.parametrize("case", ["missing image", "missing sd", "missing weights", "wrong weights",
                                   "missing osdface", "bad image"])
 def test_errors_exit_1_with_a_message(models, faces, tmp_path, capsys, case):
-    folder, paths, refs = faces
+    paths = faces[1]
     args = _honestface_args(models, tmp_path / "out", str(paths[0]))
     if case == "missing image":
         args[1] = str(tmp_path / "nope.png")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import socket
 
 import pytest
@@ -93,7 +94,10 @@ def test_shipped_config_gives_the_real_sd21_key_layout():
 @pytest.mark.parametrize("configs", [full_pattern_sd21_configs(), tiny_sd21_configs()], ids=["full-pattern", "tiny-preset"])
 def test_ldm_mapping_agrees_with_diffusers_own_converter(configs):
     """Our diffusers->LDM names, read back by diffusers' LDM->diffusers converter, give the same tensors."""
-    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_unet_checkpoint,
+        convert_ldm_vae_checkpoint,
+    )
 
     models = sd21.build_sd21(configs, seed=3)
     unet_state = models.unet.state_dict()
@@ -190,7 +194,7 @@ EXECUTED: list[str] = []
 
 def _record_execution(*args):
     EXECUTED.append("pickle code ran")
-    return dict(args=args)
+    return {"args": args}
 
 
 class TrainerHyperParameters:
@@ -207,7 +211,7 @@ def test_lightning_checkpoint_with_objects_loads_without_running_them(tmp_path, 
     torch.save({"state_dict": state, "hyper_parameters": TrainerHyperParameters(), "epoch": 3,
                 sd21.EMBEDDED_CONFIG_KEY: configs}, path)
     EXECUTED.clear()
-    with pytest.raises(Exception):  # torch's own safe loader refuses the object
+    with pytest.raises(pickle.UnpicklingError):  # torch's own safe loader refuses the object
         torch.load(path, weights_only=True)
     loaded = sd21.load_sd21(path)
     assert EXECUTED == []

@@ -43,7 +43,8 @@ The VAE's mid-block attention projections are 1x1 convolutions in LDM files, wei
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

@@ -31,14 +31,20 @@ import json
 import logging
 import pickle
 import zipfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 
 from ..config import SD21_CONFIG_DIR, read_sd21_config
-from ..errors import CheckpointError, ConfigError, HonestFaceError, MissingModelFileError
+from ..errors import (
+    CheckpointError,
+    ConfigError,
+    HonestFaceError,
+    MissingModelFileError,
+)
 from ..paths import MODEL_FOLDERS, find_model_file
 from . import ldm_keys
 
@@ -734,9 +740,21 @@ def save_sd21_diffusers(folder: str | Path, unet, vae, scheduler_config: Mapping
 
 
 __all__ = [
-    "EMBEDDED_CONFIG_KEY", "LoadReport", "SD21Models", "SD21_CONFIG_DIR", "alphas_cumprod_from_config",
+    "EMBEDDED_CONFIG_KEY",
+    "SD21_CONFIG_DIR",
+    "LoadReport",
+    "SD21Models",
+    "alphas_cumprod_from_config",
     "betas_from_config",
-    "build_sd21", "describe_ldm_checkpoint", "ldm_state_dict", "load_sd21", "load_sd21_diffusers",
-    "load_sd21_single_file", "read_config_folder", "resolve_dtype", "save_sd21_diffusers",
-    "save_sd21_single_file", "sd21_configs",
+    "build_sd21",
+    "describe_ldm_checkpoint",
+    "ldm_state_dict",
+    "load_sd21",
+    "load_sd21_diffusers",
+    "load_sd21_single_file",
+    "read_config_folder",
+    "resolve_dtype",
+    "save_sd21_diffusers",
+    "save_sd21_single_file",
+    "sd21_configs",
 ]
