@@ -28,6 +28,10 @@ class Exploit:
         return (_write_marker, (self.marker, "executed"))
 
 
+class TaggedTensor(torch.Tensor):
+    """A tensor subclass: pickled through torch._tensor._rebuild_from_type_v2."""
+
+
 class HyperParameters:
     """An arbitrary user class (like Lightning's AttributeDict or an OmegaConf container)."""
 
@@ -50,7 +54,8 @@ def test_checkpoint_with_code_is_not_executed_and_tensors_survive(tmp_path):
     view_source = torch.arange(12.0).view(3, 4)
     checkpoint = {
         "state_dict": {"vqvae_LQ.quant_conv.weight": weight, "view": view_source[:, 1:3],
-                       "param": torch.nn.Parameter(torch.full((2,), 7.0))},
+                       "param": torch.nn.Parameter(torch.full((2,), 7.0)),
+                       "tagged": torch.arange(4.0).as_subclass(TaggedTensor)},
         "hyper_parameters": HyperParameters(),
         "callbacks": [Exploit(marker)],
         "epoch": 3,
@@ -71,7 +76,8 @@ def test_checkpoint_with_code_is_not_executed_and_tensors_survive(tmp_path):
 
     tensors = load_tensors(path)
     assert not marker.exists()
-    assert set(tensors) == {"vqvae_LQ.quant_conv.weight", "view", "param"}
+    assert set(tensors) == {"vqvae_LQ.quant_conv.weight", "view", "param", "tagged"}
+    assert type(tensors["tagged"]) is torch.Tensor and torch.equal(tensors["tagged"], torch.arange(4.0))
     assert torch.equal(tensors["vqvae_LQ.quant_conv.weight"], weight)
     assert torch.equal(tensors["view"], view_source[:, 1:3])  # strided views rebuilt exactly
     assert torch.equal(tensors["param"], torch.full((2,), 7.0))

@@ -83,6 +83,12 @@ def _rebuild_parameter(data: torch.Tensor, *_: Any) -> torch.Tensor:
     return data
 
 
+def _rebuild_from_type(func: Any, new_type: Any, args: tuple, state: Any = None) -> Any:
+    # Tensor subclasses: rebuild the plain tensor. ``func`` came through find_class, so it is
+    # an allow-listed rebuild function or an inert BlockedObject class; ``new_type`` is ignored.
+    return func(*args)
+
+
 class _StorageType:
     def __init__(self, dtype: torch.dtype) -> None:
         self.dtype = dtype
@@ -98,6 +104,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         ("builtins", "slice"): slice,
         ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
         ("torch", "Size"): tuple,
     }
 
