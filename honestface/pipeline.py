@@ -23,7 +23,6 @@ Two entry points:
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -320,9 +319,7 @@ def load_model(sd21: str | Path, checkpoint: str | Path | None = None, osdface_d
                                    models_dir, what="VGG16 weights of the facial feature extractor")
         vgg_state = load_vgg16_state_dict(vgg_path)
     model = HonestFaceModel(model_config, sd.unet, sd.vae, vgg_state_dict=vgg_state, lora=False)
-    lines = list(sd.report.lines())
-    for line in lines:
-        logging.getLogger("honestface.loaders").info(line)
+    lines = list(sd.report.lines())  # already logged by the SD loader
     if checkpoint is not None:
         lines += load_osdface(model, osdface_dir, parts=("vq",)).lines()
         lines.append(load_checkpoint(model, checkpoint).line())
