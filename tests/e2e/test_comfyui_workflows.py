@@ -153,6 +153,17 @@ def test_restore_whole_photo(comfyui_server, inputs, tiny_choices):
     faces = saved_images(comfyui_server, entry, "6")
     assert faces and all(face.shape[0] == face.shape[1] for face in faces)  # aligned square crops
 
+    # With a HonestFace checkpoint and references, on the first face only, at half strength.
+    with_refs = copy.deepcopy(prompt)
+    with_refs["2"]["inputs"]["weights"] = tiny_choices["honestface"]
+    with_refs["30"] = {"class_type": "LoadImage", "inputs": {"image": "honestface_reference_1.png"}}
+    with_refs["4"]["inputs"].update(references=["30", 0], face_indices="0", strength=0.5)
+    entry = run(comfyui_server, "honestface_restore_whole_photo (references, face 0)", with_refs)
+    [photo_refs] = saved_images(comfyui_server, entry, "5")
+    assert_restored(photo_refs, source)
+    assert np.abs(photo_refs - photo).mean() > 1e-4
+    assert "restored [0]" in entry["outputs"]["7"]["text"][0]
+
 
 def test_mfa_mask(comfyui_server, inputs, tiny_choices):
     prompt = with_tiny_models(load_workflow(API_WORKFLOWS / "honestface_mfa_mask.json"), tiny_choices)
