@@ -81,7 +81,8 @@ def run_case(config_path: str, overrides: list[str], warmup: int, steps: int) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="identity-folder root used for the tiny cases (data.roots)")
-    parser.add_argument("--case", action="append", choices=sorted(TINY_CASES), help="tiny case(s) to run (default: all)")
+    parser.add_argument("--case", action="append", choices=sorted(TINY_CASES),
+                        help="tiny case(s) to run (default: all)")
     parser.add_argument("--config", help="benchmark this YAML config instead of the tiny cases")
     parser.add_argument("--name", default="custom", help="label of --config in the table")
     parser.add_argument("--steps", type=int, default=10)
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:16} failed")
             continue
         print(f"{name:16} {result['samples_per_second']:10.3f} {result['seconds_per_step']:8.3f} "
-              f"{result['peak_memory_mib']:9.0f} {result['batch_size']:5d} {result['image_size']:5d}  {result['device']}")
+              f"{result['peak_memory_mib']:9.0f} {result['batch_size']:5d} {result['image_size']:5d}  "
+              f"{result['device']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0 if all("error" not in r for r in results.values()) else 1

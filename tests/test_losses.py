@@ -187,9 +187,9 @@ def test_forward_noise_is_eq1():
 
 
 def test_discriminator_copies_base_weights_and_trains_only_its_adapter(tiny_unet):
-    from peft import LoraConfig, inject_adapter_in_model
-
     import copy
+
+    from peft import LoraConfig, inject_adapter_in_model
 
     generator_unet = copy.deepcopy(tiny_unet)
     inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "conv1"],
@@ -252,7 +252,8 @@ def test_objective_switches_losses_and_weights_them(tiny_unet, faces):
 def test_loss_config_validation():
     assert LossConfig.from_dict(LossConfig().to_dict()) == LossConfig()
     defaults = LossConfig()
-    assert (defaults.mse, defaults.ea_dists, defaults.identity, defaults.adversarial, defaults.mfa) == (1, 1, 0.1, 0.02, 1)
+    weights = (defaults.mse, defaults.ea_dists, defaults.identity, defaults.adversarial, defaults.mfa)
+    assert weights == (1, 1, 0.1, 0.02, 1)
     with pytest.raises(ConfigError):
         LossConfig(mse=-1)
     with pytest.raises(ConfigError):

@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from honestface.errors import ConfigError
-
 from training import state as ckpt
 from training.config import apply_overrides, load_config
 from training.train import Trainer, build_model
@@ -61,7 +60,7 @@ def test_tiny_trains_with_every_loss(celeba_subset, tmp_path):
     for name in ("mse", "ea_dists", "identity", "mfa", "adversarial", "total", "discriminator"):
         assert torch.isfinite(torch.tensor(last[f"loss/{name}"])), name
         assert last[f"loss/{name}"] > 0, name
-    changed_trainable = changed_frozen = 0
+    changed_trainable = 0
     for name, parameter in trainer.model.named_parameters():
         moved = not torch.equal(parameter.detach(), before[name])
         if id(parameter) in trainable:

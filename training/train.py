@@ -23,7 +23,6 @@ format of :mod:`honestface.loaders.checkpoint`. TensorBoard logs go to ``<output
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
@@ -421,7 +420,8 @@ class Trainer:
                 with self.accelerator.autocast():
                     loss_d = self.objective.discriminator_losses(fake, real)
                 (loss_d / accumulation).backward()
-                logged["loss/discriminator"] = logged.get("loss/discriminator", 0.0) + float(loss_d.detach()) / accumulation
+                value = float(loss_d.detach()) / accumulation
+                logged["loss/discriminator"] = logged.get("loss/discriminator", 0.0) + value
             average_gradients(self.d_params, self.world)
             if self.config.optim.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(self.d_params, self.config.optim.max_grad_norm)
