@@ -49,7 +49,7 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def test_tiny_trains_with_every_loss(celeba_subset, tmp_path):
     config = tiny_config(celeba_subset, tmp_path, "train.max_steps=2", "train.val_every=2",
-                         "train.checkpoint_every=0")
+                         "train.checkpoint_every=0", "train.log_every=1")
     trainer = Trainer(config)
     before = snapshot(trainer.model)
     disc_before = snapshot(trainer.discriminator)
@@ -78,8 +78,17 @@ def test_tiny_trains_with_every_loss(celeba_subset, tmp_path):
         moved = not torch.equal(parameter.detach(), disc_before[name])
         assert moved == parameter.requires_grad or not parameter.requires_grad, name
 
-    # logs, samples, validation metrics, checkpoint and export exist
-    assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
+    # TensorBoard has every loss, both learning rates, the validation metrics and the grid
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "logs"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    expected = {f"loss/{n}" for n in ("mse", "ea_dists", "identity", "mfa", "adversarial", "total", "discriminator")}
+    expected |= {"lr/generator", "lr/discriminator", "val/psnr", "val/psnr_lq", "val/ald_eyes", "val/deg"}
+    assert expected <= scalars, expected - scalars
+    assert [e.step for e in events.Scalars("loss/mse")] == [1, 2]
+    assert "val/lq_restored_gt" in events.Tags()["images"]
     assert list((tmp_path / "samples").glob("step-*.png"))
     assert ckpt.latest_checkpoint(tmp_path).name == "step-00000002"
     assert Path(summary["export"]).is_file()
