@@ -155,3 +155,23 @@ class HeadlessComfyUI:
             "})()"
         )
         return json.loads(self.evaluate(script))
+
+    def queue_workflow(self, workflow: dict, widget_values: dict[str, dict] | None = None) -> None:
+        """Load a UI-format workflow, set some widgets (node id -> {widget: value}) the way a
+        user would, and press Queue (``app.queuePrompt``)."""
+        script = (
+            "(async () => {"
+            f"  const workflow = {json.dumps(workflow)};"
+            f"  const values = {json.dumps(widget_values or {})};"
+            "  await window.app.loadGraphData(workflow, true, true, null);"
+            "  for (const node of window.app.graph._nodes) {"
+            "    const wanted = values[String(node.id)] || {};"
+            "    for (const widget of node.widgets || []) {"
+            "      if (widget.name in wanted) widget.value = wanted[widget.name];"
+            "    }"
+            "  }"
+            "  await window.app.queuePrompt(0, 1);"
+            "  return true;"
+            "})()"
+        )
+        self.evaluate(script)

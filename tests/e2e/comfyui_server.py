@@ -7,6 +7,7 @@ database, so tests never write into the ComfyUI installation. It listens on 127.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -206,3 +207,18 @@ def execution_error(entry: dict) -> dict | None:
         if name == "execution_error":
             return data
     return None
+
+
+def with_tiny_models(prompt: dict, choices: dict[str, str]) -> dict:
+    """Real model names -> the tiny models' (what a user with the real files would not change)."""
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "HonestFaceModelLoader":
+            inputs["base_model"] = choices["base_model"]
+            is_osdface = not inputs["weights"].endswith(".safetensors")
+            inputs["weights"] = choices["osdface" if is_osdface else "honestface"]
+        if node["class_type"] == "HonestFaceAnalysisLoader":
+            # The tiny checkpoint was trained (randomly) for this recogniser, the real one for ArcFace.
+            inputs["identity_backend"] = choices["identity_backend"]
+    return prompt

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from comfyui_server import (API_WORKFLOWS, HONESTFACE_NODES, REPO_ROOT, TIMINGS, ComfyUIServer, comfyui_dir,
                             load_workflow)
@@ -58,6 +59,54 @@ def comfyui_server(comfyui_install, tiny_models_dir, tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+def to_png(source: Path, target: Path, max_side: int | None = None) -> None:
+    image = Image.open(source).convert("RGB")
+    if max_side and max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.LANCZOS)
+    image.save(target)
+
+
+@pytest.fixture(scope="session")
+def inputs(comfyui_server, shared_data) -> dict[str, Path]:
+    """The input images the workflows name, in the server's input folder."""
+    obama = shared_data / "real_lq" / "reference_sets" / "obama"
+    pairs = shared_data / "real_lq" / "pairs"
+    first_pair = sorted((pairs / "lq").iterdir())[0].name
+    sources = {
+        "honestface_lq_face.png": sorted((obama / "lq_crop").iterdir())[0],
+        "honestface_reference_1.png": sorted((obama / "refs").iterdir())[0],
+        "honestface_reference_2.png": sorted((obama / "refs").iterdir())[1],
+        "honestface_reference_3.png": sorted((obama / "refs").iterdir())[2],
+        "honestface_photo.png": shared_data / "real_lq" / "whole" / "Blake_Lively.jpg",
+        "honestface_restored.png": pairs / "lq" / first_pair,
+        "honestface_ground_truth.png": pairs / "pseudo_hq" / first_pair,
+    }
+    written = {}
+    for name, source in sources.items():
+        to_png(source, comfyui_server.input_dir / name, max_side=512)
+        written[name] = comfyui_server.input_dir / name
+    Image.new("RGB", (256, 256), (128, 128, 128)).save(comfyui_server.input_dir / "honestface_blank.png")
+    written["honestface_blank.png"] = comfyui_server.input_dir / "honestface_blank.png"
+    return written
+
+
+@pytest.fixture(scope="session")
+def tiny_choices(comfyui_server) -> dict[str, str]:
+    """The tiny models' names as the loader nodes list them."""
+    status, info = comfyui_server.request("/object_info/HonestFaceModelLoader")
+    assert status == 200
+    required = info["HonestFaceModelLoader"]["input"]["required"]
+    bases, weights = required["base_model"][0], required["weights"][0]
+    checkpoints = [w for w in weights if w.endswith(".safetensors")]
+    folders = [w for w in weights if not w.endswith(".safetensors")]
+    single_files = [b for b in bases if b.endswith((".safetensors", ".ckpt"))]
+    assert single_files and checkpoints and folders, (bases, weights)
+    from honestface.testing.make_tiny_models import TINY_IDENTITY_BACKEND
+
+    return {"base_model": single_files[0], "honestface": checkpoints[0], "osdface": folders[0],
+            "identity_backend": TINY_IDENTITY_BACKEND}
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -19,71 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfyui_server import API_WORKFLOWS, TIMINGS, execution_error, load_workflow
-from honestface.testing.make_tiny_models import TINY_IDENTITY_BACKEND
+from comfyui_server import API_WORKFLOWS, TIMINGS, execution_error, load_workflow, with_tiny_models
 
 pytestmark = pytest.mark.e2e
-
-def to_png(source: Path, target: Path, max_side: int | None = None) -> None:
-    image = Image.open(source).convert("RGB")
-    if max_side and max(image.size) > max_side:
-        image.thumbnail((max_side, max_side), Image.LANCZOS)
-    image.save(target)
-
-
-@pytest.fixture(scope="module")
-def inputs(comfyui_server, shared_data) -> dict[str, Path]:
-    """The input images the workflows name, in the server's input folder."""
-    obama = shared_data / "real_lq" / "reference_sets" / "obama"
-    pairs = shared_data / "real_lq" / "pairs"
-    first_pair = sorted((pairs / "lq").iterdir())[0].name
-    sources = {
-        "honestface_lq_face.png": sorted((obama / "lq_crop").iterdir())[0],
-        "honestface_reference_1.png": sorted((obama / "refs").iterdir())[0],
-        "honestface_reference_2.png": sorted((obama / "refs").iterdir())[1],
-        "honestface_reference_3.png": sorted((obama / "refs").iterdir())[2],
-        "honestface_photo.png": shared_data / "real_lq" / "whole" / "Blake_Lively.jpg",
-        "honestface_restored.png": pairs / "lq" / first_pair,
-        "honestface_ground_truth.png": pairs / "pseudo_hq" / first_pair,
-    }
-    written = {}
-    for name, source in sources.items():
-        to_png(source, comfyui_server.input_dir / name, max_side=512)
-        written[name] = comfyui_server.input_dir / name
-    Image.new("RGB", (256, 256), (128, 128, 128)).save(comfyui_server.input_dir / "honestface_blank.png")
-    written["honestface_blank.png"] = comfyui_server.input_dir / "honestface_blank.png"
-    return written
-
-
-@pytest.fixture(scope="module")
-def tiny_choices(comfyui_server) -> dict[str, str]:
-    """The tiny models' names as the loader nodes list them."""
-    status, info = comfyui_server.request("/object_info/HonestFaceModelLoader")
-    assert status == 200
-    required = info["HonestFaceModelLoader"]["input"]["required"]
-    bases, weights = required["base_model"][0], required["weights"][0]
-    checkpoints = [w for w in weights if w.endswith(".safetensors")]
-    folders = [w for w in weights if not w.endswith(".safetensors")]
-    single_files = [b for b in bases if b.endswith((".safetensors", ".ckpt"))]
-    assert single_files and checkpoints and folders, (bases, weights)
-    return {"base_model": single_files[0], "honestface": checkpoints[0], "osdface": folders[0],
-            "identity_backend": TINY_IDENTITY_BACKEND}
-
-
-def with_tiny_models(prompt: dict, choices: dict[str, str]) -> dict:
-    """Real model names -> the tiny models' (what a user with the real files would not change)."""
-    prompt = copy.deepcopy(prompt)
-    for node in prompt.values():
-        inputs = node["inputs"]
-        if node["class_type"] == "HonestFaceModelLoader":
-            inputs["base_model"] = choices["base_model"]
-            is_osdface = not inputs["weights"].endswith(".safetensors")
-            inputs["weights"] = choices["osdface" if is_osdface else "honestface"]
-        if node["class_type"] == "HonestFaceAnalysisLoader":
-            # The tiny checkpoint was trained (randomly) for this recogniser, the real one for ArcFace.
-            inputs["identity_backend"] = choices["identity_backend"]
-    return prompt
-
 
 def saved_images(comfyui_server, entry: dict, node_id: str) -> list[np.ndarray]:
     images = entry["outputs"][node_id]["images"]

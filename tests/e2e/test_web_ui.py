@@ -8,11 +8,12 @@ must be exactly the API twin in ``workflows/api/`` (same nodes, inputs, links, t
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from browser import HeadlessComfyUI, find_chromium
-from comfyui_server import API_WORKFLOWS, WORKFLOWS, load_workflow
+from comfyui_server import API_WORKFLOWS, TIMINGS, WORKFLOWS, execution_error, load_workflow, with_tiny_models
 
 pytestmark = pytest.mark.e2e
 
@@ -71,3 +72,32 @@ def test_template_browser_lists_and_serves_the_workflows(comfyui_server):
     for path in UI_WORKFLOWS:
         served = json.loads(comfyui_server.get_bytes(f"/api/workflow_templates/HonestFace/{path.name}"))
         assert served == load_workflow(path)
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=[p.stem for p in UI_WORKFLOWS])
+def test_queue_from_the_web_ui(web_ui, comfyui_server, inputs, tiny_choices, path):
+    """Drag in, pick the model files one has, press Queue: the prompt runs to the end."""
+    api = load_workflow(API_WORKFLOWS / path.name)
+    expected = with_tiny_models(api, tiny_choices)
+    changed = {node_id: {name: value for name, value in node["inputs"].items() if value != api[node_id]["inputs"][name]}
+               for node_id, node in expected.items()}
+    _, before = comfyui_server.request("/history")
+    start = time.perf_counter()
+    web_ui.queue_workflow(load_workflow(path), {k: v for k, v in changed.items() if v})
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        _, history = comfyui_server.request("/history")
+        new = [key for key in history if key not in before]
+        if new and (history[new[0]]["status"].get("completed") or history[new[0]]["status"]["status_str"] == "error"):
+            break
+        time.sleep(0.25)
+    else:
+        pytest.fail(f"the prompt queued from the web UI did not finish\n{comfyui_server.log()}")
+    TIMINGS[f"web UI queue: {path.stem}"] = time.perf_counter() - start
+    entry = history[new[0]]
+    assert execution_error(entry) is None, execution_error(entry)
+    assert entry["status"]["status_str"] == "success"
+    sent = entry["prompt"][2]
+    assert {k: (v["class_type"], v["inputs"]) for k, v in sent.items()} == \
+        {k: (v["class_type"], v["inputs"]) for k, v in expected.items()}
+    assert entry["outputs"]
