@@ -252,8 +252,10 @@ class HonestFaceALDScore:
 
 
 class HonestFaceUnloadModels:
-    DESCRIPTION = ("Frees every HonestFace model cached by the loader nodes (and asks ComfyUI to unload models "
-                   "from the GPU). Connect any output to 'trigger' to run it after the node that makes that output.")
+    DESCRIPTION = ("Frees every HonestFace model cached by the loader nodes and asks ComfyUI to move loaded models "
+                   "off the GPU. Connect any output to 'trigger' to run it after the node that makes that output. "
+                   "ComfyUI's own cache of node outputs keeps the last loader results until the graph changes "
+                   "(or until 'Free model and node cache' in the menu).")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("INT",)
     RETURN_NAMES = ("models_unloaded",)

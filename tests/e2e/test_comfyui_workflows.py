@@ -146,8 +146,12 @@ def test_ald_score(comfyui_server, inputs, tiny_choices):
     assert 0.0 <= float(entry["outputs"]["8"]["text"][0]) <= 180.0
 
 
-def mfa_prompt(tiny_choices) -> dict:
-    return with_tiny_models(load_workflow(API_WORKFLOWS / "honestface_mfa_mask.json"), tiny_choices)
+def mfa_prompt(tiny_choices, k: float) -> dict:
+    """The MFA workflow with its own k: ComfyUI reuses cached outputs of an identical prompt,
+    a new value makes the server really run the graph."""
+    prompt = with_tiny_models(load_workflow(API_WORKFLOWS / "honestface_mfa_mask.json"), tiny_choices)
+    prompt["3"]["inputs"]["k"] = k
+    return prompt
 
 
 def test_invalid_input_is_refused_with_node_errors(comfyui_server, inputs, tiny_choices):
@@ -184,7 +188,7 @@ def test_execution_errors_carry_honestface_messages(comfyui_server, inputs, tiny
     assert error is not None and "restores without references" in error["exception_message"], error
 
     # The server keeps serving.
-    run(comfyui_server, "honestface_mfa_mask (after errors)", mfa_prompt(tiny_choices))
+    run(comfyui_server, "honestface_mfa_mask (after errors)", mfa_prompt(tiny_choices, k=11.0))
 
 
 def test_wrong_and_missing_weight_files(comfyui_server, inputs, tiny_choices, tiny_models_dir):
@@ -214,19 +218,18 @@ def test_wrong_and_missing_weight_files(comfyui_server, inputs, tiny_choices, ti
     finally:
         broken.unlink()
         shutil.rmtree(incomplete)
-    run(comfyui_server, "osdface_restore_without_references (after errors)",
-        with_tiny_models(load_workflow(API_WORKFLOWS / "osdface_restore_without_references.json"), tiny_choices))
+    after = with_tiny_models(load_workflow(API_WORKFLOWS / "osdface_restore_without_references.json"), tiny_choices)
+    after["3"]["inputs"]["color_correction"] = "adain"  # not a cached result: the graph runs again
+    run(comfyui_server, "osdface_restore_without_references (after errors)", after)
 
 
 def test_unload_models_node(comfyui_server, inputs, tiny_choices):
-    run(comfyui_server, "honestface_mfa_mask (load)", mfa_prompt(tiny_choices))
+    run(comfyui_server, "honestface_mfa_mask (load)", mfa_prompt(tiny_choices, k=9.0))
     entry = run(comfyui_server, "unload", {"1": {"class_type": "HonestFaceUnloadModels", "inputs": {}}})
     text = entry["outputs"]["1"]["text"][0]
     assert text.startswith("released ") and int(text.split()[1]) >= 1, text
     # Loading again after the unload works.
-    prompt = mfa_prompt(tiny_choices)
-    prompt["3"]["inputs"]["k"] = 12.0  # a changed input, so ComfyUI runs the graph again
-    run(comfyui_server, "honestface_mfa_mask (after unload)", prompt)
+    run(comfyui_server, "honestface_mfa_mask (after unload)", mfa_prompt(tiny_choices, k=12.0))
 
 
 def test_align_face_and_reference_selector(comfyui_server, inputs, tiny_choices):
@@ -299,4 +302,4 @@ def test_cancel_stops_a_long_batch_inside_the_node(comfyui_server, inputs, tiny_
     assert interrupted[0]["node_type"] == "HonestFaceRestoreAligned", interrupted
     assert stopped_after < 10.0, stopped_after
     assert "4" not in entry.get("outputs", {})  # nothing was saved
-    run(comfyui_server, "honestface_mfa_mask (after cancel)", mfa_prompt(tiny_choices))
+    run(comfyui_server, "honestface_mfa_mask (after cancel)", mfa_prompt(tiny_choices, k=13.0))
