@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -226,13 +225,14 @@ def test_sigkill_and_resume_equals_uninterrupted_run(celeba_subset, tmp_path):
 
     killed_dir = tmp_path / "killed"
     process = subprocess.Popen(_command(["--output", str(killed_dir), *args]), env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while time.time() < deadline and not (ckpt.checkpoint_dir(killed_dir, 2)).is_dir():
-        time.sleep(0.2)
-    time.sleep(1.0)  # let it run on past the checkpoint before it is killed
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:  # kill it in the middle of step 4, after the checkpoint of step 2
+        if "honestface.train: step 3 " in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=600)
+    assert process.returncode == -signal.SIGKILL
+    assert ckpt.latest_checkpoint(killed_dir).name == "step-00000002"
     assert not (killed_dir / "honestface.safetensors").exists(), "the run finished before it was killed"
     resumed = subprocess.run(_command(["--output", str(killed_dir), "--resume", "auto", *args]), env=_env(),
                              capture_output=True, text=True, timeout=900)
