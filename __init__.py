@@ -9,7 +9,9 @@ import sys
 
 _here = os.path.dirname(os.path.abspath(__file__))
 if _here not in sys.path:  # the core library lives beside this file
-    sys.path.insert(0, _here)
+    # Appended, not prepended: our top-level folders (nodes, training, tests) must never
+    # shadow ComfyUI's or another pack's modules of the same name.
+    sys.path.append(_here)
 
 try:
     import folder_paths  # noqa: F401  (only present inside ComfyUI)

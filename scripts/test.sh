@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The test command: creates or updates .venv, installs everything the tests need and
-# runs the test suite. Extra arguments go to pytest.
+# The test command: creates or updates .venv, installs everything the tests need (the
+# package with its extras, a real ComfyUI 0.3.75 for the end-to-end tests and, when run as
+# root, Debian's Chromium for the web-UI tests) and runs the test suite.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not e2e"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${HONESTFACE_VENV:-.venv}"
@@ -9,4 +11,13 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip
 "$PY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 "$PY" -m pip install -q -e ".[face,train,test]"
+bash scripts/comfyui_setup.sh "$PY"
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+            || echo "test.sh: could not install chromium; the web-UI tests will skip" >&2
+    else
+        echo "test.sh: chromium not found (apt-get install chromium); the web-UI tests will skip" >&2
+    fi
+fi
 exec "$PY" -m pytest "$@"
