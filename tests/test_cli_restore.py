@@ -9,6 +9,7 @@ import torch
 from honestface.cli import main
 from honestface.image_io import load_image, save_image
 from honestface.testing import make_tiny_models as tiny
+from honestface.testing.offline import network_disabled
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,9 @@ def _pixels(path):
 def test_restore_aligned_with_references(models, faces, tmp_path, capsys):
     folder, paths, _ = faces
     out = tmp_path / "out"
-    code = main(_honestface_args(models, out, str(folder / "lq"), "--ref", str(folder / "refs"), "--batch-size", "2"))
+    with network_disabled():
+        code = main(_honestface_args(models, out, str(folder / "lq"), "--ref", str(folder / "refs"),
+                                     "--batch-size", "2"))
     assert code == 0
     printed = capsys.readouterr().out
     assert "UNet: 208/208 tensors loaded" in printed and "honestface-tiny.safetensors: loaded" in printed

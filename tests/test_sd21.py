@@ -11,18 +11,22 @@ import torch
 
 from honestface.errors import CheckpointError, ConfigError, MissingModelFileError
 from honestface.loaders import ldm_keys, sd21
+from honestface.testing.offline import NetworkAccessError, network_disabled
 from honestface.testing.tiny_sd import full_pattern_sd21_configs, tiny_sd21_configs
 
 
 @pytest.fixture
-def no_network(monkeypatch):
+def no_network():
     """Fail the test on any attempt to open a network connection."""
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args[1:] if len(args) > 1 else args}")
+    with network_disabled():
+        yield
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+def test_network_is_really_disabled(no_network):
+    with pytest.raises(NetworkAccessError):
+        socket.create_connection(("127.0.0.1", 9))
+    with pytest.raises(NetworkAccessError):
+        socket.socket().connect(("127.0.0.1", 9))
 
 
 @pytest.fixture(scope="module")
