@@ -6,14 +6,14 @@ import math
 
 import torch
 
-from honestface.face import require_landmarks
 from honestface.errors import ImageError, NoFaceError
+from honestface.face import require_landmarks
+from honestface.visualize import GREEN, RED, draw_points
 
 from .comfy_io import (DEVICE_CHOICES, comfy_progress, comfy_to_images, images_to_comfy, masks_to_comfy,
                        resolve_device)
 from .handles import MODEL_CACHE, FaceAnalysis, unload_all
 from .model_folders import list_files, models_root_for
-from .preview import GREEN, RED, draw_points
 
 CATEGORY = "HonestFace"
 

@@ -406,20 +406,10 @@ class ArcFaceOnnx:
 
     def __init__(self, path: str | Path, device: str = "cpu", input_alignment: str = "ffhq",
                  normalize: bool = True) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as error:  # pragma: no cover
-            raise HonestFaceError("the 'arcface-onnx' backend needs onnxruntime (pip install onnxruntime)") from error
+        from .onnx_session import open_onnx_session
+
         self.path = Path(path)
-        providers = ["CPUExecutionProvider"]
-        if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as error:
-            raise CheckpointError(self.path, f"onnxruntime cannot load it ({error})") from error
+        self.session = open_onnx_session(self.path, device, "the 'arcface-onnx' backend")
         inputs = self.session.get_inputs()
         self.input_name = inputs[0].name
         shape = inputs[0].shape

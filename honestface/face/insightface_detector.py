@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import CheckpointError, HonestFaceError
+from ..errors import CheckpointError
 from ..image_io import check_image_batch
 from ..paths import find_model_file
 from .base import FaceDetection
@@ -60,20 +60,10 @@ class InsightFaceDetector:
 
     def __init__(self, path: str | Path, device: str = "cpu", input_size: int = 640,
                  score_threshold: float = 0.5, nms_threshold: float = 0.4) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as error:  # pragma: no cover
-            raise HonestFaceError("the insightface detector needs onnxruntime (pip install onnxruntime)") from error
+        from .onnx_session import open_onnx_session
+
         self.path = Path(path)
-        providers = ["CPUExecutionProvider"]
-        if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as error:
-            raise CheckpointError(self.path, f"onnxruntime cannot load it ({error})") from error
+        self.session = open_onnx_session(self.path, device, "the insightface detector")
         outputs = self.session.get_outputs()
         if len(outputs) not in _LAYOUTS:
             raise CheckpointError(self.path, f"{len(outputs)} outputs", "an insightface detector with 6, 9, 10 or 15 outputs")
