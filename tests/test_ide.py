@@ -166,3 +166,15 @@ def test_collinear_reference_landmarks_fall_back_to_the_first_reference():
     line = torch.stack([torch.linspace(0, 60, 68), torch.linspace(0, 30, 68)], dim=1)
     refs = torch.stack([line, line * 0.5 + 3]).unsqueeze(0)
     assert select_reference(lq, refs, torch.ones(1, 2, dtype=torch.bool)).tolist() == [0]
+
+
+def test_a_collinear_reference_is_skipped_without_affecting_the_others():
+    g = torch.Generator().manual_seed(5)
+    lq = face_landmarks(g)
+    line = torch.stack([torch.linspace(0, 60, 68), torch.linspace(0, 30, 68)], dim=1)
+    noisy = lq + torch.randn(68, 2, generator=g) * 4
+    exact = affine(lq, [[1.1, 0.1], [-0.1, 0.9]], [5.0, -2.0])  # A-LD 0 to the LQ landmarks
+    # element 0: [collinear, noisy, exact] -> exact; element 1: [noisy, exact, collinear] -> exact
+    refs = torch.stack([torch.stack([line, noisy, exact]), torch.stack([noisy, exact, line])])
+    chosen = select_reference(torch.stack([lq, lq]), refs, torch.ones(2, 3, dtype=torch.bool))
+    assert chosen.tolist() == [2, 1]

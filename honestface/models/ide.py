@@ -54,17 +54,16 @@ def select_reference(lq_landmarks: torch.Tensor | None, reference_landmarks: tor
     References that are padded or have no landmarks are never chosen while another one
     has a finite distance; without any finite distance the first real reference is used.
     """
-    from ..metrics.landmark import DegenerateLandmarksError, affine_landmark_distance
+    from ..metrics.landmark import affine_landmark_distance
 
     first_valid = reference_mask.long().argmax(dim=1)
     if lq_landmarks is None or reference_landmarks is None or reference_mask.shape[1] == 0:
         return first_valid
     with torch.no_grad():
-        try:
-            distance = affine_landmark_distance(reference_landmarks.double(),
-                                                lq_landmarks.double().unsqueeze(1), subset=subset)
-        except DegenerateLandmarksError:  # e.g. collinear points from a failed detection: no usable distance
-            return first_valid
+        # degenerate="nan": a collinear set (a failed detection) rules out that reference
+        # only, not the choice for the whole batch.
+        distance = affine_landmark_distance(reference_landmarks.double(), lq_landmarks.double().unsqueeze(1),
+                                            subset=subset, degenerate="nan")
         distance = torch.where(torch.isfinite(distance) & reference_mask, distance,
                                torch.full_like(distance, float("inf")))
         best = distance.argmin(dim=1)
