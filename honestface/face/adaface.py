@@ -30,7 +30,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..paths import find_model_file
-from .arcface import recognition_crop
+from .arcface import FrozenRecognizer
 
 ADAFACE_LAYERS = {"ir50": (3, 4, 14, 3), "ir101": (3, 13, 30, 3), "ir18": (2, 2, 2, 2), "ir34": (3, 4, 6, 3)}
 DEFAULT_CKPT = "adaface_ir50_ms1mv2.ckpt"
@@ -139,7 +139,7 @@ def read_adaface(path: str | Path) -> AdaFaceIR:
     return adaface_from_state_dict(adaface_state_dict(tensors, path), path)
 
 
-class AdaFace(nn.Module):
+class AdaFace(FrozenRecognizer):
     """Differentiable AdaFace identity backend: faces in [0, 1] -> (B, 512) unit embeddings.
 
     Args:
@@ -151,30 +151,10 @@ class AdaFace(nn.Module):
 
     name = "adaface"
 
-    def __init__(self, network: AdaFaceIR, input_alignment: str = "ffhq", normalize: bool = True) -> None:
-        super().__init__()
-        self.network = network.eval()
-        self.input_alignment = input_alignment
-        self.normalize = normalize
-        self.requires_grad_(False)
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.network.num_features
-
-    def train(self, mode: bool = True) -> AdaFace:
-        return super().train(False)  # a frozen judge
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        crops = recognition_crop(images, self.input_alignment, self.network.input_size)
-        crops = crops.to(self.network.input_layer[0].weight.dtype)
-        bgr = crops.flip(1) * 2.0 - 1.0  # RGB [0, 1] -> BGR [-1, 1]
+        bgr = self.crops(images).flip(1) * 2.0 - 1.0  # RGB [0, 1] -> BGR [-1, 1]
         features, norm = self.network(bgr)
         return features if self.normalize else features * norm
-
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) aligned faces in [0, 1] -> (B, 512); gradients flow to ``images``."""
-        return self(images)
 
 
 def load_adaface(models_dir: str | Path | None = None, device: str = "cpu", model: str | Path = DEFAULT_CKPT,

@@ -362,18 +362,21 @@ def iresnet_from_pth(path: str | Path) -> IResNet:
 # --------------------------------------------------------------------------- backends
 
 
-class ArcFaceTorch(nn.Module):
-    """Differentiable ArcFace identity backend: faces in [0, 1] -> (B, 512) embeddings.
+class FrozenRecognizer(nn.Module):
+    """A frozen, differentiable face recogniser used as an identity backend.
+
+    Gradients flow to the images (the identity loss needs them), never into the network;
+    ``train()`` keeps it in eval mode so BatchNorm statistics never change.
 
     Args:
-        network: the IResNet.
+        network: the backbone; it has ``num_features`` and ``input_size``.
         input_alignment: "ffhq" (default) or "arcface"; see :func:`recognition_crop`.
-        normalize: L2-normalise the embeddings (cosine similarity becomes a dot product).
+        normalize: return unit embeddings.
     """
 
-    name = "arcface-torch"
+    name = "recognizer"
 
-    def __init__(self, network: IResNet, input_alignment: str = "ffhq", normalize: bool = True) -> None:
+    def __init__(self, network: nn.Module, input_alignment: str = "ffhq", normalize: bool = True) -> None:
         super().__init__()
         self.network = network.eval()
         self.input_alignment = input_alignment
@@ -384,19 +387,33 @@ class ArcFaceTorch(nn.Module):
     def embedding_dim(self) -> int:
         return self.network.num_features
 
-    def train(self, mode: bool = True) -> ArcFaceTorch:
-        # The recogniser is a frozen judge: BatchNorm statistics never change.
-        return super().train(False)
+    def train(self, mode: bool = True) -> "FrozenRecognizer":
+        return super().train(False)  # a frozen judge
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def crops(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) faces in [0, 1] -> the network's input crops, in the network's dtype."""
         crops = recognition_crop(images, self.input_alignment, self.network.input_size)
-        crops = crops.to(self.network.conv1.weight.dtype)  # e.g. bf16 images into a float32 judge
-        features = self.network(crops * 2.0 - 1.0)
-        return F.normalize(features, dim=-1) if self.normalize else features
+        return crops.to(next(self.network.parameters()).dtype)  # e.g. bf16 images into a float32 judge
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) aligned faces in [0, 1] -> (B, 512); gradients flow to ``images``."""
+        """(B, 3, H, W) aligned faces in [0, 1] -> (B, embedding_dim); gradients flow to ``images``."""
         return self(images)
+
+
+class ArcFaceTorch(FrozenRecognizer):
+    """Differentiable ArcFace identity backend: faces in [0, 1] -> (B, 512) embeddings.
+
+    Args:
+        network: the IResNet.
+        input_alignment: "ffhq" (default) or "arcface"; see :func:`recognition_crop`.
+        normalize: L2-normalise the embeddings (cosine similarity becomes a dot product).
+    """
+
+    name = "arcface-torch"
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.network(self.crops(images) * 2.0 - 1.0)
+        return F.normalize(features, dim=-1) if self.normalize else features
 
 
 class ArcFaceOnnx:
