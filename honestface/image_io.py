@@ -97,6 +97,30 @@ def check_image_batch(images: torch.Tensor, name: str = "image") -> torch.Tensor
     return images
 
 
+def to_rgb(images: torch.Tensor, name: str = "image") -> torch.Tensor:
+    """(B, C, H, W) or (C, H, W) float with C in {1, 3, 4} -> checked (B, 3, H, W) (see module doc).
+
+    Gray is repeated to RGB; RGBA is composited on white, as for files.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise ImageError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.dim() != 4:
+        raise ImageError(f"{name} must have shape (B, C, H, W) or (C, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ImageError(f"{name} must be a float tensor in [0, 1], got {images.dtype}")
+    channels = images.shape[1]
+    if channels == 1:
+        images = images.expand(-1, 3, -1, -1)
+    elif channels == 4:
+        alpha = images[:, 3:4]
+        images = images[:, :3] * alpha + (1.0 - alpha)
+    elif channels != 3:
+        raise ImageError(f"{name} must have 1, 3 or 4 channels, got {channels}")
+    return check_image_batch(images, name)
+
+
 def resize_to(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """Resize a (B, C, H, W) batch to ``size`` (bicubic with antialias, clamped to [0, 1])."""
     if isinstance(size, int):

@@ -31,7 +31,7 @@ import torch
 
 from .config import HonestFaceConfig
 from .errors import ImageError
-from .image_io import check_image_batch, resize_to
+from .image_io import resize_to, to_rgb
 from .models.honestface import HonestFaceModel, HonestFaceOutput
 from .progress import ProgressCallback, report
 
@@ -44,27 +44,6 @@ class ReferenceBatch:
     mask: torch.Tensor  # (B, N) bool, True for real references
     landmarks: torch.Tensor | None  # (B, N, 68, 2), NaN where padded / no face
     embeddings: torch.Tensor | None  # (B, N, D), zeros where padded
-
-
-def to_rgb(images: torch.Tensor, name: str = "image") -> torch.Tensor:
-    """(B, C, H, W) or (C, H, W) with C in {1, 3, 4} -> (B, 3, H, W) float (see module doc)."""
-    if not isinstance(images, torch.Tensor):
-        raise ImageError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
-    if images.dim() == 3:
-        images = images.unsqueeze(0)
-    if images.dim() != 4:
-        raise ImageError(f"{name} must have shape (B, C, H, W) or (C, H, W), got {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise ImageError(f"{name} must be a float tensor in [0, 1], got {images.dtype}")
-    channels = images.shape[1]
-    if channels == 1:
-        images = images.expand(-1, 3, -1, -1)
-    elif channels == 4:
-        alpha = images[:, 3:4]
-        images = images[:, :3] * alpha + (1.0 - alpha)
-    elif channels != 3:
-        raise ImageError(f"{name} must have 1, 3 or 4 channels, got {channels}")
-    return check_image_batch(images, name)
 
 
 class HonestFacePipeline:

@@ -17,7 +17,7 @@ import comfy.model_management as model_management
 import comfy.utils
 
 from honestface.errors import ImageError
-from honestface.image_io import check_image_batch
+from honestface.image_io import to_rgb
 from honestface.progress import ProgressCallback
 
 
@@ -34,14 +34,8 @@ def comfy_to_images(image: torch.Tensor, name: str = "image") -> torch.Tensor:
     if image.dim() != 4 or image.shape[-1] not in (1, 3, 4):
         raise ImageError(f"{name}: expected an IMAGE of shape (batch, height, width, 1|3|4 channels), "
                          f"got {tuple(image.shape)}")
-    image = image.float()
-    if image.shape[-1] == 1:
-        image = image.expand(-1, -1, -1, 3)
-    elif image.shape[-1] == 4:
-        rgb, alpha = image[..., :3], image[..., 3:]
-        image = rgb * alpha + (1.0 - alpha)
-    images = image.permute(0, 3, 1, 2).contiguous()
-    return check_image_batch(images.clamp(0.0, 1.0) if torch.isfinite(images).all() else images, name)
+    images = to_rgb(image.float().permute(0, 3, 1, 2), name)
+    return images.clamp(0.0, 1.0).contiguous()
 
 
 def images_to_comfy(images: torch.Tensor) -> torch.Tensor:
