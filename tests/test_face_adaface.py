@@ -11,6 +11,7 @@ from honestface.errors import CheckpointError, MissingModelFileError
 from honestface.face import load_identity_backend
 from honestface.face.adaface import AdaFace, AdaFaceIR, read_adaface
 from honestface.face.arcface import recognition_crop
+from honestface.testing.random_weights import randomize_batchnorm_statistics
 
 LAYERS = (2, 1, 2, 1)
 
@@ -18,13 +19,7 @@ LAYERS = (2, 1, 2, 1)
 def random_adaface(seed: int = 0) -> AdaFaceIR:
     torch.manual_seed(seed)
     model = AdaFaceIR(LAYERS).eval()
-    with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            if name.endswith("running_var"):
-                buffer.uniform_(0.5, 2.0)
-            elif name.endswith("running_mean"):
-                buffer.normal_(0.0, 0.2)
-    return model
+    return randomize_batchnorm_statistics(model)
 
 
 @pytest.fixture(scope="module")

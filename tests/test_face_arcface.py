@@ -19,6 +19,7 @@ from honestface.face.arcface import (
     recognition_crop,
 )
 from honestface.face.iresnet import IResNet
+from honestface.testing.random_weights import randomize_batchnorm_statistics
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -30,12 +31,8 @@ def random_iresnet(seed: int = 0) -> IResNet:
     """IResNet with random weights *and* random BatchNorm statistics (so folding matters)."""
     torch.manual_seed(seed)
     model = IResNet(LAYERS).eval()
+    randomize_batchnorm_statistics(model)
     with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            if name.endswith("running_var"):
-                buffer.uniform_(0.5, 2.0)
-            elif name.endswith("running_mean"):
-                buffer.normal_(0.0, 0.2)
         for name, parameter in model.named_parameters():
             if parameter.dim() == 1 and "prelu" in name:
                 parameter.uniform_(0.05, 0.4)
@@ -177,10 +174,7 @@ def test_full_size_iresnet50_round_trip(tmp_path):
 
     torch.manual_seed(1)
     model = IResNet(IRESNET_LAYERS["r50"]).eval()
-    with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            if name.endswith("running_var"):
-                buffer.uniform_(0.5, 2.0)
+    randomize_batchnorm_statistics(model, mean_std=None)
     path = tmp_path / "insightface" / "models" / "buffalo_l" / "w600k_r50.onnx"
     export_insightface_onnx(model, path)
     mapped = iresnet_from_onnx(path)

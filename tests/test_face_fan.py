@@ -8,19 +8,14 @@ import torch
 from honestface.errors import CheckpointError, MissingModelFileError
 from honestface.face import load_landmark_backend
 from honestface.face.fan import FAN, FanLandmarks, fan_crop_affine, read_fan
+from honestface.testing.random_weights import randomize_batchnorm_statistics
 
 
 def random_fan(num_modules: int = 1, seed: int = 0, small: bool = True) -> FAN:
     """A FAN with random weights; ``small`` narrows it (64 channels, 2 hourglass levels) for speed."""
     torch.manual_seed(seed)
     network = (FAN(num_modules, hourglass_depth=2, channels=64) if small else FAN(num_modules)).eval()
-    with torch.no_grad():
-        for name, buffer in network.named_buffers():
-            if name.endswith("running_var"):
-                buffer.uniform_(0.5, 2.0)
-            elif name.endswith("running_mean"):
-                buffer.normal_(0.0, 0.1)
-    return network
+    return randomize_batchnorm_statistics(network, mean_std=0.1)
 
 
 @pytest.fixture(scope="module")
