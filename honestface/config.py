@@ -28,6 +28,15 @@ from .errors import ConfigError
 #: Version of the checkpoint/config format written by this library.
 FORMAT_VERSION = 1
 
+#: Parts a checkpoint can carry in full (``HonestFaceConfig.bundled``), with the key prefix
+#: of their tensors in the checkpoint.
+BUNDLED_PARTS: dict[str, str] = {
+    "unet": "unet",
+    "vae": "vae",
+    "vq": "vre.vq",
+    "vgg": "ide.feature_extractor.vgg",
+}
+
 SD21_CONFIG_DIR = Path(__file__).resolve().parent / "loaders" / "configs" / "sd21-base"
 
 #: UNet modules that carry LoRA in the OSDFace release: every ``nn.Linear`` / ``nn.Conv2d``
@@ -104,6 +113,11 @@ class IDEConfig:
     pool_heads: int = 4  # attention heads of the FIE pooling
     #: Landmarks used by the A-LD reference choice (Eq. 6): "eyes", "mouth", "all".
     selection_subset: str = "eyes"
+    #: Subtract a stored mean embedding (``ide.identity_encoder.identity_center``, set from
+    #: the training data) before normalising. Recognisers whose raw embeddings share a
+    #: large common component (dlib's descriptor: cosine ~0.8 between different people)
+    #: only tell people apart after centring.
+    center_identity: bool = False
 
 
 @dataclass
@@ -116,7 +130,11 @@ class FusionConfig:
 
 @dataclass
 class LoRAConfig:
-    """LoRA adapter of the UNet (paper Sec. 4.1: rank 16, alpha 16)."""
+    """LoRA adapter of the UNet (paper Sec. 4.1: rank 16, alpha 16).
+
+    ``rank: 0`` means no adapter: only allowed when the UNet is bundled (trained in full
+    and stored in the checkpoint, see ``HonestFaceConfig.bundled``).
+    """
 
     rank: int = 16
     alpha: float = 16.0
@@ -194,6 +212,11 @@ class HonestFaceConfig:
     color_correction: str = "none"
     unet: dict = field(default_factory=dict)
     vae: dict = field(default_factory=dict)
+    #: Parts whose complete weights are this model's own: trained with it and stored in
+    #: its checkpoint instead of coming from their own files (SD 2.1-base, the OSDFace VQ
+    #: encoder, torchvision's VGG16). Any of ``BUNDLED_PARTS``: "unet", "vae", "vq", "vgg".
+    #: Small models trained from scratch bundle everything; the paper's model bundles nothing.
+    bundled: tuple[str, ...] = ()
     format_version: int = FORMAT_VERSION
 
     # ----------------------------------------------------------------- presets
@@ -252,8 +275,18 @@ class HonestFaceConfig:
         for stage in (self.ide.color_stage, self.ide.structure_stage):
             if not 0 <= stage <= 4:
                 raise ConfigError(f"VGG16 stage {stage} outside 0..4")
-        if self.lora.rank <= 0:
-            raise ConfigError(f"LoRA rank must be positive, got {self.lora.rank}")
+        unknown = sorted(set(self.bundled) - set(BUNDLED_PARTS))
+        if unknown:
+            raise ConfigError(f"unknown bundled part(s) {unknown}; known: {sorted(BUNDLED_PARTS)}")
+        if self.lora.rank < 0:
+            raise ConfigError(f"LoRA rank must be >= 0, got {self.lora.rank}")
+        if self.lora.rank == 0 and "unet" not in self.bundled:
+            raise ConfigError("LoRA rank 0 (no adapter) needs the UNet to be bundled: "
+                              "nothing of a pretrained UNet would be trained")
+        if self.lora.rank > 0 and "unet" in self.bundled:
+            raise ConfigError("a bundled UNet is trained in full: set lora.rank to 0")
+        if ("unet" in self.bundled or "vae" in self.bundled) and not (self.unet and self.vae):
+            raise ConfigError("a bundled UNet/VAE needs the 'unet' and 'vae' configs")
         return self
 
     # ------------------------------------------------------------------- JSON
@@ -282,6 +315,8 @@ class HonestFaceConfig:
                 raise ConfigError(f"unknown config key '{key}'")
             if key in sections:
                 kwargs[key] = _section_from_dict(sections[key], value, key)
+            elif key == "bundled":
+                kwargs[key] = tuple(value)
             else:
                 kwargs[key] = value
         return cls(**kwargs).validate()

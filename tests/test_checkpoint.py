@@ -13,12 +13,12 @@ from honestface.config import FORMAT_VERSION, HonestFaceConfig
 from honestface.errors import CheckpointError, MissingModelFileError
 from honestface.loaders.checkpoint import (build_model_from_checkpoint, config_from_checkpoint, load_checkpoint,
                                            save_checkpoint)
-from honestface.models import HonestFaceModel, build_tiny_diffusers
+from honestface.models import HonestFaceModel, build_diffusers
 
 
 def tiny_model(seed: int, config: HonestFaceConfig | None = None, lora: bool = True) -> HonestFaceModel:
     config = config or HonestFaceConfig.from_preset("tiny")
-    unet, vae = build_tiny_diffusers(config, seed=0)
+    unet, vae = build_diffusers(config, seed=0)
     torch.manual_seed(seed)
     model = HonestFaceModel(config, unet, vae, lora=lora)
     with torch.no_grad():
@@ -55,7 +55,7 @@ def test_checkpoint_holds_trainable_weights_and_config(saved):
 
 def test_round_trip_restores_identically(saved):
     model, path = saved
-    unet, vae = build_tiny_diffusers(model.config, seed=0)
+    unet, vae = build_diffusers(model.config, seed=0)
     # Frozen parts come from their own files: VGG16 (torchvision keys) and associate_2.ckpt.
     vgg = {f"features.{k}": v for k, v in model.ide.feature_extractor.vgg.features.state_dict().items()}
     loaded = build_model_from_checkpoint(path, unet, vae, vgg_state_dict=vgg).eval()

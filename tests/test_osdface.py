@@ -12,7 +12,7 @@ from honestface.config import HonestFaceConfig
 from honestface.errors import CheckpointError, MissingModelFileError
 from honestface.loaders.osdface import (LORA_FILE, PROJECTION_FILE, VQ_FILE, find_osdface_folder, load_osdface,
                                         save_osdface)
-from honestface.models import HonestFaceModel, build_tiny_diffusers
+from honestface.models import HonestFaceModel, build_diffusers
 
 
 class LightningHyperParameters:
@@ -24,7 +24,7 @@ class LightningHyperParameters:
 
 def tiny_model(seed: int, lora: bool = True) -> HonestFaceModel:
     config = HonestFaceConfig.from_preset("tiny")
-    unet, vae = build_tiny_diffusers(config, seed=0)
+    unet, vae = build_diffusers(config, seed=0)
     torch.manual_seed(seed)
     model = HonestFaceModel(config, unet, vae, lora=lora)
     with torch.no_grad():

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from honestface.config import HonestFaceConfig
 from honestface.errors import ConfigError, ImageError
 from honestface.image_io import resize_to
-from honestface.models import HonestFaceModel, build_tiny_diffusers
+from honestface.models import HonestFaceModel, build_diffusers
 from honestface.pipeline import HonestFacePipeline
 
 
@@ -64,7 +64,7 @@ class PooledIdentity:
 @pytest.fixture(scope="module")
 def model():
     config = HonestFaceConfig.from_preset("tiny")
-    unet, vae = build_tiny_diffusers(config, seed=0)
+    unet, vae = build_diffusers(config, seed=0)
     torch.manual_seed(0)
     model = HonestFaceModel(config, unet, vae)
     with torch.no_grad():
@@ -182,7 +182,7 @@ def test_progress_reports_every_chunk(pipeline):
 
 def test_training_forward_is_differentiable_in_the_trainable_parts():
     config = HonestFaceConfig.from_preset("tiny")
-    unet, vae = build_tiny_diffusers(config, seed=0)
+    unet, vae = build_diffusers(config, seed=0)
     model = HonestFaceModel(config, unet, vae)
     model.set_trainable()
     pipe = HonestFacePipeline(model)

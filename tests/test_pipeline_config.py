@@ -52,11 +52,11 @@ def test_invalid_configs_are_config_errors():
 
 
 def test_bfloat16_pipeline_runs_close_to_float32():
-    from honestface.models import HonestFaceModel, build_tiny_diffusers
+    from honestface.models import HonestFaceModel, build_diffusers
     from honestface.pipeline import HonestFacePipeline
 
     config = HonestFaceConfig.from_preset("tiny")
-    unet, vae = build_tiny_diffusers(config, seed=0)
+    unet, vae = build_diffusers(config, seed=0)
     model = HonestFaceModel(config, unet, vae)
     lq, refs = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
     full = HonestFacePipeline(model).restore(lq, [refs, None])

@@ -9,7 +9,7 @@ import torch
 from honestface.config import HonestFaceConfig
 from honestface.image_io import load_images
 from honestface.metrics.landmark import affine_landmark_distance
-from honestface.models import HonestFaceModel, build_tiny_diffusers
+from honestface.models import HonestFaceModel, build_diffusers
 from honestface.models.ide import eye_boxes
 from honestface.pipeline import HonestFacePipeline
 
@@ -34,7 +34,7 @@ def test_real_faces_choose_the_reference_with_the_smallest_ald(obama):
     config = HonestFaceConfig.from_preset("tiny")
     config.image_size = 128  # tiny networks, real-size-ish faces that dlib can read
     config.ide.identity_dim = identity.embedding_dim
-    unet, vae = build_tiny_diffusers(config, seed=0)
+    unet, vae = build_diffusers(config, seed=0)
     pipe = HonestFacePipeline(HonestFaceModel(config, unet, vae).eval(), landmarks, identity)
 
     batch = pipe.prepare_references([refs, refs[:2]])

@@ -7,14 +7,14 @@ import torch
 
 from honestface.config import DiffusionConfig, HonestFaceConfig, LoRAConfig
 from honestface.errors import CheckpointError
-from honestface.models import build_tiny_diffusers
+from honestface.models import build_diffusers
 from honestface.models.restorer import OneStepRestorer, one_step_x0, training_alphas_cumprod
 
 
 @pytest.fixture(scope="module")
 def tiny():
     config = HonestFaceConfig.from_preset("tiny")
-    unet, vae = build_tiny_diffusers(config, seed=0)
+    unet, vae = build_diffusers(config, seed=0)
     return config, unet, vae
 
 
@@ -92,7 +92,7 @@ def test_sampled_latents_are_seeded(tiny):
 
 def test_lora_merge_gives_the_same_result_and_round_trips():
     config = HonestFaceConfig.from_preset("tiny")
-    unet, vae = build_tiny_diffusers(config, seed=0)
+    unet, vae = build_diffusers(config, seed=0)
     restorer = OneStepRestorer(unet, vae, config.diffusion).eval()
     restorer.add_lora(config.lora)
     randomize_lora(restorer)
@@ -105,7 +105,7 @@ def test_lora_merge_gives_the_same_result_and_round_trips():
         merged = restorer(images, prompt)
         restorer.unmerge_lora()
         again = restorer(images, prompt)
-        base_unet, _ = build_tiny_diffusers(config, seed=0)
+        base_unet, _ = build_diffusers(config, seed=0)
         plain = OneStepRestorer(base_unet, vae, config.diffusion).eval()(images, prompt)
     torch.testing.assert_close(merged.noise_pred, unmerged.noise_pred, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(merged.image, unmerged.image, atol=1e-4, rtol=1e-4)
@@ -120,7 +120,7 @@ def test_lora_merge_gives_the_same_result_and_round_trips():
 
 def test_lora_state_dict_errors():
     config = HonestFaceConfig.from_preset("tiny")
-    unet, vae = build_tiny_diffusers(config, seed=0)
+    unet, vae = build_diffusers(config, seed=0)
     restorer = OneStepRestorer(unet, vae, config.diffusion)
     restorer.add_lora(config.lora)
     state = restorer.lora_state_dict()

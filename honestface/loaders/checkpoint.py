@@ -12,7 +12,11 @@ Contents:
   ``lora_alpha``.
 
 Frozen parts (SD 2.1-base, the VQ encoder of ``associate_2.ckpt``, VGG16) are not
-stored; they come from their own files.
+stored; they come from their own files, except the parts the config bundles
+(``config.bundled``): their complete weights are stored under ``unet.*``, ``vae.*``,
+``vre.vq.*`` and ``ide.feature_extractor.vgg.*``, and such a checkpoint needs no other
+file for them. Weights may be stored in float16 (``save_checkpoint(dtype=...)``); they
+are cast to the model's dtype on loading.
 """
 
 from __future__ import annotations
@@ -48,15 +52,27 @@ def checkpoint_metadata(config: HonestFaceConfig) -> dict[str, str]:
     }
 
 
-def save_checkpoint(model, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
-    """Write ``model.trainable_state_dict()`` and its config to ``path`` (.safetensors)."""
+def save_checkpoint(model, path: str | Path, extra_metadata: dict[str, str] | None = None,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write ``model.trainable_state_dict()`` and its config to ``path`` (.safetensors).
+
+    ``dtype`` (e.g. ``torch.float16``) stores the floating-point tensors in that type:
+    half the size, for shipping small models.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(path, "wrong file suffix", "a .safetensors path")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.trainable_state_dict().items()}
+    state = {}
+    for key, value in model.trainable_state_dict().items():
+        value = value.detach().to("cpu")
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        state[key] = value.contiguous()
     metadata = checkpoint_metadata(model.config)
+    if dtype is not None:
+        metadata["dtype"] = str(dtype).replace("torch.", "")
     metadata.update({str(k): str(v) for k, v in (extra_metadata or {}).items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata=metadata)
@@ -118,7 +134,20 @@ def _same_architecture(stored: HonestFaceConfig, current: HonestFaceConfig) -> l
             differences.append(f"{section} {a} != {b}")
     if stored.vre.embed_dim != current.vre.embed_dim or stored.vre.projection_hidden != current.vre.projection_hidden:
         differences.append("VRE projection sizes differ")
+    if tuple(stored.bundled) != tuple(current.bundled):
+        differences.append(f"bundled parts {list(stored.bundled)} != {list(current.bundled)}")
+    for part in ("unet", "vae"):
+        if part in stored.bundled and _plain(getattr(stored, part)) != _plain(getattr(current, part)):
+            differences.append(f"the bundled {part.upper()} configs differ")
+    if "vq" in stored.bundled and stored.vre != current.vre:
+        differences.append("the bundled VQ encoder configs differ")
     return differences
+
+
+def _plain(diffusers_config: dict) -> dict:
+    """A diffusers config without its private ``_*`` entries (class name, versions)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(diffusers_config).items()
+            if not k.startswith("_")}
 
 
 def load_checkpoint(model, path: str | Path) -> FileReport:
@@ -133,7 +162,7 @@ def load_checkpoint(model, path: str | Path) -> FileReport:
     if differences:
         raise CheckpointError(path, "was trained for another configuration: " + "; ".join(differences),
                               "a checkpoint of this model configuration")
-    if model.restorer.lora_config is None:
+    if model.restorer.lora_config is None and stored.lora.rank > 0:
         model.restorer.add_lora(stored.lora)
     loaded = model.load_trainable_state_dict(state, source=str(path))
     report = FileReport(path, loaded, 0)

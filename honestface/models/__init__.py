@@ -2,14 +2,14 @@
 
 from .color import adain_color_fix, color_correct, wavelet_color_fix
 from .fusion import FUSIONS, build_fusion, register_fusion
-from .honestface import HonestFaceModel, HonestFaceOutput, build_tiny_diffusers
+from .honestface import HonestFaceModel, HonestFaceOutput, build_diffusers
 from .ide import (FaceIdentityEncoder, FacialFeatureExtractor, IdentityEmbedder, VGG16Features,
                   crop_eye_patches, eye_boxes, select_reference)
 from .restorer import OneStepRestorer, RestorerOutput, one_step_x0, training_alphas_cumprod
 from .vre import VisualRepresentationEmbedder, select_distinct_codes
 
 __all__ = [
-    "HonestFaceModel", "HonestFaceOutput", "build_tiny_diffusers",
+    "HonestFaceModel", "HonestFaceOutput", "build_diffusers",
     "VisualRepresentationEmbedder", "select_distinct_codes",
     "IdentityEmbedder", "FacialFeatureExtractor", "FaceIdentityEncoder", "VGG16Features",
     "select_reference", "eye_boxes", "crop_eye_patches",

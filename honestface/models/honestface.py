@@ -1,7 +1,9 @@
 """The HonestFace model: VRE + IDE + fusion -> prompt; one-step restorer -> restored face.
 
 Everything here is batched and differentiable with respect to the trainable parts (LoRA,
-VRE projection, IDE heads, fusion); the VAE, the VQ encoder and VGG16 are frozen.
+VRE projection, IDE heads, fusion); the VAE, the VQ encoder and VGG16 are frozen, unless
+the config bundles them (``HonestFaceConfig.bundled``: a model trained from scratch, whose
+UNet/VAE/VQ/VGG weights are its own and are trained and stored with it).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import HonestFaceConfig
+from ..config import BUNDLED_PARTS, HonestFaceConfig
 from ..errors import ConfigError, ImageError
 from .color import color_correct
 from .fusion import build_fusion
@@ -46,7 +48,7 @@ class HonestFaceModel(nn.Module):
         vae: a diffusers ``AutoencoderKL``.
         vgg_state_dict: torchvision VGG16 weights for the FFE; None keeps a random VGG
             (tests only; real use loads ``config.ide.vgg_file``).
-        lora: add the LoRA adapter (``config.lora``) to the UNet.
+        lora: add the LoRA adapter (``config.lora``) to the UNet (never with rank 0).
     """
 
     def __init__(self, config: HonestFaceConfig, unet: nn.Module, vae: nn.Module,
@@ -66,7 +68,7 @@ class HonestFaceModel(nn.Module):
         self.accepts_references = True
         #: Key-count lines of the files the model was loaded from (set by the loaders).
         self.load_report: list[str] = []
-        if lora:
+        if lora and config.lora.rank > 0:
             self.restorer.add_lora(config.lora)
 
     # ------------------------------------------------------------------ parts
@@ -78,6 +80,11 @@ class HonestFaceModel(nn.Module):
     def vae(self) -> nn.Module:
         return self.restorer.vae
 
+    def bundled_modules(self) -> dict[str, nn.Module]:
+        """The parts of ``config.bundled``, keyed by their checkpoint prefix."""
+        parts = {"unet": self.unet, "vae": self.vae, "vq": self.vre.vq, "vgg": self.ide.feature_extractor.vgg}
+        return {BUNDLED_PARTS[name]: parts[name] for name in BUNDLED_PARTS if name in self.config.bundled}
+
     def trainable_modules(self) -> dict[str, nn.Module]:
         """Modules whose weights a HonestFace checkpoint stores (besides the UNet LoRA)."""
         return {
@@ -87,10 +94,11 @@ class HonestFaceModel(nn.Module):
             "ide.feature_extractor.projection": self.ide.feature_extractor.projection,
             "ide.identity_encoder": self.ide.identity_encoder,
             "fusion": self.fusion,
+            **self.bundled_modules(),
         }
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """LoRA + VRE projection + IDE heads + fusion (what the optimiser updates)."""
+        """LoRA + VRE projection + IDE heads + fusion + bundled parts (what the optimiser updates)."""
         params = list(self.restorer.lora_parameters())
         for module in self.trainable_modules().values():
             params.extend(module.parameters())
@@ -116,11 +124,13 @@ class HonestFaceModel(nn.Module):
         from ..errors import CheckpointError
         from ..loaders.osdface import load_state_into
 
-        if self.restorer.lora_config is None:
-            self.restorer.add_lora(self.config.lora)
-        lora = {k: v for k, v in state.items() if k.startswith("unet.")}
-        loaded = self.restorer.load_lora_state_dict(lora, source=source)
-        used = set(lora)
+        loaded, used = 0, set()
+        if self.config.lora.rank > 0:
+            if self.restorer.lora_config is None:
+                self.restorer.add_lora(self.config.lora)
+            lora = {k: v for k, v in state.items() if k.startswith("unet.")}
+            loaded = self.restorer.load_lora_state_dict(lora, source=source)
+            used = set(lora)
         for prefix, module in self.trainable_modules().items():
             own = module.state_dict()
             if not own:
@@ -204,11 +214,13 @@ class HonestFaceModel(nn.Module):
                                 prompt=prompt, reference_index=index, vre_valid=valid)
 
 
-def build_tiny_diffusers(config: HonestFaceConfig, seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    """Random UNet and VAE from ``config.unet`` / ``config.vae`` (for tests and examples)."""
+def build_diffusers(config: HonestFaceConfig, seed: int | None = 0) -> tuple[nn.Module, nn.Module]:
+    """Freshly initialised UNet and VAE from ``config.unet`` / ``config.vae`` (seeded when
+    ``seed`` is not None): bundled parts before their weights are loaded, tests, examples."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    torch.manual_seed(seed)
+    if seed is not None:
+        torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_config({k: v for k, v in config.unet.items() if not k.startswith("_")})
     vae = AutoencoderKL.from_config({k: v for k, v in config.vae.items() if not k.startswith("_")})
     return unet, vae

@@ -226,6 +226,11 @@ class FaceIdentityEncoder(nn.Module):
         self.norm = nn.LayerNorm(token_dim)
         self.feed_forward = _mlp(token_dim, 2 * token_dim, token_dim)
         self.identity_dim = config.identity_dim
+        if config.center_identity:
+            # set from the training data (training/train.py), stored with the checkpoint
+            self.register_buffer("identity_center", torch.zeros(config.identity_dim))
+        else:
+            self.identity_center = None
 
     def forward(self, embeddings: torch.Tensor | None, mask: torch.Tensor | None,
                 batch: int | None = None) -> torch.Tensor:
@@ -237,8 +242,11 @@ class FaceIdentityEncoder(nn.Module):
         batch, count = embeddings.shape[:2]
         if mask is None:
             mask = torch.ones(batch, count, dtype=torch.bool, device=embeddings.device)
+        embeddings = embeddings.to(self.queries.dtype)
+        if self.identity_center is not None:
+            embeddings = embeddings - self.identity_center.to(embeddings.dtype)
         # Unit-length embeddings: recognisers' scales differ, their directions carry identity.
-        keys = self.input_projection(F.normalize(embeddings.to(self.queries.dtype), dim=-1))
+        keys = self.input_projection(F.normalize(embeddings, dim=-1))
         keys = torch.cat([self.null_token.expand(batch, 1, -1), keys], dim=1)
         ignore = torch.cat([torch.zeros(batch, 1, dtype=torch.bool, device=mask.device), ~mask.bool()], dim=1)
         queries = self.queries.unsqueeze(0).expand(batch, -1, -1)
