@@ -27,6 +27,11 @@ from .errors import HonestFaceError, MissingModelFileError
 
 MODELS_ENV = "HONESTFACE_MODELS"
 
+#: Weights that ship inside the package (the small demonstration model), found by name
+#: after the user's folders: ``find_model_file("honestface", "honestface-nano.safetensors")``.
+PACKAGED_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+NANO_WEIGHTS = "honestface-nano.safetensors"
+
 #: Model kind -> sub-folder of the models root (ComfyUI's names where ComfyUI has one).
 MODEL_FOLDERS: dict[str, str] = {
     "honestface": "honestface",
@@ -70,7 +75,8 @@ def find_model_file(kind: str, name: str | Path, models_dir: str | Path | None =
             return candidate
         raise MissingModelFileError(candidate.name, candidate.parent, what)
     folders = model_folders(kind, models_dir, extra)
-    for folder in folders:
+    searched = folders + ([PACKAGED_WEIGHTS_DIR] if kind == "honestface" else [])
+    for folder in searched:
         if (folder / candidate).exists():
             return folder / candidate
     if folders:

@@ -23,6 +23,7 @@ Two entry points:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -34,6 +35,8 @@ from .errors import ImageError
 from .image_io import resize_to, to_rgb
 from .models.honestface import HonestFaceModel, HonestFaceOutput
 from .progress import ProgressCallback, report
+
+logger = logging.getLogger("honestface.pipeline")
 
 
 @dataclass
@@ -220,7 +223,7 @@ class HonestFacePipeline:
 
     # --------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls, sd21: str | Path, checkpoint: str | Path | None = None,
+    def from_pretrained(cls, sd21: str | Path | None = None, checkpoint: str | Path | None = None,
                         osdface_dir: str | Path | None = None, models_dir: str | Path | None = None,
                         landmark_backend=None, identity_backend=None, device: str = "cpu",
                         dtype: torch.dtype = torch.float32, merge_lora: bool = True,
@@ -230,7 +233,8 @@ class HonestFacePipeline:
 
         Args:
             sd21: SD 2.1-base (diffusers folder or single checkpoint file), see
-                :mod:`honestface.loaders.sd21`.
+                :mod:`honestface.loaders.sd21`; not needed for a checkpoint that bundles
+                its UNet and VAE (``honestface-nano.safetensors``).
             checkpoint: a HonestFace ``.safetensors`` checkpoint (config in its metadata).
             osdface_dir: an OSDFace release folder; with ``checkpoint`` it supplies the VQ
                 encoder, alone it gives OSDFace (no references).
@@ -245,14 +249,18 @@ class HonestFacePipeline:
         return cls(model, landmark_backend, identity_backend, device=device, dtype=dtype, batch_size=batch_size)
 
 
-def load_model(sd21: str | Path, checkpoint: str | Path | None = None, osdface_dir: str | Path | None = None,
-               models_dir: str | Path | None = None, vgg: str | Path | None = None,
-               merge_lora: bool = True, config: HonestFaceConfig | str | None = None) -> HonestFaceModel:
+def load_model(sd21: str | Path | None = None, checkpoint: str | Path | None = None,
+               osdface_dir: str | Path | None = None, models_dir: str | Path | None = None,
+               vgg: str | Path | None = None, merge_lora: bool = True,
+               config: HonestFaceConfig | str | None = None) -> HonestFaceModel:
     """Build a :class:`HonestFaceModel` from files (see :meth:`HonestFacePipeline.from_pretrained`).
 
-    - ``checkpoint`` (+ ``osdface_dir`` for the frozen VQ encoder): HonestFace. The config
-      comes from the checkpoint; VGG16 from ``vgg`` or ``config.ide.vgg_file`` in
-      ``<models>/honestface``.
+    - ``checkpoint``: HonestFace. The config comes from the checkpoint. Parts it does not
+      bundle (``config.bundled``) come from their own files: the UNet/VAE from ``sd21``,
+      the frozen VQ encoder from ``osdface_dir``, VGG16 from ``vgg`` or
+      ``config.ide.vgg_file`` in ``<models>/honestface``. A checkpoint that bundles
+      everything (``honestface-nano.safetensors``, shipped with the package) needs no
+      other file.
     Names are looked up in ``<models>/honestface`` (``models_dir`` or ``HONESTFACE_MODELS``).
 
     - ``osdface_dir`` alone: OSDFace (VRE-only prompt; references are ignored). The config
@@ -262,27 +270,77 @@ def load_model(sd21: str | Path, checkpoint: str | Path | None = None, osdface_d
     The key counts of every file are logged and kept in ``model.load_report`` (lines).
     """
     from .errors import ConfigError
-    from .loaders.checkpoint import config_from_checkpoint, load_checkpoint
-    from .loaders.osdface import load_osdface
-    from .loaders.sd21 import load_sd21
-    from .models.ide import load_vgg16_state_dict
     from .paths import find_model_file
 
     if checkpoint is None and osdface_dir is None:
         raise ConfigError("give a HonestFace checkpoint and/or an OSDFace release folder")
-    if checkpoint is not None and osdface_dir is None:
-        from .errors import MissingModelFileError
-
-        raise MissingModelFileError("associate_2.ckpt", "<models>/honestface/OSDFace", "OSDFace VQ encoder",
-                                    "A HonestFace checkpoint uses the frozen VQ encoder of the OSDFace release.")
     if checkpoint is not None:
         checkpoint = find_model_file("honestface", checkpoint, models_dir, what="HonestFace checkpoint")
+        model = _load_honestface(checkpoint, sd21, osdface_dir, models_dir, vgg)
+    else:
+        model = _load_osdface_only(sd21, osdface_dir, models_dir, config)
+    if merge_lora and model.restorer.lora_config is not None:
+        model.restorer.merge_lora()
+    return model
+
+
+def _load_honestface(checkpoint: Path, sd21: str | Path | None, osdface_dir: str | Path | None,
+                     models_dir: str | Path | None, vgg: str | Path | None) -> HonestFaceModel:
+    """A HonestFace checkpoint plus the files of the parts it does not bundle."""
+    from .errors import ConfigError, MissingModelFileError
+    from .loaders.checkpoint import config_from_checkpoint, load_checkpoint
+    from .loaders.osdface import load_osdface
+    from .loaders.sd21 import load_sd21
+    from .models.honestface import build_diffusers
+    from .models.ide import load_vgg16_state_dict
+    from .paths import find_model_file
+
+    model_config = config_from_checkpoint(checkpoint)
+    bundled = set(model_config.bundled)
+    if "vq" not in bundled and osdface_dir is None:
+        raise MissingModelFileError("associate_2.ckpt", "<models>/honestface/OSDFace", "OSDFace VQ encoder",
+                                    "A HonestFace checkpoint uses the frozen VQ encoder of the OSDFace release.")
+    lines: list[str] = []
+    unet, vae = build_diffusers(model_config, seed=None) if bundled & {"unet", "vae"} else (None, None)
+    if not {"unet", "vae"} <= bundled:
+        if sd21 is None:
+            raise ConfigError(f"{checkpoint.name} is a LoRA on Stable Diffusion 2.1-base: give the SD 2.1-base "
+                              "diffusers folder or single file as well (--sd / sd21=)")
+        sd = load_sd21(sd21, models_dir=models_dir)
+        unet = unet if "unet" in bundled else sd.unet
+        vae = vae if "vae" in bundled else sd.vae
+        lines += sd.report.lines()  # already logged by the SD loader
+    elif sd21 is not None:
+        logger.info("%s bundles its UNet and VAE: the SD 2.1-base file %s is not used", checkpoint.name, sd21)
+    vgg_state = None
+    if "vgg" not in bundled:
+        vgg_path = find_model_file("honestface", vgg if vgg is not None else model_config.ide.vgg_file,
+                                   models_dir, what="VGG16 weights of the facial feature extractor")
+        vgg_state = load_vgg16_state_dict(vgg_path)
+    model = HonestFaceModel(model_config, unet, vae, vgg_state_dict=vgg_state, lora=False)
+    if "vq" not in bundled:
+        osdface_dir = find_model_file("honestface", osdface_dir, models_dir, what="OSDFace release folder")
+        lines += load_osdface(model, osdface_dir, parts=("vq",)).lines()
+    lines.append(load_checkpoint(model, checkpoint).line())
+    model.load_report = lines
+    return model
+
+
+def _load_osdface_only(sd21: str | Path | None, osdface_dir: str | Path, models_dir: str | Path | None,
+                       config: HonestFaceConfig | str | None) -> HonestFaceModel:
+    """SD 2.1-base + an OSDFace release: the VRE-only prompt, references ignored."""
+    from .errors import ConfigError
+    from .loaders.osdface import load_osdface
+    from .loaders.sd21 import load_sd21
+    from .paths import find_model_file
+
+    if sd21 is None:
+        raise ConfigError("OSDFace weights are a LoRA on Stable Diffusion 2.1-base: give the SD 2.1-base "
+                          "diffusers folder or single file as well (--sd / sd21=)")
     osdface_dir = find_model_file("honestface", osdface_dir, models_dir, what="OSDFace release folder")
     sd = load_sd21(sd21, models_dir=models_dir)
     cross = int(sd.unet.config.cross_attention_dim)
-    if checkpoint is not None:
-        model_config = config_from_checkpoint(checkpoint)
-    elif isinstance(config, HonestFaceConfig):
+    if isinstance(config, HonestFaceConfig):
         model_config = config
     elif isinstance(config, str):
         model_config = HonestFaceConfig.from_preset(config)
@@ -292,22 +350,11 @@ def load_model(sd21: str | Path, checkpoint: str | Path | None = None, osdface_d
         if not matching:
             raise ConfigError(f"no preset fits a UNet with cross_attention_dim {cross}; pass config=")
         model_config = matching[0]
-    vgg_state = None
-    if checkpoint is not None:
-        vgg_path = find_model_file("honestface", vgg if vgg is not None else model_config.ide.vgg_file,
-                                   models_dir, what="VGG16 weights of the facial feature extractor")
-        vgg_state = load_vgg16_state_dict(vgg_path)
-    model = HonestFaceModel(model_config, sd.unet, sd.vae, vgg_state_dict=vgg_state, lora=False)
+    model = HonestFaceModel(model_config, sd.unet, sd.vae, vgg_state_dict=None, lora=False)
     lines = list(sd.report.lines())  # already logged by the SD loader
-    if checkpoint is not None:
-        lines += load_osdface(model, osdface_dir, parts=("vq",)).lines()
-        lines.append(load_checkpoint(model, checkpoint).line())
-    else:
-        # strict=False: the release's LoRA decides which UNet layers carry adapters (a
-        # difference from config.lora.target_modules is logged, never silently dropped).
-        lines += load_osdface(model, osdface_dir, strict=False).lines()
-        model.accepts_references = False
-    if merge_lora:
-        model.restorer.merge_lora()
+    # strict=False: the release's LoRA decides which UNet layers carry adapters (a
+    # difference from config.lora.target_modules is logged, never silently dropped).
+    lines += load_osdface(model, osdface_dir, strict=False).lines()
+    model.accepts_references = False
     model.load_report = lines
     return model

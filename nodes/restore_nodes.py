@@ -10,6 +10,7 @@ import torch
 
 import folder_paths
 from honestface.errors import HonestFaceError, MissingModelFileError, NoFaceError
+from honestface.paths import NANO_WEIGHTS, PACKAGED_WEIGHTS_DIR
 
 from .comfy_io import (DEVICE_CHOICES, DTYPE_CHOICES, check_interrupted, comfy_progress, comfy_to_images,
                        images_to_comfy, resolve_device, resolve_dtype)
@@ -27,17 +28,32 @@ AUTO = "auto"
 
 
 def base_model_choices() -> list[str]:
-    """SD 2.1-base: single files in models/checkpoints, then diffusers folders in models/diffusers."""
+    """SD 2.1-base: single files in models/checkpoints, then diffusers folders in models/diffusers,
+    then "none" (for weights that bundle their own UNet and VAE)."""
     files = [f for f in list_files("checkpoints") if f.lower().endswith((".safetensors", ".ckpt"))]
     folders = list_subfolders("diffusers", ("unet", "vae"))
-    return files + [f for f in folders if f not in files]
+    return files + [f for f in folders if f not in files] + [NONE]
 
 
 def weights_choices() -> list[str]:
-    """HonestFace checkpoints (.safetensors files) and OSDFace release folders in models/honestface."""
+    """HonestFace checkpoints (.safetensors files) and OSDFace release folders in models/honestface,
+    then the demonstration model shipped with the pack."""
     files = [f for f in list_files("honestface") if f.lower().endswith(".safetensors")
              and not f.endswith(OSDFACE_MARKER)]
-    return files + list_subfolders("honestface", (OSDFACE_MARKER,))
+    choices = files + list_subfolders("honestface", (OSDFACE_MARKER,))
+    if (PACKAGED_WEIGHTS_DIR / NANO_WEIGHTS).is_file() and NANO_WEIGHTS not in choices:
+        choices.append(NANO_WEIGHTS)
+    return choices
+
+
+def resolve_weights(name: str) -> Path:
+    """A file or folder in models/honestface, else a model shipped with the pack."""
+    try:
+        return find_in_folders("honestface", name, "HonestFace / OSDFace weights")
+    except MissingModelFileError:
+        if (PACKAGED_WEIGHTS_DIR / name).is_file():
+            return PACKAGED_WEIGHTS_DIR / name
+        raise
 
 
 def resolve_base_model(name: str):
@@ -47,11 +63,14 @@ def resolve_base_model(name: str):
 
 
 def build_model(base_model: str, weights: str, osdface_folder: str, dtype: str, device: str) -> HonestFaceModel:
+    from honestface.loaders.checkpoint import config_from_checkpoint
     from honestface.pipeline import HonestFacePipeline
 
-    sd21 = resolve_base_model(base_model)
-    weights_path = find_in_folders("honestface", weights, "HonestFace / OSDFace weights")
+    weights_path = resolve_weights(weights)
     is_osdface = weights_path.is_dir()
+    bundled = set() if is_osdface else set(config_from_checkpoint(weights_path).bundled)
+    # weights that bundle their UNet and VAE ignore the base model (the loader logs it)
+    sd21 = None if base_model == NONE or {"unet", "vae"} <= bundled else resolve_base_model(base_model)
     if osdface_folder == AUTO:
         if is_osdface:
             osdface_dir = weights_path
@@ -64,13 +83,13 @@ def build_model(base_model: str, weights: str, osdface_folder: str, dtype: str, 
         osdface_dir = find_in_folders("honestface", osdface_folder, "OSDFace folder (VQ encoder)")
     checkpoint = None if is_osdface else weights_path
     vgg = None
-    if checkpoint is not None:
-        from honestface.loaders.checkpoint import config_from_checkpoint
-
-        if osdface_dir is None:
-            raise MissingModelFileError(OSDFACE_VQ_FILE, Path(folder_paths.get_folder_paths("honestface")[0]) / "OSDFace",
-                                        "OSDFace VQ encoder", "A HonestFace checkpoint uses the frozen VQ encoder of "
-                                        "the OSDFace release: put the release folder in models/honestface.")
+    if "vq" in bundled:
+        osdface_dir = None
+    elif checkpoint is not None and osdface_dir is None:
+        raise MissingModelFileError(OSDFACE_VQ_FILE, Path(folder_paths.get_folder_paths("honestface")[0]) / "OSDFace",
+                                    "OSDFace VQ encoder", "A HonestFace checkpoint uses the frozen VQ encoder of "
+                                    "the OSDFace release: put the release folder in models/honestface.")
+    if checkpoint is not None and "vgg" not in bundled:
         # The facial feature extractor needs torchvision's VGG16 weights next to the checkpoint.
         vgg = find_in_folders("honestface", config_from_checkpoint(checkpoint).ide.vgg_file,
                               "VGG16 weights of the facial feature extractor")
@@ -81,7 +100,8 @@ def build_model(base_model: str, weights: str, osdface_folder: str, dtype: str, 
     kind = "OSDFace (no references)" if checkpoint is None else "HonestFace"
     return HonestFaceModel(pipeline=pipeline, module=pipeline.model, load_device=load_device,
                            offload_device=torch.device("cpu"), dtype=torch_dtype,
-                           description=f"{kind}: {weights} on {base_model} ({torch_dtype}, {load_device})")
+                           description=f"{kind}: {weights}{'' if sd21 is None else ' on ' + base_model} "
+                                       f"({torch_dtype}, {load_device})")
 
 
 class HonestFaceModelLoader:
@@ -102,11 +122,13 @@ class HonestFaceModelLoader:
         return {"required": {
             "base_model": (base_model_choices(), {"tooltip":
                 "Stable Diffusion 2.1-base: a single .safetensors/.ckpt file from models/checkpoints or a "
-                "diffusers folder (with unet/ and vae/) from models/diffusers."}),
+                "diffusers folder (with unet/ and vae/) from models/diffusers. 'none' (or any choice) for "
+                "weights that bundle their own UNet and VAE, like honestface-nano."}),
             "weights": (weights_choices(), {"tooltip":
                 "HonestFace checkpoint (.safetensors in models/honestface) or an OSDFace release folder "
                 "(models/honestface/<folder> with pytorch_lora_weights.safetensors, embedding_change_weights.pth, "
-                "associate_2.ckpt) for restoration without references."}),
+                "associate_2.ckpt) for restoration without references. honestface-nano.safetensors ships with "
+                "the pack: a small 128 px demonstration model that needs no other file (not the paper's model)."}),
             "osdface_folder": ([AUTO, NONE] + list_subfolders("honestface", (OSDFACE_MARKER,)), {"default": AUTO,
                 "tooltip": "OSDFace release folder that supplies the VQ encoder of the visual tokens (VRE) for a "
                            "HonestFace checkpoint. auto: the chosen OSDFace folder, else the first one found."}),

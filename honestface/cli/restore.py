@@ -39,10 +39,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders of images")
     parser.add_argument("--ref", action="append", default=[], metavar="IMAGE",
                         help="reference image or folder (aligned, same person); repeatable")
-    parser.add_argument("--sd", required=True, metavar="PATH",
-                        help="SD 2.1-base: diffusers folder or .safetensors/.ckpt checkpoint (path or name)")
+    parser.add_argument("--sd", default=None, metavar="PATH",
+                        help="SD 2.1-base: diffusers folder or .safetensors/.ckpt checkpoint (path or name); "
+                             "not needed for honestface-nano.safetensors, which bundles its own UNet and VAE")
     parser.add_argument("--weights", required=True, metavar="PATH",
-                        help="HonestFace .safetensors checkpoint or OSDFace release folder (path or name)")
+                        help="HonestFace .safetensors checkpoint or OSDFace release folder (path or name); "
+                             "'honestface-nano.safetensors' is the small demonstration model shipped with the package")
     parser.add_argument("--osdface", default=None, metavar="DIR",
                         help="OSDFace release folder with the VQ encoder, for a HonestFace checkpoint "
                              "(default: <models>/honestface/OSDFace)")
@@ -123,7 +125,7 @@ def resolve_weights(weights: str | Path, models_dir: str | Path | None) -> Path:
     return find_model_file("honestface", weights, models_dir, what="HonestFace/OSDFace weights")
 
 
-def build_pipeline(sd: str | Path, weights: str | Path, *, osdface: str | Path | None = None,
+def build_pipeline(sd: str | Path | None, weights: str | Path, *, osdface: str | Path | None = None,
                    vgg: str | Path | None = None, models_dir: str | Path | None = None,
                    device: str = "cpu", dtype: str | torch.dtype = "float32", batch_size: int = 4,
                    landmarks: str | None = "dlib", identity: str | None = None,
@@ -144,7 +146,11 @@ def build_pipeline(sd: str | Path, weights: str | Path, *, osdface: str | Path |
         model = load_model(sd21=sd, osdface_dir=find_osdface_folder(weights_path), models_dir=models_dir,
                            merge_lora=merge_lora)
         return HonestFacePipeline(model, device=device, dtype=torch_dtype, batch_size=batch_size)
-    osdface_dir = find_osdface_folder(osdface if osdface is not None else DEFAULT_FOLDER, models_dir)
+    from ..loaders.checkpoint import config_from_checkpoint
+
+    osdface_dir = None
+    if "vq" not in config_from_checkpoint(weights_path).bundled:
+        osdface_dir = find_osdface_folder(osdface if osdface is not None else DEFAULT_FOLDER, models_dir)
     model = load_model(sd21=sd, checkpoint=weights_path, osdface_dir=osdface_dir, models_dir=models_dir,
                        vgg=vgg, merge_lora=merge_lora)
     landmark_backend = identity_backend = None
