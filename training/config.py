@@ -122,6 +122,8 @@ class LoopSection:
     val_landmarks: str = "dlib"
     val_identity: str = "arcface-onnx"
     export_name: str = "honestface.safetensors"
+    #: floating-point type of the exported weights: float32, float16 or bfloat16
+    export_dtype: str = "float32"
     cpu: bool = False
     #: CPU threads of torch per process (0 = torch's default). 1 is much faster on a
     #: busy or small CPU; GPU runs do not care.
@@ -130,6 +132,8 @@ class LoopSection:
     def __post_init__(self) -> None:
         if self.mixed_precision not in ("no", "bf16"):
             raise ConfigError(f"train.mixed_precision must be 'no' or 'bf16', got '{self.mixed_precision}'")
+        if self.export_dtype not in ("float32", "float16", "bfloat16"):
+            raise ConfigError(f"train.export_dtype must be float32, float16 or bfloat16, got '{self.export_dtype}'")
         for name in ("max_steps", "batch_size", "gradient_accumulation"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"train.{name} must be >= 1")

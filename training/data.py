@@ -113,6 +113,12 @@ def scan_identity_folders(roots: Sequence[str | Path], min_images: int = 1) -> l
     return identities
 
 
+def identity_name(identity: Identity) -> str:
+    """``<root folder name>/<identity folder name>``: names a person without machine paths."""
+    folder = identity.files[0].parent
+    return f"{folder.parent.name}/{folder.name}"
+
+
 def split_identities(identities: Sequence[Identity], val_fraction: float,
                      seed: int) -> tuple[list[Identity], list[Identity]]:
     """Seeded identity-level split -> (train, val); no person is in both."""
@@ -130,6 +136,7 @@ class IdentityFaceDataset(torch.utils.data.Dataset):
 
         {"gt": (3,S,S), "lq": (3,S,S), "references": (N_max,3,S,S) zero-padded,
          "reference_mask": (N_max,) bool, True for real references,
+         "reference_paths": N_max file paths ("" for padding),
          "num_references": int, "identity": str, "path": str}
 
     all images in [0, 1]. References are other files of the same identity (never the GT
@@ -188,13 +195,14 @@ class IdentityFaceDataset(torch.utils.data.Dataset):
         upper = min(n_max, len(others))
         lower = min(self.config.min_references, upper)
         wanted = int(rng.integers(lower, upper + 1)) if upper > 0 else 0
-        references = []
+        references, reference_paths = [], []
         for other in others:
             if len(references) >= wanted:
                 break
             image = self._read(identity.files[other])
             if image is not None:
                 references.append(image)
+                reference_paths.append(str(identity.files[other]))
 
         padded = torch.zeros(n_max, 3, size, size)
         mask = torch.zeros(n_max, dtype=torch.bool)
@@ -202,6 +210,7 @@ class IdentityFaceDataset(torch.utils.data.Dataset):
             padded[slot] = image
             mask[slot] = True
         return {"gt": gt, "lq": lq, "references": padded, "reference_mask": mask,
+                "reference_paths": reference_paths + [""] * (n_max - len(references)),
                 "num_references": len(references), "identity": identity.key,
                 "path": str(identity.files[file_index])}
 

@@ -6,7 +6,9 @@
 
 What is trained (paper Sec. 3, 4.1): the UNet LoRA (rank 16, alpha 16), the VRE
 projection, the IDE heads and the fusion; the VAE, the VQ encoder and codebook, VGG16,
-the recognisers and the heatmap model are frozen. Each optimiser step runs the generator
+the recognisers and the heatmap model are frozen. A model config that *bundles* parts
+(``bundled: [unet, vae, vq, vgg]``, with ``lora.rank: 0``; see ``configs/nano.yaml``)
+trains those parts in full from their random start and stores them in the export. Each optimiser step runs the generator
 on ``gradient_accumulation`` micro-batches (all losses of
 :mod:`honestface.losses.objective`), then the latent discriminator on the same
 micro-batches' latents (Eq. 5): G and D alternate.
@@ -42,7 +44,7 @@ from honestface.losses import TrainingObjective
 from honestface.models.honestface import HonestFaceModel
 from training import state as ckpt
 from training.config import TrainConfig, load_config
-from training.data import EpochSampler, build_datasets, collate, infinite_batches
+from training.data import EpochSampler, build_datasets, collate, identity_name, infinite_batches
 
 logger = logging.getLogger("honestface.train")
 
@@ -65,17 +67,17 @@ def build_model(section, seed: int) -> HonestFaceModel:
     """The generator with a fresh (or loaded) LoRA adapter, identical on every rank."""
     torch.manual_seed(seed)
     if section.init == "random":
-        from honestface.models.honestface import build_tiny_diffusers
+        from honestface.models.honestface import build_diffusers
 
         config = HonestFaceConfig.from_preset(section.preset)
         for key, value in section.overrides.items():
             _set_dotted(config, key, value)
         config.validate()
-        unet, vae = build_tiny_diffusers(config, seed)
+        unet, vae = build_diffusers(config, seed)
         model = HonestFaceModel(config, unet, vae, vgg_state_dict=None, lora=True)
     else:
         model = build_model_from_files(section)
-        if getattr(model.restorer, "lora_config", None) is None:
+        if getattr(model.restorer, "lora_config", None) is None and model.config.lora.rank > 0:
             model.restorer.add_lora(model.config.lora)
     model.set_trainable()
     if section.gradient_checkpointing:
@@ -241,8 +243,12 @@ class Trainer:
                               f"{self.model.config.image_size}")
         self.sampler = EpochSampler(len(self.train_set), seed=config.seed, rank=self.rank, world_size=self.world)
         self.step = 0
-        if resume:
-            self._resume(resume)
+        #: landmarks / identity embedding of each reference file (deterministic backends,
+        #: and references are read without augmentation: computed once per file)
+        self._reference_cache: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+        resumed = bool(resume) and self._resume(resume)
+        if self.model.config.ide.center_identity and not resumed:
+            self._set_identity_center()
         self.writer = None
         if self.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -260,11 +266,11 @@ class Trainer:
         return factory(name, models_dir=self.config.model.models_dir, device=str(self.device), **dict(options))
 
     # ------------------------------------------------------------------ resume
-    def _resume(self, resume: str) -> None:
+    def _resume(self, resume: str) -> bool:
         path = ckpt.latest_checkpoint(self.output) if resume == "auto" else Path(resume)
         if path is None:
             logger.info("no checkpoint in %s: starting from scratch", self.output)
-            return
+            return False
         data = ckpt.read_checkpoint(path, self.rank)
         trainer = data["trainer"]
         self.model.load_trainable_state_dict(data["trainable"], source=str(path))
@@ -285,6 +291,29 @@ class Trainer:
             logger.warning("%s has no RNG state for rank %d: random streams restart", path, self.rank)
         self.step = int(trainer["step"])
         logger.info("resumed from %s at step %d", path, self.step)
+        return True
+
+    def _set_identity_center(self, count: int = 256) -> None:
+        """``ide.center_identity``: the mean identity embedding of ``count`` training images
+        (a seeded choice, the same on every rank), stored in the model."""
+        if self.identity is None:
+            raise ConfigError("model.overrides ide.center_identity needs an identity backend (model.identity)")
+        items = self.train_set.items
+        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(self.config.seed))[:count]
+        paths, images = [], []
+        for index in order.tolist():
+            identity_index, file_index = items[index]
+            path = self.train_set.identities[identity_index].files[file_index]
+            image = self.train_set._read(path)
+            if image is not None:
+                paths.append(str(path))
+                images.append(image)
+        if not images:
+            raise ConfigError("no readable training image to compute the identity centre from")
+        _, embeddings = self._reference_features(torch.stack(images), paths)
+        center = embeddings.mean(dim=0)
+        self.model.ide.identity_encoder.identity_center.copy_(center.to(self.device))
+        logger.info("identity centre: mean of %d training embeddings (norm %.3f)", len(images), float(center.norm()))
 
     def save_checkpoint(self) -> Path:
         final = ckpt.checkpoint_dir(self.output, self.step)
@@ -352,6 +381,27 @@ class Trainer:
         return states
 
     # ----------------------------------------------------------------- forward
+    @torch.no_grad()
+    def _reference_features(self, images: torch.Tensor, paths: Sequence[str]
+                            ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Landmarks (M, 68, 2) and identity embeddings (M, D) of reference images
+        (M, 3, S, S), from the per-file cache where possible (None without a backend)."""
+        todo = [i for i, path in enumerate(paths) if not path or path not in self._reference_cache]
+        if todo:
+            chosen = images[todo]
+            points = self.landmarks.landmarks(chosen).float().cpu() if self.landmarks is not None else None
+            vectors = (self.identity.embed(chosen.to(self.device)).float().cpu()
+                       if self.identity is not None else None)
+            fresh = {}
+            for row, i in enumerate(todo):
+                fresh[i] = (None if points is None else points[row], None if vectors is None else vectors[row])
+                if paths[i]:
+                    self._reference_cache[paths[i]] = fresh[i]
+        rows = [fresh[i] if i in todo else self._reference_cache[path] for i, path in enumerate(paths)]
+        landmarks = torch.stack([r[0] for r in rows]) if self.landmarks is not None else None
+        embeddings = torch.stack([r[1] for r in rows]) if self.identity is not None else None
+        return landmarks, embeddings
+
     def _conditioning(self, batch: dict[str, Any]) -> dict[str, torch.Tensor | None]:
         """Landmarks and identity embeddings of the references (frozen backends, no grad)."""
         refs, mask = batch["references"], batch["reference_mask"]
@@ -361,18 +411,18 @@ class Trainer:
         with torch.no_grad():
             flat = refs.flatten(0, 1)
             real = mask.flatten()
+            paths = [p for row in batch.get("reference_paths", [[""] * refs.shape[1]] * refs.shape[0]) for p in row]
+            real_paths = [paths[i] for i in torch.nonzero(real).flatten().tolist()]
+            points, vectors = self._reference_features(flat[real], real_paths)
             if self.landmarks is not None:
                 lq_landmarks = self.landmarks.landmarks(batch["lq"]).float()
-                points = torch.full((flat.shape[0], 68, 2), float("nan"))
-                if bool(real.any()):
-                    points[real] = self.landmarks.landmarks(flat[real]).float().cpu()
-                ref_landmarks = points.view(refs.shape[0], refs.shape[1], 68, 2)
+                all_points = torch.full((flat.shape[0], 68, 2), float("nan"))
+                all_points[real] = points
+                ref_landmarks = all_points.view(refs.shape[0], refs.shape[1], 68, 2)
             if self.identity is not None:
-                dim = int(self.identity.embedding_dim)
-                vectors = torch.zeros(flat.shape[0], dim)
-                if bool(real.any()):
-                    vectors[real] = self.identity.embed(flat[real].to(self.device)).float().cpu()
-                embeddings = vectors.view(refs.shape[0], refs.shape[1], dim)
+                all_vectors = torch.zeros(flat.shape[0], vectors.shape[-1])
+                all_vectors[real] = vectors
+                embeddings = all_vectors.view(refs.shape[0], refs.shape[1], -1)
         return {"lq_landmarks": lq_landmarks, "reference_landmarks": ref_landmarks,
                 "identity_embeddings": embeddings}
 
@@ -515,7 +565,12 @@ class Trainer:
 
         path = self.output / self.config.train.export_name
         tmp = path.with_name(path.stem + ".partial.safetensors")
-        save_checkpoint(self.model, tmp, extra_metadata={"training_step": str(self.step)})
+        dtype = getattr(torch, self.config.train.export_dtype)
+        # which people the model never saw, so evaluations can stay on held-out identities
+        heldout = sorted(identity_name(i) for i in self.val_set.identities) if self.val_set is not None else []
+        save_checkpoint(self.model, tmp, extra_metadata={"training_step": str(self.step),
+                                                         "heldout_identities": json.dumps(heldout)},
+                        dtype=None if dtype == torch.float32 else dtype)
         tmp.replace(path)
         return path
 
