@@ -103,6 +103,12 @@ class DegradationConfig:
                    noise_sigma=(noise_sigma, noise_sigma),
                    jpeg_quality=None if jpeg_quality is None else (jpeg_quality, jpeg_quality), **kwargs)
 
+    @classmethod
+    def moderate(cls) -> "DegradationConfig":
+        """The fixed evaluation level of the demo, the nano benchmark and its regression
+        test (:data:`MODERATE_DEGRADATION`): inside the lower half of VQFR's training ranges."""
+        return cls.fixed(**MODERATE_DEGRADATION)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for key, value in data.items():
@@ -118,6 +124,11 @@ class DegradationConfig:
         if unknown:
             raise ConfigError(f"unknown degradation option(s) {unknown}; known: {sorted(known)}")
         return cls(**data)
+
+
+#: Blur sigma 2.5 px at 128 px (10 px at 512), 4x down-sampling, noise sigma 5/255, JPEG 60.
+MODERATE_DEGRADATION: dict[str, Any] = dict(blur_sigma=2.5, downsample_scale=4.0, noise_sigma=5.0,
+                                            jpeg_quality=60, kernel_size=21)
 
 
 @dataclass
@@ -342,3 +353,22 @@ def degrade(images: torch.Tensor, config: DegradationConfig | None = None, gener
     if images.dim() == 3:
         result = result[0]
     return (result, params) if return_params else result
+
+
+def bicubic_baseline(images: torch.Tensor, params: DegradationParams,
+                     config: DegradationConfig) -> torch.Tensor:
+    """The usual "bicubic" baseline of a degradation: the same degraded small image
+    (same ``params``), brought back to full size with bicubic instead of bilinear
+    interpolation, clamped and quantised like :func:`apply_degradation`.
+
+    ``images`` (B, 3, H, W); every image must share one down-sampling scale. Returns
+    (B, 3, H, W) in [0, 1].
+    """
+    from dataclasses import replace
+
+    small = apply_degradation(images, params, replace(config, resize_back=False))
+    size = tuple(images.shape[-2:])
+    upscaled = F.interpolate(small.float(), size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+    if config.quantize:
+        upscaled = (upscaled * 255.0).round() / 255.0
+    return upscaled.to(images.dtype)
