@@ -102,7 +102,20 @@ def test_whole_photo_is_detected_and_pasted_back(models, shared_data, tmp_path, 
     assert not any(c.any() for c in corners)
 
 
-@pytest.mark.parametrize("case", ["missing image", "missing sd", "missing weights", "wrong weights",
+def test_restore_with_the_shipped_nano_model_needs_no_other_file(faces, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HONESTFACE_MODELS", raising=False)
+    folder, paths, _ = faces
+    out = tmp_path / "out"
+    with network_disabled():
+        code = main(["restore", str(paths[1]), "--ref", str(folder / "refs"), "--weights",
+                     "honestface-nano.safetensors", "-o", str(out), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "honestface-nano.safetensors: loaded" in printed and "UNet:" not in printed
+    assert load_image(out / f"{paths[1].stem}.png").shape == load_image(paths[1]).shape
+
+
+@pytest.mark.parametrize("case", ["missing image", "missing sd", "no sd", "missing weights", "wrong weights",
                                   "missing osdface", "bad image"])
 def test_errors_exit_1_with_a_message(models, faces, tmp_path, capsys, case):
     paths = faces[1]
@@ -113,6 +126,9 @@ def test_errors_exit_1_with_a_message(models, faces, tmp_path, capsys, case):
     elif case == "missing sd":
         args[args.index("--sd") + 1] = "v2-1_512-ema-pruned.safetensors"
         expected = "v2-1_512-ema-pruned.safetensors"
+    elif case == "no sd":
+        del args[args.index("--sd"):args.index("--sd") + 2]
+        expected = "SD 2.1-base"
     elif case == "missing weights":
         args[args.index("--weights") + 1] = "honestface.safetensors"
         expected = str(models / "honestface")

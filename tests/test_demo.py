@@ -31,17 +31,39 @@ def test_draw_points_marks_only_finite_points() -> None:
     assert images.sum() == 0  # input untouched
 
 
-def test_demo_on_real_faces(shared_data, tmp_path) -> None:
+def test_demo_analysis_only_on_real_faces(shared_data, tmp_path) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--data", str(shared_data), "--identities", "1", "--references", "2",
-                 "-o", str(out)]) == 0
+                 "--no-restore", "-o", str(out)]) == 0
     page = (out / "report.html").read_text()
     assert "restoration skipped" in page and "ALD-e" in page
     metrics = json.loads((out / "metrics.json").read_text())
-    (row,) = [rows["LQ (input)"] for rows in metrics.values()]
+    celeba = [rows for name, rows in metrics.items() if not name.startswith("real-")]
+    (row,) = [rows["LQ (input)"] for rows in celeba]
     assert 15 < row["PSNR"] < 40 and 0 < row["SSIM"] < 1
     assert row["ALD-e"] >= 0 and row["L2-LD"] >= 0 and row["ID dist"] > 0
     assert (out / "contact_sheet.png").stat().st_size > 10_000
+
+
+def test_demo_with_the_shipped_model(shared_data, tmp_path) -> None:
+    from honestface.loaders.checkpoint import read_checkpoint_metadata
+    from honestface.paths import NANO_WEIGHTS, PACKAGED_WEIGHTS_DIR
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--data", str(shared_data), "--identities", "2", "-o", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert NANO_WEIGHTS in page and "not the paper's model" in page and "held out from training" in page
+    metrics = json.loads((out / "metrics.json").read_text())
+    heldout = json.loads(read_checkpoint_metadata(PACKAGED_WEIGHTS_DIR / NANO_WEIGHTS)["heldout_identities"])
+    people = [name for name in metrics if not name.startswith("real-")]
+    assert len(people) == 2 and all(f"celeba/{name}" in heldout for name in people)
+    for name in people:
+        assert {"LQ (input)", "restored, no refs", "restored, refs"} == set(metrics[name])
+        assert metrics[name]["restored, refs"]["PSNR"] > metrics[name]["LQ (input)"]["PSNR"]
+    real = metrics["real-obama"]
+    assert set(real["restored, refs"]) == {"ALD-e vs LQ", "ALD-m vs LQ", "L2-LD vs LQ", "ID dist to refs"}
+    # 3 people x (LQ, 2 restorations, GT or placeholder, reference, MFA mask, landmarks)
+    assert len(list(out.glob("*_6.png"))) == 3
 
 
 def test_demo_without_data_uses_bundled_photo(tmp_path) -> None:

@@ -188,6 +188,30 @@ def test_model_loader_and_restore_through_comfyui_model_management(pack, tmp_pat
     assert reloaded is not model
 
 
+def test_model_loader_offers_the_built_in_nano_model(pack, tmp_path):
+    """honestface-nano is listed without any models folder, loads with base model "none",
+    and a checkpoint that needs SD 2.1-base says so when "none" is chosen."""
+    import folder_paths
+
+    from honestface.errors import ConfigError
+    from honestface.paths import NANO_WEIGHTS
+    from honestface.testing.make_tiny_models import make_tiny_models
+
+    required = pack.HonestFaceModelLoader.INPUT_TYPES()["required"]
+    assert NANO_WEIGHTS in required["weights"][0] and "none" in required["base_model"][0]
+    (model,) = pack.HonestFaceModelLoader().load("none", NANO_WEIGHTS, "auto", "auto", "auto")
+    assert "on none" not in model.description and NANO_WEIGHTS in model.description
+    lq = torch.rand(1, 200, 200, 3)
+    (restored,) = pack.HonestFaceRestoreAligned().restore(model, lq, "model default")
+    assert restored.shape == lq.shape and torch.isfinite(restored).all()
+
+    make_tiny_models(tmp_path)
+    folder_paths.add_model_folder_path("honestface", str(tmp_path / "honestface"), is_default=True)
+    with pytest.raises(ConfigError, match="SD 2.1-base"):
+        pack.HonestFaceModelLoader().load("none", "honestface-tiny.safetensors", "auto", "auto", "auto")
+    pack.HonestFaceUnloadModels().unload()
+
+
 @pytest.mark.parametrize("landmarks, identity, detector, missing, folder", [
     ("fan", "dlib", "dlib-hog", "", "face_alignment"),
     ("dlib", "arcface-onnx", "dlib-hog", "w600k_r50.onnx", os.path.join("insightface", "models")),

@@ -1,15 +1,21 @@
 """``honestface demo``: the whole method on a few faces, as an HTML page and a contact sheet.
 
-For each demo face: the ground truth is degraded with the project's degradation at a
-moderate fixed strength, the best reference is chosen by A-LD (Eq. 6), the MFA mask is
-computed from the LQ input (Eq. 10-11), and, when restoration weights are configured
-(``--sd`` + ``--weights``), the face is restored without and with references. The report
-lists PSNR/SSIM, the honesty metrics (ALD-e, ALD-m, L2-LD) and the identity distance
-(dlib descriptor) of every column against the ground truth.
+For each demo face: the ground truth is degraded with the project's degradation at its
+moderate fixed level, the best reference is chosen by A-LD (Eq. 6), the MFA mask is
+computed from the LQ input (Eq. 10-11), and the face is restored without and with
+references. The report lists PSNR/SSIM, the honesty metrics (ALD-e, ALD-m, L2-LD) and the
+identity distance (dlib descriptor) of every column against the ground truth.
+
+Model: ``honestface-nano.safetensors``, the small demonstration model shipped with the
+package (128 px, trained from scratch on a CPU; not the paper's model), unless real
+weights are given (``--weights`` with ``--sd`` for checkpoints on SD 2.1-base).
 
 Data: ``--data`` (a folder with ``celeba/<identity>/*.jpg``, like the project's test data)
-or ``HONESTFACE_DEMO_DATA``; without one, scikit-image's ``astronaut`` photo with
-augmented copies as references, which the report states.
+or ``HONESTFACE_DEMO_DATA``. Faces come from the people the model's training held out
+(recorded in the checkpoint). A real low-quality photo with real references
+(``real_lq/reference_sets/obama``) is restored too, scored against its references and its
+own input (there is no ground truth). Without a data folder: scikit-image's ``astronaut``
+photo with augmented copies as references, which the report states.
 """
 
 from __future__ import annotations
@@ -24,9 +30,9 @@ from pathlib import Path
 import torch
 
 DEMO_DATA_ENV = "HONESTFACE_DEMO_DATA"
-#: Moderate fixed degradation of the demo (blur sigma, down-sampling, noise, JPEG).
-DEMO_DEGRADATION = dict(blur_sigma=2.5, downsample_scale=4.0, noise_sigma=5.0, jpeg_quality=60)
+#: Side of the contact-sheet tiles, and of the faces when no model is loaded.
 TILE = 256
+REAL_SET = Path("real_lq") / "reference_sets" / "obama"
 
 
 @dataclass
@@ -34,9 +40,10 @@ class DemoFace:
     """One demo case: ground truth, references and where they came from."""
 
     name: str
-    gt: torch.Tensor  # (3, S, S) in [0, 1], aligned
+    gt: torch.Tensor | None  # (3, S, S) in [0, 1], aligned; None for a real LQ photo
     references: torch.Tensor  # (N, 3, S, S) in [0, 1], aligned
     source: str
+    lq: torch.Tensor | None = None  # (3, S, S): a real LQ photo (else made from gt)
     columns: dict[str, torch.Tensor] = field(default_factory=dict)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -52,8 +59,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "or ../shared/data beside the repository when present)")
     parser.add_argument("--identities", type=int, default=3, help="how many identities (default: %(default)s)")
     parser.add_argument("--references", type=int, default=3, help="references per face (default: %(default)s)")
-    parser.add_argument("--sd", default=None, help="SD 2.1-base: diffusers folder or checkpoint file")
-    parser.add_argument("--weights", default=None, help="HonestFace .safetensors or OSDFace release folder")
+    parser.add_argument("--sd", default=None,
+                        help="SD 2.1-base: diffusers folder or checkpoint file (for weights trained on it)")
+    parser.add_argument("--weights", default=None,
+                        help="HonestFace .safetensors or OSDFace release folder (default: the shipped "
+                             "honestface-nano.safetensors demonstration model)")
+    parser.add_argument("--no-restore", action="store_true",
+                        help="only the analysis half: degradation, reference choice, MFA mask, metrics")
     parser.add_argument("--osdface", default=None,
                         help="OSDFace release folder for the VRE encoder of a HonestFace checkpoint "
                              "(default: <models>/honestface/OSDFace)")
@@ -72,26 +84,49 @@ def default_data_dir() -> Path | None:
     return beside if beside.is_dir() else None
 
 
-def _celeba_faces(data: Path, identities: int, references: int) -> list[DemoFace]:
+def _celeba_faces(data: Path, identities: int, references: int, size: int,
+                  heldout: list[str] | None) -> list[DemoFace]:
+    """Faces of ``heldout`` people (``celeba/<identity>`` names) or, without that list,
+    of the last identities in name order."""
     from ..image_io import list_images, load_image, resize_to
 
     root = data / "celeba"
-    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if heldout:
+        folders = [data / name for name in heldout if name.startswith("celeba/")]
+    else:
+        folders = list(reversed(sorted(p for p in root.iterdir() if p.is_dir()))) if root.is_dir() else []
     faces = []
-    # The last identities: the training split keeps the first ones for training.
-    for folder in reversed(folders):
-        files = list_images(folder)
+    for folder in folders:
+        files = list_images(folder) if folder.is_dir() else []
         if len(files) < references + 1:
             continue
-        images = [resize_to(load_image(f).unsqueeze(0), TILE)[0] for f in files[: references + 1]]
+        images = [resize_to(load_image(f).unsqueeze(0), size)[0] for f in files[: references + 1]]
         faces.append(DemoFace(folder.name, images[0], torch.stack(images[1:]),
-                              f"{root.name}/{folder.name}/{files[0].name}"))
+                              f"{root.name}/{folder.name}/{files[0].name}"
+                              + (" (held out from training)" if heldout else "")))
         if len(faces) == identities:
             break
     return faces
 
 
-def _astronaut_face(references: int, seed: int) -> DemoFace:
+def _real_face(data: Path, size: int) -> DemoFace | None:
+    """The first real LQ crop of the reference set, with the set's high-quality references."""
+    from ..image_io import list_images, load_image, resize_to
+
+    root = data / REAL_SET
+    if not (root / "lq_crop").is_dir() or not (root / "refs").is_dir():
+        return None
+    crops, refs = list_images(root / "lq_crop"), list_images(root / "refs")
+    if not crops or not refs:
+        return None
+    lq = resize_to(load_image(crops[0]).unsqueeze(0), size)[0]
+    references = torch.stack([resize_to(load_image(f).unsqueeze(0), size)[0] for f in refs])
+    return DemoFace(f"real-{root.name}", None, references,
+                    f"{REAL_SET.as_posix()}/lq_crop/{crops[0].name}: a real low-quality photo, "
+                    f"{len(refs)} real references", lq=lq)
+
+
+def _astronaut_face(references: int, seed: int, size: int) -> DemoFace:
     """scikit-image's astronaut photo, aligned, with augmented copies as references."""
     import numpy as np
     from skimage import data as skdata
@@ -104,13 +139,13 @@ def _astronaut_face(references: int, seed: int) -> DemoFace:
     if not faces or faces[0].landmarks is None:
         raise NoFaceError("no face found in scikit-image's astronaut photo")
     landmarks = torch.as_tensor(faces[0].landmarks, dtype=torch.float32)
-    gt, _ = align_face(photo, landmarks, TILE)
+    gt, _ = align_face(photo, landmarks, size)
     generator = torch.Generator().manual_seed(seed)
     refs = []
     for _ in range(references):
         # A slightly different crop of the same photo: jittered landmarks, flip, exposure.
         jitter = landmarks + torch.randn(landmarks.shape, generator=generator) * 2.0
-        crop, _ = align_face(photo, jitter, TILE)
+        crop, _ = align_face(photo, jitter, size)
         if torch.rand((), generator=generator) < 0.5:
             crop = crop.flip(-1)
         gain = 0.85 + 0.3 * torch.rand((), generator=generator)
@@ -118,14 +153,20 @@ def _astronaut_face(references: int, seed: int) -> DemoFace:
     return DemoFace("astronaut", gt, torch.stack(refs), "scikit-image astronaut (references: augmented copies)")
 
 
-def _load_pipeline(args: argparse.Namespace):
-    """The restoration pipeline from ``--sd``/``--weights``, or None when not configured."""
-    if not (args.sd and args.weights):
-        return None
-    from .restore import build_pipeline
+def _load_pipeline(args: argparse.Namespace, landmark_backend):
+    """(pipeline, weights path) from ``--weights`` (default: the shipped nano model), or
+    (None, None) with ``--no-restore``."""
+    from ..paths import NANO_WEIGHTS
+    from .restore import build_pipeline, resolve_weights
 
-    return build_pipeline(args.sd, args.weights, osdface=args.osdface, models_dir=args.models_dir,
-                          device=args.device)
+    if args.no_restore:
+        return None, None
+    weights = resolve_weights(args.weights or NANO_WEIGHTS, args.models_dir)
+    pipeline = build_pipeline(args.sd, weights, osdface=args.osdface, models_dir=args.models_dir,
+                              device=args.device)
+    if pipeline.landmark_backend is not None:
+        pipeline.landmark_backend = landmark_backend  # the demo's faces are aligned: same backend
+    return pipeline, weights
 
 
 def _landmark_metrics(landmarks: torch.Tensor, gt_landmarks: torch.Tensor) -> dict[str, float]:
@@ -143,42 +184,66 @@ def _landmark_metrics(landmarks: torch.Tensor, gt_landmarks: torch.Tensor) -> di
 
 
 def analyse(face: DemoFace, lq: torch.Tensor, landmark_backend, identity_backend, pipeline) -> None:
-    """Fill ``face.columns`` and ``face.metrics`` for one demo case."""
+    """Fill ``face.columns`` and ``face.metrics`` for one demo case.
+
+    ``lq`` (3, S, S). Landmarks for the reference choice are found at the faces' size (as
+    the pipeline does); metrics use images brought to at least :data:`TILE` px, the size
+    dlib's models expect.
+    """
     from ..image_io import resize_to
     from ..metrics import psnr, ssim
     from ..mfa import mask_to_image, mfa_mask_from_images
     from ..models.ide import select_reference
     from ..visualize import GREEN, RED, draw_points
 
-    gt = face.gt.unsqueeze(0)
+    size = lq.shape[-1]
     lq = lq.unsqueeze(0)
-    everything = torch.cat([gt, lq, face.references])
-    landmarks = landmark_backend.landmarks(everything)  # (2 + N, 68, 2)
-    gt_lm, lq_lm, ref_lm = landmarks[0], landmarks[1], landmarks[2:]
+    scale = max(TILE, size) / size
+
+    def big(images: torch.Tensor) -> torch.Tensor:
+        return resize_to(images, max(TILE, size))
+
+    found = landmark_backend.landmarks(torch.cat([lq, face.references]))
+    lq_lm, ref_lm = found[0], found[1:]
     mask = torch.ones(1, face.references.shape[0], dtype=torch.bool)
     chosen = int(select_reference(lq_lm.unsqueeze(0), ref_lm.unsqueeze(0), mask)[0])
 
     face.columns["LQ (input)"] = lq[0]
     if pipeline is not None:
-        size = pipeline.image_size
-        face.columns["restored, no refs"] = pipeline.restore(resize_to(lq, size))[0]
-        face.columns["restored, refs"] = pipeline.restore(
-            resize_to(lq, size), [resize_to(face.references, size)])[0]
+        face.columns["restored, no refs"] = pipeline.restore(lq)[0]
+        face.columns["restored, refs"] = pipeline.restore(lq, [face.references])[0]
     else:
-        face.notes.append("restoration skipped: no weights configured (--sd and --weights)")
-    face.columns["ground truth"] = face.gt
-    face.columns[f"chosen reference (#{chosen + 1} of {face.references.shape[0]})"] = face.references[chosen]
-    mfa = mfa_mask_from_images(lq, landmark_backend)
-    face.columns["MFA mask (from LQ)"] = mask_to_image(mfa)[0]
-    overlay = draw_points(gt, gt_lm.unsqueeze(0), GREEN)
-    face.columns["landmarks: GT green, LQ red"] = draw_points(overlay, lq_lm.unsqueeze(0), RED)[0]
+        face.notes.append("restoration skipped (--no-restore)")
+    outputs = [n for n in face.columns if n.startswith(("LQ", "restored"))]
+    face.columns["ground truth" if face.gt is not None else "no ground truth (real photo)"] = (
+        face.gt if face.gt is not None else torch.full_like(lq[0], 0.5))
+    face.columns[f"chosen reference (#{chosen + 1} of {face.references.shape[0]}, A-LD)"] = face.references[chosen]
+    face.columns["MFA mask (from LQ)"] = mask_to_image(mfa_mask_from_images(lq, landmark_backend))[0]
 
-    gt_embedding = identity_backend.embed(gt)
-    for name in [n for n in face.columns if n.startswith(("LQ", "restored"))]:
-        image = resize_to(face.columns[name].unsqueeze(0), gt.shape[-1])
-        row = {"PSNR": float(psnr(image, gt)), "SSIM": float(ssim(image, gt))}
-        row.update(_landmark_metrics(landmark_backend.landmarks(image)[0], gt_lm))
-        row["ID dist"] = float((identity_backend.embed(image) - gt_embedding).norm())
+    # geometry target: the ground truth, or for a real photo its own LQ input
+    target = face.gt.unsqueeze(0) if face.gt is not None else lq
+    target_lm = landmark_backend.landmarks(big(target))[0]
+    last = face.columns[outputs[-1]].unsqueeze(0)
+    last_lm = landmark_backend.landmarks(big(last))[0]
+    overlay = draw_points(draw_points(big(last), target_lm.unsqueeze(0), GREEN), last_lm.unsqueeze(0), RED)
+    face.columns[f"landmarks: {'GT' if face.gt is not None else 'LQ'} green, "
+                 f"{outputs[-1].split(',')[0]} red"] = overlay[0]
+
+    if face.gt is not None:
+        gt_embedding = identity_backend.embed(big(target))
+    else:
+        ref_embeddings = identity_backend.embed(big(face.references))
+    for name in outputs:
+        image = face.columns[name].unsqueeze(0)
+        points = landmark_backend.landmarks(big(image))[0]
+        embedding = identity_backend.embed(big(image))
+        if face.gt is not None:
+            row = {"PSNR": float(psnr(image, target)), "SSIM": float(ssim(image, target))}
+            row.update(_landmark_metrics(points / scale, target_lm / scale))
+            row["ID dist"] = float((embedding - gt_embedding).norm())
+        else:
+            row = {f"{k} vs LQ": v for k, v in _landmark_metrics(points / scale, target_lm / scale).items()}
+            row["ID dist to refs"] = float((ref_embeddings - embedding).norm(dim=-1).mean())
         face.metrics[name] = row
 
 
@@ -215,25 +280,49 @@ def _write_report(faces: list[DemoFace], output: Path, header: list[str]) -> tup
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..degradation import DegradationConfig, degrade
+    from ..degradation import MODERATE_DEGRADATION, DegradationConfig, degrade
+    from ..errors import HonestFaceError
     from ..face import load_identity_backend, load_landmark_backend
 
-    data = Path(args.data).expanduser() if args.data else default_data_dir()
+    # the demo's faces are aligned: fit landmarks in the aligned box when detection fails
+    landmark_backend = load_landmark_backend("dlib", aligned_fallback=True)
+    identity_backend = load_identity_backend("dlib", aligned_fallback=True)
     header = []
-    faces = _celeba_faces(data, args.identities, args.references) if data and data.is_dir() else []
+    try:
+        pipeline, weights = _load_pipeline(args, landmark_backend)
+    except HonestFaceError as error:
+        print(f"honestface demo: error: {error}")
+        return 1
+    size = pipeline.image_size if pipeline is not None else TILE
+    heldout = None
+    if pipeline is None:
+        header.append("Restoration skipped (--no-restore): the report shows the analysis half of HonestFace "
+                      "(degradation, reference choice, MFA mask, metrics).")
+    else:
+        from ..loaders.checkpoint import read_checkpoint_metadata
+        from ..paths import PACKAGED_WEIGHTS_DIR
+
+        metadata = read_checkpoint_metadata(weights) if weights.is_file() else {}
+        heldout = json.loads(metadata["heldout_identities"]) if metadata.get("heldout_identities") else None
+        built_in = weights.parent == PACKAGED_WEIGHTS_DIR
+        header.append(f"Model: {weights.name}, {size} px"
+                      + (" - the small demonstration model shipped with the package, trained from scratch on "
+                         "a CPU; not the paper's model (see its model card)." if built_in else "."))
+
+    data = Path(args.data).expanduser() if args.data else default_data_dir()
+    faces = _celeba_faces(data, args.identities, args.references, size, heldout) if data and data.is_dir() else []
     if not faces:
         header.append("No demo data folder found" + (f" at {data}" if data else "")
                       + ": using scikit-image's astronaut photo with augmented copies as references.")
-        faces = [_astronaut_face(args.references, args.seed)]
-    landmark_backend = load_landmark_backend("dlib")
-    identity_backend = load_identity_backend("dlib")
-    pipeline = _load_pipeline(args)
-    if pipeline is None:
-        header.append("Restoration weights are not configured (--sd and --weights): the report shows the "
-                      "analysis half of HonestFace (degradation, reference choice, MFA mask, metrics).")
-    config = DegradationConfig.fixed(**DEMO_DEGRADATION)
-    header.append("Degradation: " + ", ".join(f"{k}={v}" for k, v in DEMO_DEGRADATION.items()))
-    lqs = degrade(torch.stack([face.gt for face in faces]), config, generator=args.seed)
+        faces = [_astronaut_face(args.references, args.seed, size)]
+    config = DegradationConfig.moderate()
+    header.append(f"Degradation of the ground truth at {size} px: "
+                  + ", ".join(f"{k}={v}" for k, v in MODERATE_DEGRADATION.items()))
+    lqs = list(degrade(torch.stack([face.gt for face in faces]), config, generator=args.seed))
+    real = _real_face(data, size) if data and data.is_dir() else None
+    if real is not None:
+        faces.append(real)
+        lqs.append(real.lq)
     for index, (face, lq) in enumerate(zip(faces, lqs)):
         print(f"[{index + 1}/{len(faces)}] {face.name}")
         analyse(face, lq, landmark_backend, identity_backend, pipeline)

@@ -211,7 +211,11 @@ def execution_error(entry: dict) -> dict | None:
 
 def with_tiny_models(prompt: dict, choices: dict[str, str]) -> dict:
     """Real model names -> the tiny models' (what a user with the real files would not change)."""
+    from honestface.paths import NANO_WEIGHTS
+
     prompt = copy.deepcopy(prompt)
+    if any(node["inputs"].get("weights") == NANO_WEIGHTS for node in prompt.values()):
+        return prompt  # the built-in model needs no file: it runs as a user gets it
     for node in prompt.values():
         inputs = node["inputs"]
         if node["class_type"] == "HonestFaceModelLoader":

@@ -77,6 +77,21 @@ def test_restore_with_references(comfyui_server, inputs, tiny_choices):
     assert eyes.shape[1] == 2 * eyes.shape[0]  # left and right eye side by side
 
 
+def test_restore_with_the_built_in_nano_model(comfyui_server, inputs, tiny_choices):
+    """The shipped demonstration model: no model file, no base model, references used."""
+    prompt = with_tiny_models(load_workflow(API_WORKFLOWS / "honestface_nano_restore_with_references.json"),
+                              tiny_choices)
+    assert prompt["7"]["inputs"]["weights"] == "honestface-nano.safetensors"
+    assert prompt["7"]["inputs"]["base_model"] == "none"
+    entry = run(comfyui_server, "honestface_nano_restore_with_references", prompt)
+    [restored] = saved_images(comfyui_server, entry, "11")
+    lq = input_array(inputs["honestface_lq_face.png"])
+    assert_restored(restored, lq)
+    # a face comes back, not noise: close to the input at low resolution
+    small = lambda a: np.asarray(Image.fromarray((a * 255).astype(np.uint8)).resize((16, 16)), np.float32) / 255
+    assert np.abs(small(restored) - small(lq)).mean() < 0.1
+
+
 def test_restore_whole_photo(comfyui_server, inputs, tiny_choices):
     prompt = with_tiny_models(load_workflow(API_WORKFLOWS / "honestface_restore_whole_photo.json"), tiny_choices)
     entry = run(comfyui_server, "honestface_restore_whole_photo", prompt)

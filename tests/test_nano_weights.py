@@ -1,0 +1,64 @@
+"""The shipped ``honestface-nano`` weights: format, loading with no other file, and the
+quality targets of its model card on a held-out subset (a regression fails here)."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import torch
+
+from honestface.loaders.checkpoint import read_checkpoint_metadata
+from honestface.paths import NANO_WEIGHTS, PACKAGED_WEIGHTS_DIR
+
+WEIGHTS = PACKAGED_WEIGHTS_DIR / NANO_WEIGHTS
+#: Faces of the regression subset: the first 2 photos of each of the 13 held-out people.
+SUBSET_FACES = 26
+
+torch.set_num_threads(1)
+
+
+def test_weights_file_is_small_and_self_describing():
+    assert WEIGHTS.is_file(), f"{WEIGHTS} is missing"
+    assert WEIGHTS.stat().st_size <= 25 * 1024 * 1024
+    metadata = read_checkpoint_metadata(WEIGHTS)
+    config = json.loads(metadata["config"])
+    assert sorted(config["bundled"]) == ["unet", "vae", "vgg", "vq"]
+    assert config["image_size"] == 128 and config["identity_backend"] == "dlib"
+    assert metadata["dtype"] == "float16"
+    assert len(json.loads(metadata["heldout_identities"])) >= 10
+    assert (PACKAGED_WEIGHTS_DIR / "honestface-nano.md").is_file()  # the model card
+
+
+def test_loads_by_name_with_no_models_folder_and_no_network(monkeypatch):
+    from honestface.pipeline import load_model
+
+    monkeypatch.delenv("HONESTFACE_MODELS", raising=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the nano model must load without any network access")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    model = load_model(checkpoint=NANO_WEIGHTS)
+    assert model.config.bundled and model.accepts_references
+    assert any(NANO_WEIGHTS in line for line in model.load_report)
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 128, 128)).image
+    assert out.shape == (1, 3, 128, 128) and torch.isfinite(out).all()
+
+
+def test_quality_targets_hold_on_held_out_people(shared_data):
+    from honestface.face import load_identity_backend, load_landmark_backend
+    from honestface.metrics.heldout import evaluate_heldout, heldout_identities, load_heldout_faces, quality_targets
+    from honestface.pipeline import HonestFacePipeline, load_model
+
+    model = load_model(checkpoint=WEIGHTS)
+    landmarks = load_landmark_backend("dlib", aligned_fallback=True)
+    identity = load_identity_backend("dlib", aligned_fallback=True)
+    pipeline = HonestFacePipeline(model, landmarks, identity, batch_size=8)
+    faces = load_heldout_faces(shared_data, heldout_identities(WEIGHTS), model.config.image_size, SUBSET_FACES)
+    result = evaluate_heldout(pipeline, faces, landmarks, identity)
+    table = result.table()
+    failed = [f"{name}: {numbers}" for name, met, numbers in quality_targets(table) if not met]
+    assert not failed, "\n".join(failed) + "\n" + result.format_table()
