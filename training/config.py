@@ -124,6 +124,9 @@ class LoopSection:
     export_name: str = "honestface.safetensors"
     #: floating-point type of the exported weights: float32, float16 or bfloat16
     export_dtype: str = "float32"
+    #: colour correction written into the exported config as the model's inference default
+    #: ("none", "wavelet", "adain"); empty keeps the model's. Training never applies it.
+    export_color_correction: str = ""
     cpu: bool = False
     #: CPU threads of torch per process (0 = torch's default). 1 is much faster on a
     #: busy or small CPU; GPU runs do not care.
@@ -132,6 +135,9 @@ class LoopSection:
     def __post_init__(self) -> None:
         if self.mixed_precision not in ("no", "bf16"):
             raise ConfigError(f"train.mixed_precision must be 'no' or 'bf16', got '{self.mixed_precision}'")
+        if self.export_color_correction not in ("", "none", "wavelet", "adain"):
+            raise ConfigError("train.export_color_correction must be none, wavelet or adain, "
+                              f"got '{self.export_color_correction}'")
         if self.export_dtype not in ("float32", "float16", "bfloat16"):
             raise ConfigError(f"train.export_dtype must be float32, float16 or bfloat16, got '{self.export_dtype}'")
         for name in ("max_steps", "batch_size", "gradient_accumulation"):

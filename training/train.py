@@ -568,9 +568,14 @@ class Trainer:
         dtype = getattr(torch, self.config.train.export_dtype)
         # which people the model never saw, so evaluations can stay on held-out identities
         heldout = sorted(identity_name(i) for i in self.val_set.identities) if self.val_set is not None else []
-        save_checkpoint(self.model, tmp, extra_metadata={"training_step": str(self.step),
-                                                         "heldout_identities": json.dumps(heldout)},
-                        dtype=None if dtype == torch.float32 else dtype)
+        trained_with = self.model.config.color_correction
+        self.model.config.color_correction = self.config.train.export_color_correction or trained_with
+        try:
+            save_checkpoint(self.model, tmp, extra_metadata={"training_step": str(self.step),
+                                                             "heldout_identities": json.dumps(heldout)},
+                            dtype=None if dtype == torch.float32 else dtype)
+        finally:
+            self.model.config.color_correction = trained_with
         tmp.replace(path)
         return path
 
@@ -630,8 +635,12 @@ class Trainer:
                    "export": str(exported) if exported else None, "world_size": self.world,
                    "weights_sha256": digests, "last": last}
         if self.is_main:
-            with open(self.output / "history.json", "w", encoding="utf-8") as handle:
-                json.dump(self.history, handle)
+            # a resumed run continues the history of the steps before it
+            path = self.output / "history.json"
+            earlier = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+            first = self.history[0]["step"] if self.history else self.step + 1
+            with open(path, "w", encoding="utf-8") as handle:
+                json.dump([row for row in earlier if row["step"] < first] + self.history, handle)
         return summary
 
 
