@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, met, numbers in quality_targets(result.table()):
         failed += not met
         print(f"{'PASS' if met else 'FAIL'}  {name}: {numbers}")
+    for column in ("PSNR", "ID dist", "ALD-e", "ALD-m"):
+        mean, stderr, count = result.paired_difference("restored, refs", "restored, no refs", column)
+        print(f"refs - no refs, {column:<7}: {mean:+.5f} +- {stderr:.5f} (standard error, {count} faces)")
     print(f"evaluation (2 restorations + metrics per face): {elapsed:.1f} s, "
           f"{elapsed / len(faces):.2f} s per face, {torch.get_num_threads()} threads")
     if args.json:

@@ -59,6 +59,20 @@ class HeldoutResult:
         values = [v for v in self.per_face[condition][column] if math.isfinite(v)]
         return sum(values) / len(values) if values else float("nan")
 
+    def paired_difference(self, condition_a: str, condition_b: str, column: str) -> tuple[float, float, int]:
+        """Mean of the per-face differences ``a - b`` of ``column``, its standard error and
+        the number of faces with both values (how far a difference is from noise)."""
+        pairs = [(a, b) for a, b in zip(self.per_face[condition_a][column], self.per_face[condition_b][column])
+                 if math.isfinite(a) and math.isfinite(b)]
+        if not pairs:
+            return float("nan"), float("nan"), 0
+        diffs = [a - b for a, b in pairs]
+        mean = sum(diffs) / len(diffs)
+        if len(diffs) < 2:
+            return mean, float("nan"), len(diffs)
+        variance = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+        return mean, math.sqrt(variance / len(diffs)), len(diffs)
+
     def table(self) -> dict[str, dict[str, float]]:
         return {c: {k: self.mean(c, k) for k in COLUMNS} for c in self.per_face}
 
