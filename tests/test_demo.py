@@ -52,7 +52,7 @@ def test_demo_with_the_shipped_model(shared_data, tmp_path) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--data", str(shared_data), "--identities", "2", "-o", str(out)]) == 0
     page = (out / "report.html").read_text()
-    assert NANO_WEIGHTS in page and "not the paper's model" in page and "held out from training" in page
+    assert NANO_WEIGHTS in page and "not the paper" in page and "held out from training" in page
     metrics = json.loads((out / "metrics.json").read_text())
     heldout = json.loads(read_checkpoint_metadata(PACKAGED_WEIGHTS_DIR / NANO_WEIGHTS)["heldout_identities"])
     people = [name for name in metrics if not name.startswith("real-")]
@@ -85,6 +85,7 @@ def test_demo_restores_with_configured_weights(shared_data, tmp_path) -> None:
                  "--sd", str(models / "checkpoints" / "tiny-sd21-base.safetensors"),
                  "--weights", "honestface-tiny.safetensors", "--osdface", "osdface-tiny",
                  "--models-dir", str(models), "-o", str(out)]) == 0
-    (rows,) = json.loads((out / "metrics.json").read_text()).values()
+    metrics = json.loads((out / "metrics.json").read_text())
+    (rows,) = [rows for name, rows in metrics.items() if not name.startswith("real-")]
     assert {"LQ (input)", "restored, no refs", "restored, refs"} <= set(rows)
     assert "restoration skipped" not in (out / "report.html").read_text()
