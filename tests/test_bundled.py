@@ -154,7 +154,7 @@ def test_training_a_bundled_model_from_scratch(celeba_subset, tmp_path, monkeypa
     config = load_config(TINY, [
         f"data.roots=[{celeba_subset}]", f"output_dir={tmp_path}", "data.val_fraction=0.2",
         "data.min_references=1", "train.max_steps=2", "train.val_every=0", "train.checkpoint_every=0",
-        "train.log_every=0", "train.export_dtype=float16",
+        "train.log_every=0", "train.export_dtype=float16", "train.export_color_correction=wavelet",
         "losses.ea_dists=0", "losses.identity=0", "losses.mfa=0", "losses.adversarial=0",
         "model.landmarks=dlib", "model.landmark_options={aligned_fallback: true}", "model.identity=dlib",
         "model.overrides={bundled: [unet, vae, vq, vgg], lora.rank: 0, ide.identity_dim: 128, "
@@ -181,7 +181,10 @@ def test_training_a_bundled_model_from_scratch(celeba_subset, tmp_path, monkeypa
 
     export = Path(summary["export"])
     assert read_checkpoint_metadata(export)["dtype"] == "float16"
+    assert trainer.model.config.color_correction == "none"  # training ran without it
     loaded = load_model(checkpoint=export).eval()
+    assert loaded.config.color_correction == "wavelet"  # the export's inference default
+    loaded.config.color_correction = "none"
     torch.testing.assert_close(loaded.ide.identity_encoder.identity_center, centre.to(torch.float16).float())
     lq, refs = faces()
     trainer.model.eval()
