@@ -293,3 +293,25 @@ def test_training_from_model_files_and_from_its_own_checkpoint(celeba_subset, tm
     again = second.model.trainable_state_dict()
     trained = first.model.trainable_state_dict()
     assert again.keys() == trained.keys() and all(torch.equal(again[k], trained[k]) for k in trained)
+
+
+def test_reexporting_a_finished_run_keeps_its_summary_and_history(celeba_subset, tmp_path, caplog):
+    from training.train import main
+
+    args = ["--config", str(TINY), "--output", str(tmp_path), f"data.roots=[{celeba_subset}]",
+            "data.val_fraction=0.25", "train.max_steps=2", "train.val_every=0", "train.checkpoint_every=0",
+            "train.log_every=0", "losses.adversarial=0", "losses.ea_dists=0", "losses.identity=0", "losses.mfa=0",
+            "optim.scheduler=cosine"]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert summary["steps"] == 2 and [row["step"] for row in history] == [1, 2]
+
+    assert main([*args, "--resume", "auto"]) == 0  # nothing left to train: exports again
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert json.loads((tmp_path / "history.json").read_text()) == history
+
+    with caplog.at_level("WARNING", logger="honestface.train"):
+        assert main([*args, "--resume", "auto", "train.max_steps=3"]) == 0
+    assert "max_steps changed from 2 to 3" in caplog.text
+    assert [row["step"] for row in json.loads((tmp_path / "history.json").read_text())] == [1, 2, 3]

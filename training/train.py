@@ -291,6 +291,11 @@ class Trainer:
             logger.warning("%s has no RNG state for rank %d: random streams restart", path, self.rank)
         self.step = int(trainer["step"])
         logger.info("resumed from %s at step %d", path, self.step)
+        before = trainer.get("config", {}).get("train", {}).get("max_steps")
+        if before is not None and int(before) != self.config.train.max_steps and self.config.optim.scheduler != "constant":
+            logger.warning("train.max_steps changed from %s to %d: the %s learning-rate schedule is stretched "
+                           "from step %d on", before, self.config.train.max_steps, self.config.optim.scheduler,
+                           self.step)
         return True
 
     def _set_identity_center(self, count: int = 256) -> None:
@@ -654,7 +659,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", help="checkpoint folder, or 'auto' for the newest in the output folder")
     parser.add_argument("--output", help="output folder (overrides output_dir)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=100")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may come before and after the options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -669,8 +674,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if trainer.is_main:
         print(json.dumps({k: v for k, v in summary.items() if k != "last"}))
-        with open(trainer.output / "summary.json", "w", encoding="utf-8") as handle:
-            json.dump(summary, handle, indent=1)
+        path = trainer.output / "summary.json"
+        if summary["samples_per_second"] > 0 or not path.is_file():  # a re-export keeps the run's summary
+            with open(path, "w", encoding="utf-8") as handle:
+                json.dump(summary, handle, indent=1)
     return 0
 
 
