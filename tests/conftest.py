@@ -22,3 +22,12 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"real face data not found at {path} (set HONESTFACE_TEST_DATA)")
     return path
+
+
+@pytest.fixture(scope="module")
+def celeba_subset(shared_data, tmp_path_factory) -> Path:
+    """A training data root of links to 8 real identity folders (nothing is copied)."""
+    root = tmp_path_factory.mktemp("faces")
+    for folder in sorted(p for p in (shared_data / "celeba").iterdir() if p.is_dir())[:8]:
+        (root / folder.name).symlink_to(folder, target_is_directory=True)
+    return root

@@ -138,14 +138,6 @@ def test_identity_centre_is_subtracted_before_normalising():
     assert "identity_center" in centred.state_dict()
 
 
-@pytest.fixture(scope="module")
-def celeba_subset(shared_data, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("faces")
-    for folder in sorted(p for p in (shared_data / "celeba").iterdir() if p.is_dir())[:6]:
-        (root / folder.name).symlink_to(folder, target_is_directory=True)
-    return root
-
-
 def test_training_a_bundled_model_from_scratch(celeba_subset, tmp_path, monkeypatch):
     from training.config import load_config
     from training.train import Trainer

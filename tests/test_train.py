@@ -28,15 +28,6 @@ PAPER = REPO_ROOT / "training" / "configs" / "paper.yaml"
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def celeba_subset(shared_data, tmp_path_factory) -> Path:
-    """A data root of links to a handful of real identity folders (nothing is copied)."""
-    root = tmp_path_factory.mktemp("faces")
-    for folder in sorted(p for p in (shared_data / "celeba").iterdir() if p.is_dir())[:8]:
-        (root / folder.name).symlink_to(folder, target_is_directory=True)
-    return root
-
-
 def tiny_config(root: Path, output: Path, *overrides: str):
     return load_config(TINY, [f"data.roots=[{root}]", f"output_dir={output}", "train.log_every=0",
                               "data.val_fraction=0.25", *overrides])
