@@ -5,12 +5,7 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not e2e"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${HONESTFACE_VENV:-.venv}"
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-PY="$VENV/bin/python"
-"$PY" -m pip install -q --upgrade pip
-"$PY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-"$PY" -m pip install -q -e ".[face,train,test]"
+HONESTFACE_EXTRAS="[face,train,test]" source scripts/venv.sh
 bash scripts/comfyui_setup.sh "$PY"
 if ! command -v chromium >/dev/null 2>&1; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
