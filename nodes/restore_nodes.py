@@ -68,7 +68,8 @@ def build_model(base_model: str, weights: str, osdface_folder: str, dtype: str, 
 
     weights_path = resolve_weights(weights)
     is_osdface = weights_path.is_dir()
-    bundled = set() if is_osdface else set(config_from_checkpoint(weights_path).bundled)
+    config = None if is_osdface else config_from_checkpoint(weights_path)
+    bundled = set() if config is None else set(config.bundled)
     # weights that bundle their UNet and VAE ignore the base model (the loader logs it)
     sd21 = None if base_model == NONE or {"unet", "vae"} <= bundled else resolve_base_model(base_model)
     if osdface_folder == AUTO:
@@ -91,7 +92,7 @@ def build_model(base_model: str, weights: str, osdface_folder: str, dtype: str, 
                                     "the OSDFace release: put the release folder in models/honestface.")
     if checkpoint is not None and "vgg" not in bundled:
         # The facial feature extractor needs torchvision's VGG16 weights next to the checkpoint.
-        vgg = find_in_folders("honestface", config_from_checkpoint(checkpoint).ide.vgg_file,
+        vgg = find_in_folders("honestface", config.ide.vgg_file,
                               "VGG16 weights of the facial feature extractor")
     load_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, load_device)
