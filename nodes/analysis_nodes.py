@@ -18,7 +18,7 @@ from .model_folders import list_files, models_root_for
 CATEGORY = "HonestFace"
 
 LANDMARK_CHOICES = ["dlib", "fan"]
-IDENTITY_CHOICES = ["dlib", "arcface-onnx", "arcface-torch", "adaface"]
+IDENTITY_CHOICES = ["dlib", "dlib-torch", "arcface-onnx", "arcface-torch", "adaface"]
 DETECTOR_CHOICES = ["dlib-hog", "dlib-mmod", "insightface"]
 
 #: Model kind whose folders hold each backend's weights (dlib's come with its pip package).

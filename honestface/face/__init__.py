@@ -22,7 +22,7 @@ from .base import (
 from .photo import PhotoFace, restore_faces_in_photo
 
 LANDMARK_BACKENDS = ("dlib", "fan")
-IDENTITY_BACKENDS = ("dlib", "arcface-onnx", "arcface-torch", "adaface")
+IDENTITY_BACKENDS = ("dlib", "dlib-torch", "arcface-onnx", "arcface-torch", "adaface")
 FACE_DETECTORS = ("dlib", "insightface")
 
 
@@ -54,7 +54,9 @@ def load_identity_backend(name: str = "dlib", models_dir: str | Path | None = No
     """A face-recognition backend: aligned faces -> identity embeddings.
 
     Names:
-        "dlib": dlib's 128-d descriptor (offline).
+        "dlib": dlib's 128-d descriptor (offline), run by dlib with its own alignment.
+        "dlib-torch": the same network in PyTorch (offline, batched, differentiable);
+            FFHQ-aligned crops are cut to dlib's chip with one fixed transform.
         "arcface-onnx": insightface ArcFace ONNX (``<models>/insightface/models/<pack>/``)
             run with onnxruntime.
         "arcface-torch": the same network in PyTorch (differentiable), from an insightface
@@ -64,6 +66,9 @@ def load_identity_backend(name: str = "dlib", models_dir: str | Path | None = No
     if name == "dlib":
         from .dlib_backend import DlibIdentity
         return DlibIdentity(models_dir=models_dir, **kw)
+    if name == "dlib-torch":
+        from .dlib_resnet import load_dlib_identity_torch
+        return load_dlib_identity_torch(models_dir=models_dir, device=device, **kw)
     if name == "arcface-onnx":
         from .arcface import load_arcface_onnx
         return load_arcface_onnx(models_dir=models_dir, device=device, **kw)
