@@ -147,16 +147,20 @@ def test_training_a_bundled_model_from_scratch(celeba_subset, tmp_path, monkeypa
         f"data.roots=[{celeba_subset}]", f"output_dir={tmp_path}", "data.val_fraction=0.2",
         "data.min_references=1", "train.max_steps=2", "train.val_every=0", "train.checkpoint_every=0",
         "train.log_every=0", "train.export_dtype=float16", "train.export_color_correction=wavelet",
-        "losses.ea_dists=0", "losses.identity=0", "losses.mfa=0", "losses.adversarial=0",
-        "model.landmarks=dlib", "model.landmark_options={aligned_fallback: true}", "model.identity=dlib",
+        "losses.ea_dists=0", "losses.mfa=0", "losses.adversarial=0",
+        # the offline identity loss of nano.yaml: dlib's network in PyTorch, real weights
+        "losses.identity=0.5", "losses.identity_backends=[dlib-torch]", "losses.pretrained=true",
+        "model.landmarks=dlib", "model.landmark_options={aligned_fallback: true}", "model.identity=dlib-torch",
         "model.overrides={bundled: [unet, vae, vq, vgg], lora.rank: 0, ide.identity_dim: 128, "
-        "ide.center_identity: true, identity_backend: dlib}",
+        "ide.center_identity: true, identity_backend: dlib-torch}",
     ])
     trainer = Trainer(config)
+    assert trainer.objective.identity.names == ["dlib-torch"]
     centre = trainer.model.ide.identity_encoder.identity_center.clone()
     assert centre.norm() > 0.1  # dlib descriptors share a large common part
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     summary = trainer.run()
+    assert all(0 < row["loss/identity"] < 1 for row in trainer.history)
     for prefix in ("restorer.unet.", "restorer.vae.decoder.", "ide.feature_extractor.vgg."):
         moved = [n for n, p in trainer.model.named_parameters()
                  if n.startswith(prefix) and not torch.equal(p.detach(), before[n])]
