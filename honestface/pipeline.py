@@ -49,6 +49,16 @@ class ReferenceBatch:
     embeddings: torch.Tensor | None  # (B, N, D), zeros where padded
 
 
+def warn_on_identity_mismatch(backend: str, trained_with: str) -> None:
+    """Log a warning when the identity backend is not the family the model was trained
+    with: embeddings of the same size from another recogniser are a different space. One
+    network run two ways ("dlib" / "dlib-torch", "arcface-onnx" / "arcface-torch") is fine."""
+    family = backend.split("-")[0].split(" ")[0]
+    if backend and trained_with and family != trained_with.split("-")[0]:
+        logger.warning("identity backend '%s' differs from the one the model was trained with ('%s'): "
+                       "the identity tokens will not mean what the model learned", backend, trained_with)
+
+
 class HonestFacePipeline:
     """Restore aligned LQ faces with 0..N references each.
 
@@ -80,6 +90,7 @@ class HonestFacePipeline:
 
                 raise ConfigError(f"identity backend '{getattr(identity_backend, 'name', '?')}' gives {dim}-d "
                                   f"embeddings but the model expects {model.config.ide.identity_dim}-d")
+            warn_on_identity_mismatch(str(getattr(identity_backend, "name", "")), model.config.identity_backend)
         self.model.to(device=self.device, dtype=self.dtype)
         self.model.eval()
 

@@ -23,7 +23,7 @@ DETECTOR_CHOICES = ["dlib-hog", "dlib-mmod", "insightface"]
 
 #: Model kind whose folders hold each backend's weights (dlib's come with its pip package).
 _LANDMARK_KIND = {"dlib": "face_recognition", "fan": "face_alignment"}
-_IDENTITY_KIND = {"dlib": "face_recognition", "arcface-onnx": "insightface",
+_IDENTITY_KIND = {"dlib": "face_recognition", "dlib-torch": "face_recognition", "arcface-onnx": "insightface",
                   "arcface-torch": "insightface", "adaface": "face_recognition"}
 
 
@@ -57,7 +57,7 @@ def build_face_analysis(landmark_backend: str, identity_backend: str, detector: 
     landmarks = load_landmark_backend(landmark_backend, models_dir=models_root_for(_LANDMARK_KIND[landmark_backend]),
                                       device=torch_device)
     extra = {}
-    if identity_model != DEFAULT_MODEL and identity_backend != "dlib":
+    if identity_model != DEFAULT_MODEL and not identity_backend.startswith("dlib"):
         extra["model"] = resolve_identity_model(identity_model)
     identity = load_identity_backend(identity_backend, models_dir=models_root_for(_IDENTITY_KIND[identity_backend]),
                                      device=torch_device, **extra)

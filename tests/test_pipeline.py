@@ -230,3 +230,14 @@ def test_pipeline_from_files_in_the_real_formats(tmp_path_factory):
         "associate_2.ckpt", "embedding_change_weights.pth", "pytorch_lora_weights.safetensors"]
     # OSDFace weights have no trained identity embedder: references are ignored.
     torch.testing.assert_close(osdface.restore(lq, [refs, refs]), osdface.restore(lq))
+
+
+def test_identity_backend_of_another_family_is_warned(caplog):
+    from honestface.pipeline import warn_on_identity_mismatch
+
+    with caplog.at_level("WARNING", logger="honestface.pipeline"):
+        warn_on_identity_mismatch("dlib", "dlib-torch")  # one network, run by dlib or PyTorch
+        warn_on_identity_mismatch("arcface-torch", "arcface-onnx")
+        assert not caplog.records
+        warn_on_identity_mismatch("arcface-onnx", "dlib-torch")
+    assert "trained with ('dlib-torch')" in caplog.text
