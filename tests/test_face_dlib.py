@@ -107,6 +107,19 @@ def test_no_face_in_flat_grey_image(landmarks):
     assert load_face_detector("dlib").detect(grey[0]) == []
 
 
+def test_landmarks_in_the_aligned_box_without_detection(landmarks, obama):
+    """``detect=False`` (aligned crops): the points are fitted in the aligned face box; on
+    aligned faces they agree with the detected ones."""
+    images, _ = obama
+    undetected = load_landmark_backend("dlib", detect=False)
+    points = undetected.landmarks(images[:2])
+    require_landmarks(points)
+    inner = (points - landmarks.landmarks(images[:2])).norm(dim=-1)[:, 27:68]
+    assert inner.mean() < 6.0, f"{inner.mean():.1f} px on 512 px crops"
+    # a flat image has no face, but the aligned box is fitted all the same
+    assert torch.isfinite(undetected.landmarks(torch.full((1, 3, 128, 128), 0.5))).all()
+
+
 def test_tiny_face_is_found_and_consistent(landmarks, obama):
     images, _ = obama
     full = landmarks.landmarks(images[:1])

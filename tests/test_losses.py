@@ -248,6 +248,15 @@ def test_objective_switches_losses_and_weights_them(tiny_unet, faces):
     assert only_mse.ea_dists is None and only_mse.discriminator is None and only_mse.identity is None
     assert set(only_mse.generator_losses(restored, target)) == {"mse", "total"}
 
+    # start_steps: a loss joins the total from its step on (and is not computed before)
+    config.start_steps = {"identity": 10, "mfa": 5}
+    early = objective.generator_losses(restored, target, latent, mask, step=4)
+    assert set(early) == {"mse", "ea_dists", "adversarial", "total"}
+    assert torch.allclose(early["total"], early["mse"] + 0.5 * early["ea_dists"] + 0.02 * early["adversarial"])
+    assert set(objective.generator_losses(restored, target, latent, mask, step=5)) == \
+        {"mse", "ea_dists", "mfa", "adversarial", "total"}
+    assert "identity" in objective.generator_losses(restored, target, latent, mask, step=10)
+
 
 def test_loss_config_validation():
     assert LossConfig.from_dict(LossConfig().to_dict()) == LossConfig()
@@ -258,6 +267,11 @@ def test_loss_config_validation():
         LossConfig(mse=-1)
     with pytest.raises(ConfigError):
         LossConfig.from_dict({"perceptual": 1})
+    with pytest.raises(ConfigError, match="start_steps names unknown"):
+        LossConfig(start_steps={"perceptual": 3})
+    with pytest.raises(ConfigError, match=">= 0"):
+        LossConfig(start_steps={"identity": -1})
+    assert LossConfig.from_dict({"start_steps": {"identity": "100"}}).start_steps == {"identity": 100}
     with pytest.raises(ConfigError):
         LossConfig(discriminator={"rank": 3})
 

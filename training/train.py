@@ -453,7 +453,8 @@ class Trainer:
             output = self._model_forward(batch)
             mask = self.objective.mfa_masks(batch["lq"].to(self.device)) if self.objective.lpips is not None else None
             with self.accelerator.autocast():
-                terms = self.objective.generator_losses(output.image, gt, output.latent_restored, mask)
+                terms = self.objective.generator_losses(output.image, gt, output.latent_restored, mask,
+                                                       step=self.step)
             (terms["total"] / accumulation).backward()
             for name, value in terms.items():
                 logged[f"loss/{name}"] = logged.get(f"loss/{name}", 0.0) + float(value.detach()) / accumulation

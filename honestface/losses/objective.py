@@ -57,6 +57,8 @@ class LossConfig:
         vgg_file, dists_file, lpips_file: weight files in ``<models>/honestface``.
         discriminator: :class:`DiscriminatorConfig` of the latent discriminator.
         backend_options: extra keyword arguments per backend name (e.g. model file names).
+        start_steps: per loss name, the optimiser step from which the loss counts (e.g.
+            ``{identity: 1200}``: train on the others first); unlisted losses count from 0.
     """
 
     mse: float = 1.0
@@ -73,6 +75,7 @@ class LossConfig:
     lpips_file: str = LPIPS_FILE
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    start_steps: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.discriminator, dict):
@@ -92,9 +95,19 @@ class LossConfig:
                 raise ConfigError(f"loss weight {name} must be >= 0, got {getattr(self, name)}")
         if self.identity > 0 and not self.identity_backends:
             raise ConfigError("identity loss is on but identity_backends is empty")
+        unknown = sorted(set(self.start_steps) - set(LOSS_NAMES))
+        if unknown:
+            raise ConfigError(f"start_steps names unknown loss(es) {unknown}; known: {list(LOSS_NAMES)}")
+        self.start_steps = {name: int(step) for name, step in self.start_steps.items()}
+        if any(step < 0 for step in self.start_steps.values()):
+            raise ConfigError(f"start_steps must be >= 0, got {self.start_steps}")
 
     def enabled(self, name: str) -> bool:
         return float(getattr(self, name)) > 0
+
+    def active(self, name: str, step: int | None = None) -> bool:
+        """Enabled, and (when ``step`` is given) past its start step."""
+        return self.enabled(name) and (step is None or step >= self.start_steps.get(name, 0))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -216,7 +229,7 @@ class TrainingObjective(nn.Module):
 
     def generator_losses(self, restored: torch.Tensor, target: torch.Tensor,
                          latent_restored: torch.Tensor | None = None,
-                         mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                         mask: torch.Tensor | None = None, step: int | None = None) -> dict[str, torch.Tensor]:
         """Unweighted terms and their weighted ``"total"``.
 
         Args:
@@ -224,21 +237,22 @@ class TrainingObjective(nn.Module):
             target: (B, 3, H, W) x_H in [0, 1].
             latent_restored: (B, 4, h, w) z_hat_H, needed by the adversarial term.
             mask: (B, 1, H, W) MFA mask of the LQ input (see :meth:`mfa_masks`).
+            step: the optimiser step; losses whose ``start_steps`` entry is later are skipped.
         """
         config = self.config
         target = target.to(restored.dtype)
         terms: dict[str, torch.Tensor] = {}
-        if config.enabled("mse"):
+        if config.active("mse", step):
             terms["mse"] = F.mse_loss(restored.float() * 2 - 1, target.float() * 2 - 1)
-        if self.ea_dists is not None and config.enabled("ea_dists"):
+        if self.ea_dists is not None and config.active("ea_dists", step):
             terms["ea_dists"] = self.ea_dists(restored.float(), target.float()).mean()
-        if self.identity is not None and config.enabled("identity"):
+        if self.identity is not None and config.active("identity", step):
             terms["identity"] = self.identity(restored.float(), target.float()).mean()
-        if self.lpips is not None and config.enabled("mfa"):
+        if self.lpips is not None and config.active("mfa", step):
             if mask is None:
                 raise ConfigError("the MFA loss needs the mask of the LQ input")
             terms["mfa"] = mfa_loss(restored.float(), target.float(), mask, self.lpips)
-        if self.discriminator is not None and config.enabled("adversarial"):
+        if self.discriminator is not None and config.active("adversarial", step):
             if latent_restored is None:
                 raise ConfigError("the adversarial loss needs the restored latent")
             timesteps = self._random_timesteps(latent_restored.shape[0], latent_restored.device)
