@@ -54,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         weights = find_model_file("honestface", args.weights, what="HonestFace checkpoint")
         model = load_model(checkpoint=weights)
         landmarks = load_landmark_backend("dlib", aligned_fallback=True)
+        # the model's own identity backend feeds its IDE; dlib's pipeline scores the results
         identity = load_identity_backend("dlib", aligned_fallback=True)
-        pipeline = HonestFacePipeline(model, landmarks, identity, batch_size=args.batch_size)
+        model_identity = load_identity_backend(model.config.identity_backend)
+        pipeline = HonestFacePipeline(model, landmarks, model_identity, batch_size=args.batch_size)
         identities = heldout_identities(weights)
         faces = load_heldout_faces(args.data, identities, model.config.image_size, args.max_faces, args.references)
         started = time.perf_counter()

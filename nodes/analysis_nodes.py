@@ -87,8 +87,10 @@ class HonestFaceAnalysisLoader:
             "landmark_backend": (LANDMARK_CHOICES, {"default": "dlib", "tooltip":
                 "68-point landmarks and heatmaps: dlib (offline) or face-alignment's FAN (weights in models/face_alignment)."}),
             "identity_backend": (IDENTITY_CHOICES, {"default": "dlib", "tooltip":
-                "Face recogniser for identity embeddings: dlib 128-d (offline), ArcFace (insightface ONNX pack "
-                "or the same network in PyTorch) or AdaFace. Must match what the HonestFace checkpoint was trained with."}),
+                "Face recogniser for identity embeddings: dlib 128-d (offline; dlib-torch runs the same network in "
+                "PyTorch, batched and on the GPU), ArcFace (insightface ONNX pack or the same network in PyTorch) "
+                "or AdaFace. Must match what the HonestFace checkpoint was trained with (the built-in nano model: "
+                "dlib-torch)."}),
             "identity_model": (identity_model_choices(), {"default": DEFAULT_MODEL, "tooltip":
                 "Weights of the face recogniser: default (ArcFace: insightface/models/buffalo_l/w600k_r50.onnx), "
                 "another insightface ONNX file, or an arcface_torch/AdaFace file from models/facerestore_models. "
