@@ -451,7 +451,8 @@ class Trainer:
             batch = next(stream)
             gt = batch["gt"].to(self.device)
             output = self._model_forward(batch)
-            mask = self.objective.mfa_masks(batch["lq"].to(self.device)) if self.objective.lpips is not None else None
+            mfa_on = self.objective.lpips is not None and self.config.losses.active("mfa", self.step)
+            mask = self.objective.mfa_masks(batch["lq"].to(self.device)) if mfa_on else None
             with self.accelerator.autocast():
                 terms = self.objective.generator_losses(output.image, gt, output.latent_restored, mask,
                                                        step=self.step)
