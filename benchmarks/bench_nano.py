@@ -43,23 +43,22 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from honestface.errors import HonestFaceError
-    from honestface.face import load_identity_backend, load_landmark_backend
-    from honestface.metrics.heldout import evaluate_heldout, heldout_identities, load_heldout_faces, quality_targets
+    from honestface.metrics.heldout import (
+        evaluate_heldout,
+        heldout_identities,
+        heldout_pipeline,
+        load_heldout_faces,
+        quality_targets,
+    )
     from honestface.paths import find_model_file
-    from honestface.pipeline import HonestFacePipeline, load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         weights = find_model_file("honestface", args.weights, what="HonestFace checkpoint")
-        model = load_model(checkpoint=weights)
-        landmarks = load_landmark_backend("dlib", aligned_fallback=True)
-        # the model's own identity backend feeds its IDE; dlib's pipeline scores the results
-        identity = load_identity_backend("dlib", aligned_fallback=True)
-        model_identity = load_identity_backend(model.config.identity_backend)
-        pipeline = HonestFacePipeline(model, landmarks, model_identity, batch_size=args.batch_size)
+        pipeline, landmarks, identity = heldout_pipeline(weights, batch_size=args.batch_size)
         identities = heldout_identities(weights)
-        faces = load_heldout_faces(args.data, identities, model.config.image_size, args.max_faces, args.references)
+        faces = load_heldout_faces(args.data, identities, pipeline.image_size, args.max_faces, args.references)
         started = time.perf_counter()
         result = evaluate_heldout(pipeline, faces, landmarks, identity, seed=args.seed)
         elapsed = time.perf_counter() - started

@@ -56,15 +56,10 @@ def test_quality_on_held_out_people_does_not_regress(shared_data):
     is *not* met by these weights (+1.37 dB on the benchmark's 100 faces), so the PSNR
     floor guards today's level; the identity target (restored closer to the ground truth
     than the LQ) is met and asserted with a margin."""
-    from honestface.face import load_identity_backend, load_landmark_backend
-    from honestface.metrics.heldout import evaluate_heldout, heldout_identities, load_heldout_faces
-    from honestface.pipeline import HonestFacePipeline, load_model
+    from honestface.metrics.heldout import evaluate_heldout, heldout_identities, heldout_pipeline, load_heldout_faces
 
-    model = load_model(checkpoint=WEIGHTS)
-    landmarks = load_landmark_backend("dlib", aligned_fallback=True)
-    identity = load_identity_backend("dlib", aligned_fallback=True)
-    pipeline = HonestFacePipeline(model, landmarks, load_identity_backend(model.config.identity_backend), batch_size=8)
-    faces = load_heldout_faces(shared_data, heldout_identities(WEIGHTS), model.config.image_size, SUBSET_FACES)
+    pipeline, landmarks, identity = heldout_pipeline(WEIGHTS)
+    faces = load_heldout_faces(shared_data, heldout_identities(WEIGHTS), pipeline.image_size, SUBSET_FACES)
     result = evaluate_heldout(pipeline, faces, landmarks, identity)
     table = result.table()
     bicubic, plain, refs = table["LQ, bicubic"], table["restored, no refs"], table["restored, refs"]

@@ -160,6 +160,23 @@ def load_heldout_faces(data_dir: str | Path, identities: Sequence[str], size: in
     return faces
 
 
+def heldout_pipeline(checkpoint: str | Path, batch_size: int = 8):
+    """-> (pipeline, landmark backend, identity backend) for :func:`evaluate_heldout`.
+
+    The pipeline runs the checkpoint's model with dlib landmarks and the identity backend
+    its IDE was trained with (``config.identity_backend``); the returned dlib backends score
+    the results (dlib's own detection, alignment and descriptor).
+    """
+    from ..face import load_identity_backend, load_landmark_backend
+    from ..pipeline import HonestFacePipeline, load_model
+
+    model = load_model(checkpoint=checkpoint)
+    landmarks = load_landmark_backend("dlib", aligned_fallback=True)
+    model_identity = load_identity_backend(model.config.identity_backend)
+    pipeline = HonestFacePipeline(model, landmarks, model_identity, batch_size=batch_size)
+    return pipeline, landmarks, load_identity_backend("dlib", aligned_fallback=True)
+
+
 def evaluate_heldout(pipeline, faces: Sequence[HeldoutFace], landmark_backend, identity_backend,
                      degradation: DegradationConfig | None = None, seed: int = 1234,
                      analysis_size: int = 256, progress: ProgressCallback | None = None) -> HeldoutResult:
