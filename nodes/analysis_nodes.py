@@ -7,7 +7,7 @@ import math
 import torch
 
 from honestface.errors import ImageError, NoFaceError
-from honestface.face import require_landmarks
+from honestface.face import IDENTITY_BACKENDS, LANDMARK_BACKENDS, require_landmarks
 from honestface.visualize import GREEN, RED, draw_points
 
 from .comfy_io import (DEVICE_CHOICES, comfy_progress, comfy_to_images, images_to_comfy, masks_to_comfy,
@@ -17,8 +17,8 @@ from .model_folders import list_files, models_root_for
 
 CATEGORY = "HonestFace"
 
-LANDMARK_CHOICES = ["dlib", "fan"]
-IDENTITY_CHOICES = ["dlib", "dlib-torch", "arcface-onnx", "arcface-torch", "adaface"]
+LANDMARK_CHOICES = list(LANDMARK_BACKENDS)
+IDENTITY_CHOICES = list(IDENTITY_BACKENDS)
 DETECTOR_CHOICES = ["dlib-hog", "dlib-mmod", "insightface"]
 
 #: Model kind whose folders hold each backend's weights (dlib's come with its pip package).

@@ -225,3 +225,17 @@ def test_analysis_loader_names_the_missing_file_and_its_folder(pack, landmarks, 
         pack.HonestFaceAnalysisLoader().load(landmarks, identity, "default", detector, "cpu")
     message = caught.value.args[0]
     assert missing in message and folder in message, message
+
+
+def test_analysis_loader_offers_every_library_backend_with_its_models_folder(pack):
+    """The loader's choices are the library's backends; each has a models folder to look in."""
+    from honestface.face import IDENTITY_BACKENDS, LANDMARK_BACKENDS
+    from honestface.paths import MODEL_FOLDERS
+
+    analysis = sys.modules["honestface_nodes.analysis_nodes"]
+    inputs = pack.HonestFaceAnalysisLoader.INPUT_TYPES()["required"]
+    assert tuple(inputs["landmark_backend"][0]) == LANDMARK_BACKENDS
+    assert tuple(inputs["identity_backend"][0]) == IDENTITY_BACKENDS
+    assert set(analysis._LANDMARK_KIND) == set(LANDMARK_BACKENDS)
+    assert set(analysis._IDENTITY_KIND) == set(IDENTITY_BACKENDS)
+    assert set(analysis._LANDMARK_KIND.values()) | set(analysis._IDENTITY_KIND.values()) <= set(MODEL_FOLDERS)
