@@ -157,6 +157,52 @@ def test_identity_loss_with_real_recogniser_separates_people(faces):
     assert same < other
 
 
+def test_random_similarity_is_a_bounded_similarity_about_the_centre():
+    from honestface.losses.identity import random_similarity
+
+    assert torch.allclose(random_similarity(3, 64, 0.0), torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(3, 2, 3))
+    first = random_similarity(256, 128, 0.05, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(first, random_similarity(256, 128, 0.05, generator=torch.Generator().manual_seed(3)))
+    linear, offset = first[:, :, :2].double(), first[:, :, 2].double()
+    scale = torch.linalg.det(linear).sqrt()
+    angle = torch.atan2(linear[:, 1, 0], linear[:, 0, 0])
+    rotation = torch.stack([torch.stack([angle.cos(), -angle.sin()], -1), torch.stack([angle.sin(), angle.cos()], -1)], -2)
+    assert torch.allclose(linear, scale[:, None, None] * rotation, atol=1e-6)  # a similarity
+    assert (scale - 1).abs().max() <= 0.05 + 1e-6 and angle.abs().max() <= 0.05 + 1e-6
+    assert (scale - 1).abs().max() > 0.04 and angle.abs().max() > 0.04  # the range is used
+    centre = torch.full((2,), 63.5, dtype=torch.float64)
+    shift = (linear @ centre + offset) - centre  # where the centre goes
+    assert shift.abs().max() <= 0.05 * 128 + 1e-4 and shift.abs().max() > 0.04 * 128
+    with pytest.raises(ConfigError, match="jitter"):
+        random_similarity(1, 64, 0.5)
+
+
+def test_identity_loss_jitter_moves_restored_and_target_together(faces):
+    """One random transform per sample, the same for both faces, before the recogniser."""
+    from honestface.face import load_identity_backend
+    from honestface.face.align import warp
+    from honestface.losses.identity import random_similarity
+
+    recogniser = load_identity_backend("dlib-torch")
+    faces128 = faces  # (3, 3, 128, 128)
+    loss = IdentityLoss([recogniser], jitter=0.05)
+    restored = faces128[0:2].clone().requires_grad_(True)
+    target = faces128[1:3]
+    torch.manual_seed(7)
+    value = loss(restored, target)
+    torch.manual_seed(7)
+    matrix = random_similarity(2, 128, 0.05)
+    expected = 1 - F.cosine_similarity(recogniser.embed(warp(restored, matrix, (128, 128))),
+                                       recogniser.embed(warp(target, matrix, (128, 128))), dim=-1)
+    assert torch.allclose(value, expected, atol=1e-5)
+    assert not torch.allclose(value, IdentityLoss([recogniser])(restored, target), atol=1e-4)  # it does jitter
+    assert loss(target, target).abs().max() < 1e-5
+    value.sum().backward()
+    assert restored.grad is not None and restored.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="differ in shape"):
+        loss(faces128[:1], faces128[:1, :, :96, :96])
+
+
 @pytest.fixture(scope="module")
 def tiny_unet():
     from diffusers import UNet2DConditionModel
@@ -225,8 +271,10 @@ def test_objective_switches_losses_and_weights_them(tiny_unet, faces):
     alphas = torch.linspace(0.999, 0.01, 1000)
     config = LossConfig(mse=1.0, ea_dists=0.5, identity=0.1, mfa=1.0, adversarial=0.02, pretrained=False,
                         mfa_landmarks="dlib", backend_options={"dlib": {"aligned_fallback": True}},
-                        discriminator=DiscriminatorConfig(lora_rank=2, lora_alpha=2, head_hidden=8))
+                        discriminator=DiscriminatorConfig(lora_rank=2, lora_alpha=2, head_hidden=8),
+                        identity_jitter=0.02)
     objective = TrainingObjective.build(config, tiny_unet, alphas)
+    assert objective.identity.jitter == 0.02
     target = F.interpolate(faces[:2], size=64, mode="area")
     restored = (target + 0.1 * torch.randn(target.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     restored.requires_grad_(True)
@@ -274,6 +322,9 @@ def test_loss_config_validation():
     assert LossConfig.from_dict({"start_steps": {"identity": "100"}}).start_steps == {"identity": 100}
     with pytest.raises(ConfigError):
         LossConfig(discriminator={"rank": 3})
+    assert LossConfig.from_dict({"identity_jitter": "0.03"}).identity_jitter == 0.03
+    with pytest.raises(ConfigError, match="identity_jitter"):
+        LossConfig(identity_jitter=-0.1)
 
 
 def test_perceptual_weights_load_from_their_release_formats(tmp_path):

@@ -6,6 +6,13 @@ Each recogniser is an :class:`~honestface.face.base.IdentityBackend` whose ``emb
 differentiable (the PyTorch ArcFace iresnet and AdaFace backends; the paper uses both).
 The ground-truth embeddings carry no gradient. Images: (B, 3, H, W) aligned faces in
 [0, 1]; each backend does its own resizing/cropping to its input size.
+
+Alignment jitter (``jitter > 0``): before each recogniser, restored face and ground truth
+go through the same random small similarity transform, a fresh one per sample and step.
+A recogniser judges faces on one fixed crop of the aligned image; without jitter the
+generator can satisfy it with pixel patterns that only work on that crop, where
+recognition on a re-detected, re-aligned face (how identity is measured) needs
+features that survive small shifts, scalings and rotations.
 """
 
 from __future__ import annotations
@@ -17,6 +24,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..face.align import warp
+
+
+def random_similarity(batch: int, size: int, strength: float,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """(batch, 2, 3) pixel affines of random similarity transforms about the image centre.
+
+    Scale ``1 + u``, rotation ``u`` radians and shift ``u * size`` pixels per axis, each
+    ``u`` drawn uniformly from ``[-strength, strength]``.
+    """
+    if not 0.0 <= strength < 0.5:
+        raise ConfigError(f"jitter strength must be in [0, 0.5), got {strength}")
+    u = (torch.rand(batch, 4, generator=generator, dtype=torch.float64) * 2 - 1) * strength
+    scale, angle, shift = 1 + u[:, 0], u[:, 1], u[:, 2:] * size
+    cos, sin = scale * torch.cos(angle), scale * torch.sin(angle)
+    linear = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (B, 2, 2)
+    centre = torch.full((batch, 2), (size - 1) / 2, dtype=torch.float64)
+    offset = centre - (linear @ centre[..., None])[..., 0] + shift
+    return torch.cat([linear, offset[..., None]], -1).float()
 
 
 class IdentityLoss(nn.Module):
@@ -24,12 +50,15 @@ class IdentityLoss(nn.Module):
 
     Args:
         recognisers: identity backends with a differentiable ``embed`` (frozen here).
+        jitter: strength of the alignment jitter (:func:`random_similarity`; 0 = off).
     """
 
-    def __init__(self, recognisers: Sequence) -> None:
+    def __init__(self, recognisers: Sequence, jitter: float = 0.0) -> None:
         super().__init__()
         if not recognisers:
             raise ConfigError("the identity loss needs at least one recogniser")
+        random_similarity(1, 1, jitter)  # validates the strength
+        self.jitter = float(jitter)
         self.recognisers = list(recognisers)
         # register the ones that are modules, so .to(device) and freezing reach them
         self.networks = nn.ModuleList(r for r in self.recognisers if isinstance(r, nn.Module))
@@ -44,11 +73,19 @@ class IdentityLoss(nn.Module):
         return [str(getattr(r, "name", type(r).__name__)) for r in self.recognisers]
 
     def forward(self, restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if restored.shape != target.shape:
+            raise ValueError(f"restored {tuple(restored.shape)} and target {tuple(target.shape)} differ in shape")
         total = restored.new_zeros(restored.shape[0])
         for recogniser in self.recognisers:
+            if self.jitter > 0:
+                size = restored.shape[-1]
+                matrix = random_similarity(restored.shape[0], size, self.jitter).to(restored.device)
+                restored_in, target_in = (warp(x, matrix, tuple(x.shape[-2:])).to(x.dtype) for x in (restored, target))
+            else:
+                restored_in, target_in = restored, target
             with torch.no_grad():
-                target_embedding = recogniser.embed(target).float()
-            restored_embedding = recogniser.embed(restored).float()
+                target_embedding = recogniser.embed(target_in).float()
+            restored_embedding = recogniser.embed(restored_in).float()
             cosine = F.cosine_similarity(restored_embedding, target_embedding.to(restored_embedding.device), dim=-1)
             total = total + (1.0 - cosine).to(total.dtype)
         return total

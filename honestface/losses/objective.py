@@ -59,6 +59,9 @@ class LossConfig:
         backend_options: extra keyword arguments per backend name (e.g. model file names).
         start_steps: per loss name, the optimiser step from which the loss counts (e.g.
             ``{identity: 1200}``: train on the others first); unlisted losses count from 0.
+        identity_jitter: alignment jitter of the identity loss (relative scale, rotation in
+            radians and shift in image sizes, each up to this value; 0 = off); see
+            :class:`~honestface.losses.identity.IdentityLoss`.
     """
 
     mse: float = 1.0
@@ -76,6 +79,7 @@ class LossConfig:
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     start_steps: dict[str, int] = field(default_factory=dict)
+    identity_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.discriminator, dict):
@@ -101,6 +105,9 @@ class LossConfig:
         self.start_steps = {name: int(step) for name, step in self.start_steps.items()}
         if any(step < 0 for step in self.start_steps.values()):
             raise ConfigError(f"start_steps must be >= 0, got {self.start_steps}")
+        self.identity_jitter = float(self.identity_jitter)
+        if not 0.0 <= self.identity_jitter < 0.5:
+            raise ConfigError(f"identity_jitter must be in [0, 0.5), got {self.identity_jitter}")
 
     def enabled(self, name: str) -> bool:
         return float(getattr(self, name)) > 0
@@ -199,7 +206,7 @@ class TrainingObjective(nn.Module):
             identity = IdentityLoss([
                 build_identity_backend(name, config.pretrained, models_dir, device, config.backend_options.get(name))
                 for name in config.identity_backends
-            ])
+            ], jitter=config.identity_jitter)
         if config.enabled("adversarial"):
             discriminator = LatentDiscriminator(unet, config.discriminator)
         return cls(config, alphas_cumprod, ea_dists, lpips, identity, heatmaps, discriminator).to(device)
