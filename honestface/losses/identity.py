@@ -27,6 +27,14 @@ from ..errors import ConfigError
 from ..face.align import warp
 
 
+def check_jitter_strength(value: float, name: str = "jitter strength") -> float:
+    """``value`` as a float if it is a valid jitter strength (in [0, 0.5)); else ConfigError."""
+    value = float(value)
+    if not 0.0 <= value < 0.5:
+        raise ConfigError(f"{name} must be in [0, 0.5), got {value}")
+    return value
+
+
 def random_similarity(batch: int, size: int, strength: float,
                       generator: torch.Generator | None = None) -> torch.Tensor:
     """(batch, 2, 3) pixel affines of random similarity transforms about the image centre.
@@ -34,8 +42,7 @@ def random_similarity(batch: int, size: int, strength: float,
     Scale ``1 + u``, rotation ``u`` radians and shift ``u * size`` pixels per axis, each
     ``u`` drawn uniformly from ``[-strength, strength]``.
     """
-    if not 0.0 <= strength < 0.5:
-        raise ConfigError(f"jitter strength must be in [0, 0.5), got {strength}")
+    strength = check_jitter_strength(strength)
     u = (torch.rand(batch, 4, generator=generator, dtype=torch.float64) * 2 - 1) * strength
     scale, angle, shift = 1 + u[:, 0], u[:, 1], u[:, 2:] * size
     cos, sin = scale * torch.cos(angle), scale * torch.sin(angle)
@@ -57,8 +64,7 @@ class IdentityLoss(nn.Module):
         super().__init__()
         if not recognisers:
             raise ConfigError("the identity loss needs at least one recogniser")
-        random_similarity(1, 1, jitter)  # validates the strength
-        self.jitter = float(jitter)
+        self.jitter = check_jitter_strength(jitter)
         self.recognisers = list(recognisers)
         # register the ones that are modules, so .to(device) and freezing reach them
         self.networks = nn.ModuleList(r for r in self.recognisers if isinstance(r, nn.Module))

@@ -37,7 +37,7 @@ from ..models.discriminator import (
     forward_noise,
     generator_loss,
 )
-from .identity import IdentityLoss
+from .identity import IdentityLoss, check_jitter_strength
 from .perceptual import DISTS_FILE, LPIPS_FILE, VGG16_FILE, EdgeAwareDISTS, build_dists, build_lpips, build_vgg16
 
 LOSS_NAMES = ("mse", "ea_dists", "identity", "mfa", "adversarial")
@@ -105,9 +105,7 @@ class LossConfig:
         self.start_steps = {name: int(step) for name, step in self.start_steps.items()}
         if any(step < 0 for step in self.start_steps.values()):
             raise ConfigError(f"start_steps must be >= 0, got {self.start_steps}")
-        self.identity_jitter = float(self.identity_jitter)
-        if not 0.0 <= self.identity_jitter < 0.5:
-            raise ConfigError(f"identity_jitter must be in [0, 0.5), got {self.identity_jitter}")
+        self.identity_jitter = check_jitter_strength(self.identity_jitter, "identity_jitter")
 
     def enabled(self, name: str) -> bool:
         return float(getattr(self, name)) > 0
