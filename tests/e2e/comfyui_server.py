@@ -24,7 +24,7 @@ from typing import Any
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-WORKFLOWS = REPO_ROOT / "workflows"
+WORKFLOWS = REPO_ROOT / "example_workflows"
 API_WORKFLOWS = WORKFLOWS / "api"
 
 #: The node pack's public node names; workflows refer to them, so they must not change.

@@ -1,6 +1,6 @@
 """The example workflows and the error paths, run by a real ComfyUI server.
 
-Each ``workflows/api/*.json`` is queued with ``POST /prompt`` (model names rewritten to the
+Each ``example_workflows/api/*.json`` is queued with ``POST /prompt`` (model names rewritten to the
 tiny models, input images from the real test data copied into the server's input folder)
 and must finish with images of the right size, in range, and different from the input.
 Errors a user can make must come back as ComfyUI ``node_errors`` or an ``execution_error``

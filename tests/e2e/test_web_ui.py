@@ -1,8 +1,8 @@
 """The UI-format workflows, loaded by ComfyUI's real web frontend in headless Chromium.
 
-What a user does: drag ``workflows/<name>.json`` into the editor and press Queue. The
+What a user does: drag ``example_workflows/<name>.json`` into the editor and press Queue. The
 frontend then turns the graph into an API prompt with ``app.graphToPrompt()``; that prompt
-must be exactly the API twin in ``workflows/api/`` (same nodes, inputs, links, titles).
+must be exactly the API twin in ``example_workflows/api/`` (same nodes, inputs, links, titles).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def test_web_ui_converts_workflow_to_its_api_twin(web_ui, path):
     prompt = web_ui.graph_to_prompt(load_workflow(path))
     expected = load_workflow(API_WORKFLOWS / path.name)
     assert prompt == expected, (f"{path.name}: the web UI sends\n{json.dumps(prompt, indent=1)}\n"
-                                f"but workflows/api/{path.name} is\n{json.dumps(expected, indent=1)}")
+                                f"but example_workflows/api/{path.name} is\n{json.dumps(expected, indent=1)}")
 
 
 def test_web_ui_lists_the_nodes_with_descriptions(web_ui, comfyui_server):
@@ -65,7 +65,7 @@ def test_web_ui_lists_the_nodes_with_descriptions(web_ui, comfyui_server):
 
 
 def test_template_browser_lists_and_serves_the_workflows(comfyui_server):
-    """ComfyUI's template browser finds ``workflows/`` of the pack and serves each file."""
+    """ComfyUI's template browser finds ``example_workflows/`` of the pack and serves each file."""
     status, templates = comfyui_server.request("/workflow_templates")
     assert status == 200
     assert sorted(templates.get("HonestFace", [])) == sorted(p.stem for p in UI_WORKFLOWS)

@@ -1,11 +1,11 @@
 """Write UI-format workflows (what the editor saves and users drag in) from API-format ones.
 
-Authoring aid for ``workflows/*.json``: the API twin in ``workflows/api/`` is the source;
+Authoring aid for ``example_workflows/*.json``: the API twin in ``example_workflows/api/`` is the source;
 this builds the editor graph (nodes, links, widget values in ComfyUI's order) from the
 server's ``/object_info``. Whether the result is right is checked by the end-to-end tests,
 which let the real web UI convert it back (``app.graphToPrompt()``) and compare.
 
-    python tests/e2e/workflow_format.py   # rewrites workflows/*.json from workflows/api/*.json
+    python tests/e2e/workflow_format.py   # rewrites workflows/*.json from example_workflows/api/*.json
 """
 
 from __future__ import annotations
@@ -141,9 +141,9 @@ def main() -> int:
         info = server.wait_for_nodes({"HonestFaceModelLoader"})
     finally:
         server.stop()
-    for path in sorted((repo / "workflows" / "api").glob("*.json")):
+    for path in sorted((repo / "example_workflows" / "api").glob("*.json")):
         ui = api_to_ui(json.loads(path.read_text()), info)
-        target = repo / "workflows" / path.name
+        target = repo / "example_workflows" / path.name
         target.write_text(json.dumps(ui, indent=2) + "\n")
         print(f"wrote {target.relative_to(repo)}")
     return 0
