@@ -61,8 +61,8 @@ def exported(tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
     model = random_iresnet()
     export_insightface_onnx(model, models / "insightface" / "models" / "testpack" / "w600k_r50.onnx")
-    (models / "facerestore_models").mkdir()
-    torch.save(model.state_dict(), models / "facerestore_models" / "arcface_r_test.pth")
+    (models / "insightface" / "models" / "arcface_torch").mkdir()
+    torch.save(model.state_dict(), models / "insightface" / "models" / "arcface_torch" / "arcface_r_test.pth")
     return models, model
 
 
@@ -155,7 +155,7 @@ def test_files_that_normalise_inside_the_graph_get_raw_pixels(exported, tmp_path
 
 def test_pth_weights_load_and_gradients_flow(exported):
     models, original = exported
-    backend = load_identity_backend("arcface-torch", models_dir=models, model="arcface_r_test.pth",
+    backend = load_identity_backend("arcface-torch", models_dir=models, model="arcface_torch/arcface_r_test.pth",
                                     input_alignment="arcface", normalize=False)
     assert isinstance(backend, ArcFaceTorch)
     faces = torch.rand(2, 3, 112, 112, requires_grad=True)

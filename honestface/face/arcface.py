@@ -428,8 +428,8 @@ def _find_recognition_file(name: str | Path, models_dir) -> Path:
 
 def load_arcface_torch(models_dir: str | Path | None = None, device: str = "cpu", model: str | Path = DEFAULT_ONNX,
                        **kw) -> ArcFaceTorch:
-    """PyTorch ArcFace from an insightface ``.onnx`` (insightface folder) or arcface_torch
-    ``.pth`` (``<models>/facerestore_models/``)."""
+    """PyTorch ArcFace from an insightface ``.onnx`` or an arcface_torch ``.pth``, both
+    relative to ``<models>/insightface/models/`` (or a path)."""
     path = _find_recognition_file(model, models_dir)
     network = iresnet_from_onnx(path) if path.suffix.lower() == ".onnx" else iresnet_from_pth(path)
     return ArcFaceTorch(network, **kw).to(device)
