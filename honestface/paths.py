@@ -14,10 +14,10 @@ pack and the command line:
     <models>/pyiqa/                 image-quality metric weights, laid out like the torch hub
                                     folder (pyiqa/, checkpoints/, clip/)
 
-Face recognisers sit where ComfyUI's face packs keep theirs (ReActor, InstantID, PuLID,
-IPAdapter FaceID and cubiq's FaceAnalysis read ``models/insightface``; FaceAnalysis and
-LivePortrait read dlib files from ``models/dlib``), never in ``facerestore_models/``, whose
-files face-restore packs list as restorers. Files still found in ``facerestore_models/``
+Face recognisers sit where ComfyUI's face packs keep theirs (ReActor, InstantID, PuLID and
+cubiq's FaceAnalysis read ``models/insightface``; FaceAnalysis and LivePortrait read dlib
+files from ``models/dlib``), never in ``facerestore_models/``, whose files face-restore
+packs list as restorers. Files still found in ``facerestore_models/``
 are used, with a deprecation warning logged once per file.
 
 Outside ComfyUI the root is ``--models-dir`` or the ``HONESTFACE_MODELS`` environment
