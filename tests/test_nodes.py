@@ -118,6 +118,39 @@ def test_models_root_for_finds_the_root_of_an_extra_folder(pack, tmp_path):
         folders.models_root_for("insightface", "antelopev2/glintr100.onnx")
 
 
+def test_recognisers_live_with_insightface_and_the_old_folder_still_resolves(pack, tmp_path, caplog):
+    """AdaFace / arcface_torch files are listed from models/insightface without widening that
+    folder's registered extensions (swapper packs list it), and facerestore_models is neither
+    registered nor extended by HonestFace; its files still resolve, with a deprecation note."""
+    import logging
+
+    import folder_paths
+
+    folders = sys.modules["honestface_nodes.model_folders"]
+    analysis = sys.modules["honestface_nodes.analysis_nodes"]
+    root = tmp_path / "insightface"
+    (root / "models" / "adaface").mkdir(parents=True)
+    (root / "models" / "adaface" / "adaface_ir50_ms1mv2.ckpt").write_bytes(b"x")
+    (root / "models" / "buffalo_l").mkdir()
+    (root / "models" / "buffalo_l" / "w600k_r50.onnx").write_bytes(b"x")
+    folder_paths.add_model_folder_path("insightface", str(root))
+    old = tmp_path / "facerestore_models"
+    old.mkdir()
+    (old / "arcface_old.pth").write_bytes(b"x")
+    folder_paths.add_model_folder_path("facerestore_models", str(old))  # as a restore pack registers it
+    folders.register_model_folders()
+    assert folder_paths.folder_names_and_paths["insightface"][1] == {".onnx"}
+    assert "facerestore_models" not in folders.HONESTFACE_FOLDERS
+    choices = analysis.identity_model_choices()
+    assert {"models/adaface/adaface_ir50_ms1mv2.ckpt", "models/buffalo_l/w600k_r50.onnx", "arcface_old.pth"} <= set(choices)
+    assert analysis.resolve_identity_model("models/adaface/adaface_ir50_ms1mv2.ckpt") == \
+        str(root / "models" / "adaface" / "adaface_ir50_ms1mv2.ckpt")
+    with caplog.at_level(logging.WARNING, logger="honestface.paths"):
+        assert analysis.resolve_identity_model("arcface_old.pth") == str(old / "arcface_old.pth")
+    assert any("deprecated" in r.getMessage() for r in caplog.records)
+    assert folders.models_root_for("face_recognition", "adaface/adaface_ir50_ms1mv2.ckpt") == tmp_path
+
+
 def test_face_indices_parsing(pack):
     from honestface.errors import HonestFaceError
 
@@ -215,7 +248,7 @@ def test_model_loader_offers_the_built_in_nano_model(pack, tmp_path):
 @pytest.mark.parametrize("landmarks, identity, detector, missing, folder", [
     ("fan", "dlib", "dlib-hog", "", "face_alignment"),
     ("dlib", "arcface-onnx", "dlib-hog", "w600k_r50.onnx", os.path.join("insightface", "models")),
-    ("dlib", "adaface", "dlib-hog", "", "facerestore_models"),
+    ("dlib", "adaface", "dlib-hog", "adaface_ir50_ms1mv2.ckpt", os.path.join("insightface", "models")),
     ("dlib", "dlib", "insightface", "det_10g.onnx", os.path.join("insightface", "models")),
 ])
 def test_analysis_loader_names_the_missing_file_and_its_folder(pack, landmarks, identity, detector, missing, folder):

@@ -114,7 +114,7 @@ def test_everything_loads_and_restores_through_the_pipeline(models):
 
 
 def test_tiny_arcface_serves_both_arcface_backends(models):
-    pytest.importorskip("onnxruntime")
+    pytest.importorskip("insightface")
     from honestface.face import load_identity_backend
 
     faces = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -124,3 +124,18 @@ def test_tiny_arcface_serves_both_arcface_backends(models):
     assert a.shape == b.shape == (3, 512)
     cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1)
     assert (cosine > 0.999).all(), cosine
+
+
+def test_tiny_fan_is_face_alignments_download_format(models):
+    """The .pth.tar loads, as face-alignment loads its own download, into its FAN network;
+    the 'fan' landmark backend reads the same file."""
+    fan_models = pytest.importorskip("face_alignment.models")
+    from honestface.face import load_landmark_backend
+
+    path = models / tiny.FAN_WEIGHTS
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    network = fan_models.FAN(tiny.TINY_FAN_STACKS)
+    network.load_state_dict(state)  # strict: every key and shape matches
+    backend = load_landmark_backend("fan", models_dir=models)
+    for key, value in backend.network.state_dict().items():
+        assert torch.equal(value, state[key]), key

@@ -17,6 +17,9 @@ Layout written (every file in the format the real release uses, only smaller)::
       insightface/models/buffalo_l/w600k_r50.onnx   ArcFace as insightface exports it (IResNet,
                                                BatchNorms folded, input "input.1" 1x3x112x112,
                                                512-d output), with few and narrow layers
+      face_alignment/2DFAN4-11f355bf06.pth.tar  face-alignment's FAN as the state dict it
+                                               downloads, with one hourglass stack instead of four
+                                               (its network has a fixed width: 25 MB)
 
 The tiny model is :meth:`HonestFaceConfig.from_preset("tiny") <honestface.config.HonestFaceConfig.from_preset>`
 with the ``dlib`` identity backend (128-d descriptors from the ``face_recognition_models``
@@ -26,7 +29,8 @@ determined by ``--seed``: two runs with the same seed write identical files.
 
 dlib's landmark and descriptor models need no file here (they come from the
 ``face_recognition_models`` package); the tiny ArcFace file serves the ``arcface-onnx``
-and ``arcface-torch`` identity backends (written when the ``onnx`` package is installed).
+and ``arcface-torch`` identity backends (written when the ``onnx`` package is installed),
+the tiny FAN the ``fan`` landmark backend (written when ``face-alignment`` is installed).
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ SD_DIFFUSERS = "diffusers/tiny-sd21-base"
 OSDFACE_FOLDER = "honestface/osdface-tiny"
 HONESTFACE_CHECKPOINT = "honestface/honestface-tiny.safetensors"
 ARCFACE_ONNX = "insightface/models/buffalo_l/w600k_r50.onnx"
+FAN_WEIGHTS = "face_alignment/2DFAN4-11f355bf06.pth.tar"
+#: Hourglass stacks of the tiny FAN (2DFAN4 has 4).
+TINY_FAN_STACKS = 1
 #: IResNet stages of the tiny ArcFace (r50 has (3, 4, 14, 3) blocks of widths (64, 128, 256, 512)).
 TINY_ARCFACE_LAYERS = (1, 1, 1, 1)
 TINY_ARCFACE_WIDTHS = (8, 16, 16, 32)
@@ -108,6 +115,22 @@ def write_tiny_arcface_onnx(path: Path, seed: int) -> Path | None:
     return path
 
 
+def write_tiny_fan(path: Path, seed: int) -> Path | None:
+    """face-alignment's FAN with random weights, saved as the state dict it downloads;
+    None without ``face-alignment``."""
+    import importlib.util
+
+    if importlib.util.find_spec("face_alignment") is None:
+        return None
+    from face_alignment.models import FAN
+
+    torch.manual_seed(seed)
+    network = FAN(TINY_FAN_STACKS).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), path)
+    return path
+
+
 def make_tiny_models(models_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     """Write the tiny models folder (see the module doc); returns {what: path}."""
     from ..loaders.checkpoint import save_checkpoint
@@ -146,6 +169,9 @@ def make_tiny_models(models_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     arcface = write_tiny_arcface_onnx(root / ARCFACE_ONNX, seed + 5)
     if arcface is not None:
         written["arcface onnx"] = arcface
+    fan = write_tiny_fan(root / FAN_WEIGHTS, seed + 6)
+    if fan is not None:
+        written["fan"] = fan
     for path in root.rglob("*.safetensors"):
         canonicalize_safetensors_header(path)
     return written
