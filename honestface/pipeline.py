@@ -44,7 +44,7 @@ logger = logging.getLogger("honestface.pipeline")
 #: taken for the person of the references. "dlib" was measured on LFW photos aligned to the
 #: nano model's 128 px crop with the "dlib-torch" network (see README, "Face analysis");
 #: "arcface" and "adaface" are provisional (not measured here, their weights were not at hand).
-IDENTITY_MATCH_THRESHOLD_DEG = {"dlib": 30.0, "arcface": 70.0, "adaface": 70.0}
+IDENTITY_MATCH_THRESHOLD_DEG = {"dlib": 22.0, "arcface": 70.0, "adaface": 70.0}
 
 
 def identity_match_threshold(backend_name: str) -> float:

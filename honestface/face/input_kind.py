@@ -7,10 +7,15 @@ photo, restored by finding its faces. The shape of the image alone says nothing:
 news photo is square too.
 
 The error is the largest distance, over the four image corners, between a corner and where
-the alignment transform sends it, as a fraction of the image side. Measured on real data
-(README, "Face analysis"): aligned crops (CelebA 256, real low-quality 512 crops) mostly
-stay below 0.05, LFW's 250 x 250 photos (face in the middle, a third of the frame) are
-near 0.6.
+the alignment transform sends it, as a fraction of the image side. Measured with dlib
+(HOG + 68 points) on 300 random LFW 250 x 250 photos, 300 random CelebA 256 aligned crops
+and the 35 real low-quality 512 crops (README, "Face analysis"): aligned crops have a median
+error of 0.011 (95th percentile 0.043 / 0.073), LFW photos 0.41 (1st percentile 0.15).
+At the tolerance 0.10: 2 of 300 LFW photos (0.7 %, tight close-ups) are taken for aligned
+crops; 6 of 300 CelebA crops (2.0 %: one without a detected face, two where dlib fits
+another face or a profile) and 1 of 35 real crops (2.9 %) are taken for photos. That
+error is the cheap one: a crop taken for a photo still has its face found, aligned and
+restored.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from .align import alignment_affine, transform_points
 from .base import FaceDetector, LandmarkBackend
 
 #: Largest alignment error (fraction of the side, see the module doc) of an aligned crop.
-ALIGNED_TOLERANCE = 0.15
+ALIGNED_TOLERANCE = 0.10
 
 
 @dataclass

@@ -129,9 +129,10 @@ def paste_mask(crop_landmarks: np.ndarray | None, size: int, mask: PasteMask | N
     import cv2
 
     mask = mask or PasteMask()
-    border = feathered_mask(size, feather=DEFAULT_FEATHER / 2, margin=0.01)
+    # Where the shape reaches the crop's edge (a chin low in the crop) it fades out there too.
+    border = feathered_mask(size, feather=max(mask.feather, DEFAULT_FEATHER / 2), margin=0.01)
     if mask.shape == "square":
-        return feathered_mask(size, feather=max(mask.feather, 1e-3), margin=max(0.0, -mask.dilate))
+        return feathered_mask(size, feather=max(mask.feather, 1e-3), margin=max(0.01, -mask.dilate))
     scale = 4 if size <= 256 else 2  # polygon drawn at a finer grid, for a smooth edge
     canvas = np.zeros((size * scale, size * scale), np.uint8)
     shift = 4
