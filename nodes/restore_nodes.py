@@ -489,9 +489,11 @@ def describe_photo(index: int, result) -> str:
     restored = [f for f in result.faces if f.restored is not None]
     parts = [f"photo {index}: {len(result.faces)} face(s) found, restored {[f.index for f in restored]}"]
     for face in restored:
+        distance = "" if face.identity_distance is None else f", identity distance {face.identity_distance:.1f} deg"
         if face.with_references:
-            distance = "" if face.identity_distance is None else f", identity distance {face.identity_distance:.1f} deg"
             parts.append(f"face {face.index} with references{distance}")
+        elif distance:  # measured against the references, and not their person
+            parts.append(f"face {face.index} without references{distance}")
     parts += [f"face {f.index} skipped ({f.skipped})" for f in result.faces if f.skipped]
     return "; ".join(parts)
 

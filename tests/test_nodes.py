@@ -408,3 +408,26 @@ def test_photo_node_options_become_the_library_settings(pack):
             restore.face_selection(*bad)
     with pytest.raises(HonestFaceError, match="shape"):
         restore.paste_mask("star", 0.0, 0.1)
+
+
+def test_group_photo_references_go_to_the_matching_face_only(pack, io, nano, shared_data):
+    """Four people; the references are a raw cut of the rightmost one. With ref_match
+    "identity" only that face gets them; the report gives every face's identity distance and
+    the MASK output covers the four pasted faces."""
+    from honestface.image_io import load_image
+
+    model, analysis = nano
+    photo = load_image(shared_data / "real_lq" / "whole" / "codeformer_00.jpg")  # (3, 310, 491)
+    reference = photo[:, :, -130:]  # the rightmost person, as an ordinary photo
+    image, faces, report, mask = pack.HonestFaceRestorePhoto().restore(
+        model, analysis, io.images_to_comfy(photo), 1.0, "all", "model default",
+        references=io.images_to_comfy(reference), face_order="left-to-right")
+    assert "4 face(s) found, restored [0, 1, 2, 3]" in report, report
+    assert "face 3 with references" in report and report.count("with references") == 1, report
+    distances = {int(part.split()[1]): float(part.split("identity distance ")[1].split()[0])
+                 for part in report.split("; ") if "identity distance" in part}
+    assert set(distances) == {0, 1, 2, 3} and distances[3] < 10 < min(distances[i] for i in (0, 1, 2)), distances
+    assert faces.shape == (4, 128, 128, 3) and mask.shape == (1, 310, 491)
+    restored = io.comfy_to_images(image)[0]
+    changed = (restored - photo).abs().amax(0) > 1e-6
+    assert not changed[mask[0] == 0].any() and changed[mask[0] > 0.5].float().mean() > 0.5
