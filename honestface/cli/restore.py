@@ -779,10 +779,10 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     console = Console(args.quiet, not args.no_progress)
     inputs, outcomes = collect_inputs(args.inputs, args.output)
-    for missing in outcomes:
-        console.note(f"{missing.name}: skipped, {missing.reason}")
     if not inputs:
         raise HonestFaceError("no input found: " + ", ".join(str(i) for i in args.inputs))
+    for missing in outcomes:
+        console.note(f"{missing.name}: skipped, {missing.reason}")
     ref_paths = expand_images(args.ref, "reference image") if args.ref else []
     check_output_folder(args.output, args.inputs, inputs, ref_paths)
     if args.skip_existing:
