@@ -27,7 +27,7 @@ from .face.align import align_face, paste_faces
 from .face.base import FaceDetector
 from .face.photo import FaceSelection, PasteMask, PhotoFace, detect_photo_faces
 from .face.photo import paste_mask as face_paste_mask
-from .image_io import to_rgb
+from .image_io import MIN_IMAGE_SIDE, check_image_size, to_rgb
 from .pipeline import HonestFacePipeline, ReferenceSet
 from .progress import ProgressCallback
 
@@ -123,7 +123,9 @@ def restore_whole_photos(pipeline: HonestFacePipeline, photos: Sequence[torch.Te
     if faces is None:
         if detector is None:
             raise ConfigError("restore_whole_photos needs a face detector or precomputed faces")
-        faces = [detect_photo_faces(photo, detector, landmark_backend, selection) for photo in photos]
+        # Too small to hold a face: nothing to detect (and "error" says why below).
+        faces = [detect_photo_faces(photo, detector, landmark_backend, selection)
+                 if min(photo.shape[-2:]) >= MIN_IMAGE_SIDE else [] for photo in photos]
     elif len(faces) != count:
         raise ImageError(f"faces needs one list per photo ({count}), got {len(faces)}")
     faces = [[dataclasses.replace(face, extra=dict(face.extra)) for face in photo_faces] for photo_faces in faces]
@@ -144,6 +146,7 @@ def restore_whole_photos(pipeline: HonestFacePipeline, photos: Sequence[torch.Te
             owners.append((i, face))
     for i, photo_faces in enumerate(faces):
         if on_no_face == "error" and not any(owner == i for owner, _ in owners):
+            check_image_size(photos[i], names[i])
             why = "no face detected" if not photo_faces else "no face selected (" + "; ".join(
                 sorted({f.skipped for f in photo_faces if f.skipped})) + ")"
             raise NoFaceError(f"{names[i]}: {why}")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from honestface.errors import ConfigError, NoFaceError
+from honestface.errors import ConfigError, ImageTooSmallError, NoFaceError
 from honestface.face import FaceSelection, PasteMask, align_reference_photos, detect_photo_faces, paste_mask
 from honestface.image_io import load_image
 from honestface.whole_photo import restore_whole_photos
@@ -106,6 +106,10 @@ def test_photo_without_face_passes_or_raises(pipeline, detector, no_face_photo):
     assert passed.status == "no face" and passed.faces == [] and torch.equal(passed.image, no_face_photo)
     with pytest.raises(NoFaceError, match="frame_7.png: no face detected"):
         restore_whole_photos(pipeline, [no_face_photo], detector, on_no_face="error", names=["frame_7.png"])
+    tiny = torch.rand(3, 1, 1)
+    assert restore_whole_photos(pipeline, [tiny], detector)[0].status == "no face"
+    with pytest.raises(ImageTooSmallError, match="dot.png is 1x1 px"):
+        restore_whole_photos(pipeline, [tiny], detector, on_no_face="error", names=["dot.png"])
 
 
 def test_limit_mask_and_strength(pipeline, detector, group):

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import ImageError
+from ..image_io import MIN_IMAGE_SIDE
 from .align import alignment_affine, transform_points
 from .base import FaceDetector, LandmarkBackend
 
@@ -65,6 +66,8 @@ def classify_input(image: torch.Tensor, detector: FaceDetector, landmark_backend
     if not torch.is_tensor(image) or image.dim() != 3:
         raise ImageError(f"classify_input takes one (3, H, W) image, got {getattr(image, 'shape', type(image))}")
     height, width = image.shape[-2:]
+    if min(height, width) < MIN_IMAGE_SIDE:
+        return InputKind("photo", f"too small to hold a face ({width}x{height})", None)
     if height != width:
         return InputKind("photo", f"not square ({width}x{height})", None)
     faces = [f for f in detect_photo_faces(image, detector, landmark_backend) if f.landmarks is not None]
