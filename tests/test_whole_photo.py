@@ -168,3 +168,18 @@ def test_paste_mask_has_no_square_seam(detector, group, shape):
         assert mask[:40, :40].max() < 0.05 and mask[-40:, -40:].max() < 0.05
     with pytest.raises(ConfigError):
         PasteMask(shape="star")
+
+
+def test_precomputed_faces_are_used_as_given(pipeline, detector, group):
+    """The video path: detect, adjust the faces (here: drop one, shift the other's landmarks
+    as smoothing would), then restore with exactly those faces."""
+    faces = detect_photo_faces(group, detector, None, FaceSelection(order="left-to-right"))
+    faces[0].selected, faces[0].skipped = False, "dropped by the caller"
+    original = faces[1].landmarks.copy()
+    faces[1].landmarks = original + np.float32([1.5, -1.0])
+    result, = restore_whole_photos(pipeline, [group], None, faces=[faces])
+    assert result.status == "restored" and result.mask[:, :250].max() == 0 and result.mask[:, 250:].max() > 0.99
+    assert torch.equal(result.image[:, :, :250], group[:, :, :250])
+    pasted = result.faces[1]
+    assert np.allclose(pasted.landmarks, original + np.float32([1.5, -1.0])) and pasted.restored is not None
+    assert np.allclose(faces[1].landmarks, original + np.float32([1.5, -1.0])) and faces[1].restored is None  # caller's list untouched
