@@ -41,6 +41,12 @@ def _exif_rotated_copy(source, target) -> None:
         turned.save(target, exif=exif, quality=95)
 
 
+def _no_face_picture(shared_data, size: tuple[int, int]) -> torch.Tensor:
+    """(3, H, W) real photo texture without a face: the curtain and flag beside an LFW face."""
+    side = load_image(shared_data / "lfw" / PERSON / f"{PERSON}_0001.jpg")[:, 20:180, :55]
+    return torch.nn.functional.interpolate(side[None], size=size, mode="bilinear", antialias=True)[0].clamp(0, 1)
+
+
 @pytest.fixture(scope="module")
 def mixed_folder(shared_data, tmp_path_factory):
     """A folder as users have them: good photos, an aligned crop, an EXIF-rotated phone
@@ -50,9 +56,7 @@ def mixed_folder(shared_data, tmp_path_factory):
     shutil.copy(lfw / f"{PERSON}_0001.jpg", folder / "uribe.jpg")
     shutil.copy(shared_data / "real_lq" / "cropped" / CROP, folder / "crop.png")
     _exif_rotated_copy(lfw / f"{PERSON}_0007.jpg", folder / "phone.jpg")
-    landscape = load_image(shared_data / "real_lq" / "whole" / "codeformer_01.jpg")[:, :40, :]  # wall above heads
-    save_image(torch.nn.functional.interpolate(landscape[None], size=(120, 180), mode="bilinear")[0],
-               folder / "empty.png")
+    save_image(_no_face_picture(shared_data, (120, 180)), folder / "empty.png")
     (folder / "broken.jpg").write_bytes((lfw / f"{PERSON}_0008.jpg").read_bytes()[:300])
     (folder / "notes.txt").write_text("not a picture\n")
     Image.new("RGB", (12, 12), (90, 90, 90)).save(folder / "tiny.png")
@@ -223,3 +227,65 @@ def test_prepare_dataset_reads_exif_rotated_photos_upright(shared_data, tmp_path
     crop = load_image(tmp_path / "out" / PERSON / "phone.png")
     reference = load_image(tmp_path / "out_upright" / PERSON / "phone.png")
     assert (crop - reference).abs().mean() < 0.03  # the same aligned face (JPEG re-encoding aside)
+
+
+# ----------------------------------------------------------------------------- video
+def _shifted(image: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    return torch.roll(image, shifts=(dy, dx), dims=(1, 2))
+
+
+def test_video_with_an_empty_frame_keeps_its_audio(shared_data, tmp_path, capsys):
+    av = pytest.importorskip("av", reason="PyAV (the 'video' extra) is not installed")
+    from test_video import read_audio, tone, write_test_clip
+
+    from honestface.video import VideoReader
+
+    face = load_image(shared_data / "lfw" / PERSON / f"{PERSON}_0001.jpg")  # 250 x 250
+    empty = _no_face_picture(shared_data, (250, 250))
+    frames = [_shifted(face, 0, 0), _shifted(face, 2, 1), empty, _shifted(face, 4, 2), _shifted(face, 5, 2)]
+    clip = tmp_path / "clip.mp4"
+    write_test_clip(clip, frames, fps=5, audio=tone(1.0))
+    out = tmp_path / "out"
+    assert main(_restore(str(clip), "-o", str(out), "--smooth", "1", "--save-comparison")) == 0
+    printed = capsys.readouterr().out
+    assert ("clip.mp4: video, 5 frames; 4 face(s) restored, 1 frame(s) without a face written unchanged; "
+            "audio copied; landmarks smoothed over +-1 frames") in printed
+    with VideoReader(clip) as reader:
+        source_info, source = reader.info, list(reader)
+    with VideoReader(out / "clip.mp4") as reader:
+        info, result = reader.info, list(reader)
+    assert (info.width, info.height, info.fps, info.has_audio) == (250, 250, source_info.fps, True)
+    assert len(result) == 5
+    assert [f.pts * info.time_base for f in result] == [f.pts * source_info.time_base for f in source]
+    # the empty frame passes through (up to the codec), the others have a restored face
+    differences = [float((a.image - b.image).abs().mean()) for a, b in zip(source, result)]
+    assert differences[2] < 0.01
+    for i in (0, 1, 3, 4):
+        assert differences[i] > 2 * differences[2]
+        centre = (source[i].image - result[i].image)[:, 90:170, 85:165].abs().mean()
+        corner = (source[i].image - result[i].image)[:, :40, :40].abs().mean()
+        assert centre > 3 * corner
+    # the audio track is the source's, packet for packet
+    codec, samples = read_audio(out / "clip.mp4")
+    _, original = read_audio(clip)
+    assert codec == "aac" and np.array_equal(samples, original)
+    # the comparison video: input | output
+    with VideoReader(out / "cmp" / "clip.mp4") as reader:
+        assert (reader.info.width, reader.info.height) == (500, 250)
+        sides = list(reader)
+    assert len(sides) == 5 and (sides[3].image[:, :, 250:] - result[3].image).abs().mean() < 0.02
+    assert not any(p.name.startswith(".") for p in out.iterdir())  # no partial file left
+
+
+def test_video_without_pyav_names_the_extra(tmp_path, capsys, monkeypatch):
+    import honestface.video as video
+
+    def missing():
+        raise HonestFaceError("reading and writing video needs PyAV: pip install 'honestface[video]' (or pip install av)")
+
+    monkeypatch.setattr(video, "require_av", missing)
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\x00" * 64)
+    # checked before the model is loaded: the weights named here do not exist
+    assert main(["restore", str(clip), "-o", str(tmp_path / "out"), "--weights", "missing.safetensors"]) == 1
+    assert "pip install 'honestface[video]'" in capsys.readouterr().err
