@@ -164,6 +164,8 @@ class HonestFacePipeline:
         """
         if isinstance(images, ReferenceSet):
             refs = images
+            if len(refs) and tuple(refs.images.shape[-2:]) != (self.image_size, self.image_size):
+                return self.encode_references(refs.images, name)  # made for another model size
             if len(refs) and refs.landmarks is None and self.landmark_backend is not None:
                 refs = ReferenceSet(refs.images, self.detect_landmarks(refs.images), refs.embeddings)
             if len(refs) and refs.embeddings is None and self.identity_backend is not None:

@@ -31,7 +31,7 @@ LANDMARK_REGION_SCALE = 2.0
 class PhotoFace:
     """What happened to one detected face of a photo."""
 
-    index: int  # position in the detector's list (largest face first)
+    index: int  # position in the selection order (detect_photo_faces) or the detector's list
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 in photo pixels
     score: float
     landmarks: np.ndarray | None  # (68|5, 2) photo pixels used for the alignment
@@ -63,7 +63,7 @@ class FaceSelection:
 
     Faces are first put in ``order`` ("size": largest box first; "left-to-right": by box
     centre x; "confidence": detector score, highest first); ``indices`` are positions in
-    that order. Then faces whose box side (the longer one, photo pixels) is below
+    that order (one beyond the faces found selects nothing). Then faces whose box side (the longer one, photo pixels) is below
     ``min_face_size`` are skipped, ``center_only`` keeps the face whose box centre is
     nearest the photo centre, and ``max_faces`` (0 = all) keeps the first ones left.
     """
