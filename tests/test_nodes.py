@@ -326,6 +326,7 @@ def nano(pack):
     return model, analysis
 
 
+@pytest.mark.slow
 def test_identity_from_raw_photos_is_encoded_once_and_restores_like_the_library(pack, io, nano, shared_data,
                                                                                   tmp_path):
     """Raw LFW photos as references: the embedder aligns and encodes them once; the restore
@@ -342,17 +343,17 @@ def test_identity_from_raw_photos_is_encoded_once_and_restores_like_the_library(
     model, analysis = nano
     photos = torch.stack([load_image(p) for p in sorted((shared_data / "lfw" / "Al_Gore").iterdir())[:3]])
     lq = torch.stack([load_image(p) for p in sorted((shared_data / "real_lq" / "reference_sets" / "obama" /
-                                                      "lq_crop").iterdir())[:3]])
+                                                      "lq_crop").iterdir())[:2]])
     lq = torch.nn.functional.interpolate(lq, size=(128, 128), mode="bilinear", antialias=True)
     out = pack.HonestFaceIdentityEmbedder().embed(model, analysis, io.images_to_comfy(photos), io.images_to_comfy(lq))
     identity, chosen, eyes, report = out["result"]
     refs = identity.references
     assert refs.images.shape == (3, 3, 128, 128), report
     assert refs.embeddings.shape == (3, 128) and torch.isfinite(refs.landmarks).all()
-    assert chosen.shape == (3, 128, 128, 3) and eyes.shape[2] == 2 * eyes.shape[1]
-    assert report.startswith("3 of 3 reference image(s) used") and "LQ face 2: reference" in report
+    assert chosen.shape == (2, 128, 128, 3) and eyes.shape[2] == 2 * eyes.shape[1]
+    assert report.startswith("3 of 3 reference image(s) used") and "LQ face 1: reference" in report
     previews = out["ui"]["images"]
-    assert len(previews) == 6 and all((tmp_path / p["subfolder"] / p["filename"]).is_file() for p in previews)
+    assert len(previews) == 4 and all((tmp_path / p["subfolder"] / p["filename"]).is_file() for p in previews)
 
     counting = dataclasses.replace(analysis, landmarks=_Counting(analysis.landmarks, "landmarks"),
                                    identity=_Counting(analysis.identity, "embed"))
@@ -365,10 +366,7 @@ def test_identity_from_raw_photos_is_encoded_once_and_restores_like_the_library(
     expected = library.restore(lq, references=[refs.images] * lq.shape[0])
     torch.testing.assert_close(io.comfy_to_images(restored), expected, atol=1e-5, rtol=0)
 
-    # strength blends with the input: 0 gives it back, 0.5 is half way.
-    (kept,) = pack.HonestFaceRestoreAligned().restore(model, io.images_to_comfy(lq), "model default",
-                                                     identity, analysis, strength=0.0)
-    torch.testing.assert_close(io.comfy_to_images(kept), lq, atol=1e-6, rtol=0)
+    # strength blends with the input: 0.5 is half way.
     (half,) = pack.HonestFaceRestoreAligned().restore(model, io.images_to_comfy(lq), "model default",
                                                      identity, analysis, strength=0.5)
     torch.testing.assert_close(io.comfy_to_images(half), (lq + expected) / 2, atol=1e-5, rtol=0)
@@ -377,7 +375,7 @@ def test_identity_from_raw_photos_is_encoded_once_and_restores_like_the_library(
     selected = pack.HonestFaceReferenceSelector().select(analysis, io.images_to_comfy(lq), "eyes", identity=identity)
     best, index, _ = selected["result"]
     torch.testing.assert_close(io.comfy_to_images(best)[0], refs.images[index])
-    assert len(selected["ui"]["images"]) == 3
+    assert len(selected["ui"]["images"]) == 2
 
 
 def test_identity_embedder_drops_references_without_a_face(pack, io, nano):
