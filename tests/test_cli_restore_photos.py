@@ -235,7 +235,7 @@ def _shifted(image: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
 
 
 def test_video_with_an_empty_frame_keeps_its_audio(shared_data, tmp_path, capsys):
-    av = pytest.importorskip("av", reason="PyAV (the 'video' extra) is not installed")
+    pytest.importorskip("av", reason="PyAV (the 'video' extra) is not installed")
     from test_video import read_audio, tone, write_test_clip
 
     from honestface.video import VideoReader
@@ -278,7 +278,7 @@ def test_video_with_an_empty_frame_keeps_its_audio(shared_data, tmp_path, capsys
 
 
 def test_video_without_pyav_names_the_extra(tmp_path, capsys, monkeypatch):
-    import honestface.video as video
+    from honestface import video
 
     def missing():
         raise HonestFaceError("reading and writing video needs PyAV: pip install 'honestface[video]' (or pip install av)")

@@ -436,6 +436,16 @@ def _short(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
+def _describe(error: Exception) -> str:
+    """One line for a skip: our own errors by message, others with their type."""
+    return _short(error) if isinstance(error, HonestFaceError) else f"{type(error).__name__}: {_short(error)}"
+
+
+#: Errors that skip one input and let the run go on: ours, and those of torch (out of
+#: memory, a backend failure) and of the video libraries (OSError, ValueError).
+RESTORE_ERRORS = (HonestFaceError, RuntimeError, OSError, ValueError)
+
+
 # ------------------------------------------------------------------------------ writers
 def comparison(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """(3, H, W) input | output side by side: (3, H, 2W)."""
@@ -514,13 +524,20 @@ class Restorer:
             height, width = image.shape[-2:]
             self.skip(name, f"too small to hold a face ({width}x{height} px; each side must be at least "
                             f"{MIN_IMAGE_SIDE} px)")
+            self.console.advance()
             return None
         except ImageError as error:
             reason = "not an image" if item.kind == "other" else "unreadable"
             detail = _short(error).split(f"{item.path}: ", 1)[-1].replace(str(item.path), name)
             self.skip(name, f"{reason} ({detail})")
+            self.console.advance()
             return None
-        decision = self.decide(image)
+        try:
+            decision = self.decide(image)
+        except RESTORE_ERRORS as error:
+            self.skip(name, f"cannot tell crop from photo ({_describe(error)})")
+            self.console.advance()
+            return None
         job = Job(item, image, decision)
         job.references, job.references_from = self.references.for_input(item.path)
         return job
@@ -559,16 +576,16 @@ class Restorer:
                 continue
             try:
                 step(group)
-            except HonestFaceError as error:
+            except RESTORE_ERRORS as error:
                 if len(group) == 1:
-                    self.skip(group[0].item.path.name, f"restoration failed ({_short(error)})")
+                    self.skip(group[0].item.path.name, f"restoration failed ({_describe(error)})")
                     self.console.advance()
                     continue
                 for job in group:  # find the input that fails; the others are written
                     try:
                         step([job])
-                    except HonestFaceError as single_error:
-                        self.skip(job.item.path.name, f"restoration failed ({_short(single_error)})")
+                    except RESTORE_ERRORS as single_error:
+                        self.skip(job.item.path.name, f"restoration failed ({_describe(single_error)})")
                         self.console.advance()
 
     def _restore_aligned(self, jobs: Sequence[Job]) -> None:
@@ -698,14 +715,14 @@ class Restorer:
             for w in writers:
                 w.close()
             partial.replace(item.output)
-        except HonestFaceError as error:
+        except RESTORE_ERRORS as error:
             for w in writers:
                 try:
                     w.close()
                 except Exception:  # noqa: BLE001 - the file is removed anyway
                     pass
             partial.unlink(missing_ok=True)
-            self.skip(name, f"video failed at frame {counts['frames']} ({_short(error)})")
+            self.skip(name, f"video failed at frame {counts['frames']} ({_describe(error)})")
             return
         finally:
             self.console.close_bar()
