@@ -598,9 +598,8 @@ class Restorer:
         notes = [f"with references ({job.references_from})" if job.references is not None else "" for job in jobs]
         use_refs = any(entry is not None for entry in entries)
         restored = self.pipeline.restore(crops, entries if use_refs else None, generator=self.generator,
-                                         output_size=size, color_correction=self.args.color_correction)
-        strength = self.args.strength
-        restored = crops + strength * (restored - crops) if strength != 1.0 else restored
+                                         output_size=size, color_correction=self.args.color_correction,
+                                         strength=self.args.strength)
         for job, crop, result, note in zip(jobs, crops, restored, notes):
             image = resize_to(result[None], tuple(job.image.shape[-2:]))[0]
             self._write_image(job, image, [(crop, result)])
