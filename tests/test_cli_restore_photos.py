@@ -289,3 +289,15 @@ def test_video_without_pyav_names_the_extra(tmp_path, capsys, monkeypatch):
     # checked before the model is loaded: the weights named here do not exist
     assert main(["restore", str(clip), "-o", str(tmp_path / "out"), "--weights", "missing.safetensors"]) == 1
     assert "pip install 'honestface[video]'" in capsys.readouterr().err
+
+
+def test_on_no_face_error_skips_the_photo_and_selection_options_reach_the_library(mixed_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(_restore(str(mixed_folder / "empty.png"), str(mixed_folder / "uribe.jpg"), "-o", str(out),
+                         "--on-no-face", "error", "--center-face", "--max-faces", "1", "--mask", "ellipse",
+                         "--mask-feather", "0.1", "--face-order", "left-to-right"))
+    captured = capsys.readouterr()
+    assert code == 3
+    assert "empty.png: skipped, photo (not square (180x120)): no face found (--on-no-face error)" in captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["uribe.png"]
+    assert "restored 1 face(s) in 1 input(s)" in captured.out
