@@ -19,7 +19,9 @@ from .base import (
     LandmarkBackend,
     require_landmarks,
 )
-from .photo import PhotoFace, restore_faces_in_photo
+from .input_kind import ALIGNED_TOLERANCE, InputKind, classify_input
+from .photo import FaceSelection, PasteMask, PhotoFace, detect_photo_faces, paste_mask, restore_faces_in_photo
+from .references import ReferencePhotos, align_reference_photos
 
 LANDMARK_BACKENDS = ("dlib", "fan")
 IDENTITY_BACKENDS = ("dlib", "dlib-torch", "arcface-onnx", "arcface-torch", "adaface")
@@ -103,19 +105,28 @@ def load_face_detector(name: str = "dlib", models_dir: str | Path | None = None,
 
 
 __all__ = [
+    "ALIGNED_TOLERANCE",
     "FACE_DETECTORS",
     "IDENTITY_BACKENDS",
     "LANDMARK_BACKENDS",
     "FaceDetection",
     "FaceDetector",
+    "FaceSelection",
     "IdentityBackend",
+    "InputKind",
     "LandmarkBackend",
+    "PasteMask",
     "PhotoFace",
+    "ReferencePhotos",
     "align_face",
+    "align_reference_photos",
+    "classify_input",
+    "detect_photo_faces",
     "load_face_detector",
     "load_identity_backend",
     "load_landmark_backend",
     "paste_back",
+    "paste_mask",
     "require_landmarks",
     "restore_faces_in_photo",
 ]
