@@ -286,6 +286,53 @@ def test_training_from_model_files_and_from_its_own_checkpoint(celeba_subset, tm
     assert again.keys() == trained.keys() and all(torch.equal(again[k], trained[k]) for k in trained)
 
 
+def test_osdface_file_decides_the_lora_modules_for_training_and_inference(celeba_subset, tmp_path):
+    """A release-format LoRA file on fewer modules than the preset (attention only, rank 2):
+    training starts from it instead of refusing it, trains exactly those modules, and the
+    exported checkpoint rebuilds the same adapter for inference."""
+    from safetensors.torch import load_file, save_file
+
+    from honestface.config import OSDFACE_LORA_TARGETS
+    from honestface.loaders.checkpoint import build_model_from_checkpoint
+    from honestface.loaders.osdface import LORA_FILE
+    from honestface.loaders.sd21 import load_sd21
+    from honestface.models.restorer import lora_module_names, lora_targets_from_state
+    from honestface.testing.make_tiny_models import OSDFACE_FOLDER, make_tiny_models
+
+    models = tmp_path / "models"
+    make_tiny_models(models)
+    lora_path = models / OSDFACE_FOLDER / LORA_FILE
+    full = load_file(str(lora_path))
+    generator = torch.Generator().manual_seed(0)
+    attention = {}
+    for key in sorted(full):  # the release's key format, another module set and rank
+        if ".attn" in key and key.endswith(".lora_A.weight"):
+            module = key[: -len(".lora_A.weight")]
+            a, b = full[key], full[module + ".lora_B.weight"]
+            attention[key] = torch.randn(2, a.shape[1], generator=generator) * 0.1
+            attention[module + ".lora_B.weight"] = torch.randn(b.shape[0], 2, generator=generator) * 0.1
+    save_file(attention, str(lora_path), metadata={"format": "pt"})
+    file_modules, _ = lora_targets_from_state(attention)
+
+    common = [f"model.models_dir={models}", "model.sd21=tiny-sd21-base.safetensors", "model.osdface=osdface-tiny",
+              "model.overrides={identity_backend: dlib, ide.identity_dim: 128}", "model.identity=dlib",
+              "train.max_steps=1", "train.val_every=0", "train.checkpoint_every=0",
+              "losses.ea_dists=0", "losses.mfa=0", "losses.identity=0", "losses.adversarial=0"]
+    sd = load_sd21("tiny-sd21-base.safetensors", models_dir=models)
+    assert set(file_modules) < set(lora_module_names(sd.unet, OSDFACE_LORA_TARGETS))  # differs from the preset
+    trainer = Trainer(tiny_config(celeba_subset, tmp_path / "run", "model.init=osdface", *common))
+    start = trainer.model.restorer.lora_state_dict()
+    assert start.keys() == attention.keys() and all(torch.equal(start[k], v) for k, v in attention.items())
+    assert trainer.model.config.lora.rank == 2
+    exported = trainer.run()["export"]
+    trained = trainer.model.restorer.lora_state_dict()
+    assert any(not torch.equal(trained[k], attention[k]) for k in attention)  # it trained them
+
+    restored = build_model_from_checkpoint(exported, sd.unet, sd.vae)
+    again = restored.restorer.lora_state_dict()
+    assert again.keys() == trained.keys() and all(torch.equal(again[k], trained[k]) for k in trained)
+
+
 def test_reexporting_a_finished_run_keeps_its_summary_and_history(celeba_subset, tmp_path, caplog):
     from training.train import main
 

@@ -120,7 +120,8 @@ def build_model_from_files(section) -> HonestFaceModel:
     model = HonestFaceModel(config, sd.unet, sd.vae, vgg_state_dict=load_vgg16_state_dict(vgg_path), lora=False)
     osdface = find_osdface_folder(section.osdface, models_dir) if section.osdface else None
     if section.init == "osdface":
-        load_osdface(model, osdface)
+        # the release file decides which modules carry LoRA (and its rank), as at inference
+        load_osdface(model, osdface, strict=False)
     else:
         if osdface is not None:
             load_osdface(model, osdface, parts=("vq",))
