@@ -73,6 +73,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--identity", default=None, metavar="NAME",
                         help="identity backend (default: the one the checkpoint was trained with)")
     parser.add_argument("--no-merge-lora", action="store_true", help="keep the LoRA adapter separate (slower)")
+    parser.add_argument("--release-compat", action="store_true",
+                        help="aligned crops only: do what the OSDFace release's infer.py does (bilinear "
+                             "align_corners=True resize, sampled latent, no colour correction unless given, "
+                             "output at the model size, truncated to 8 bits); see honestface.release_compat")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-q", "--quiet", action="store_true", help="do not print the weight-loading report")
     parser.set_defaults(func=run)
@@ -168,8 +172,10 @@ def build_pipeline(sd: str | Path | None, weights: str | Path, *, osdface: str |
 # ------------------------------------------------------------------------------ restoring
 def restore_aligned(pipeline, images: Sequence[torch.Tensor], references: torch.Tensor | None,
                     generator: torch.Generator | None, color_correction: str | None,
-                    progress: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
-    """Restore aligned crops of any sizes in batches; each result has its input's size."""
+                    progress: Callable[[int, int], None] | None = None,
+                    release_compat: bool = False) -> list[torch.Tensor]:
+    """Restore aligned crops of any sizes in batches; each result has its input's size
+    (the model size with ``release_compat``)."""
     from ..image_io import resize_to
 
     size = pipeline.image_size
@@ -177,6 +183,16 @@ def restore_aligned(pipeline, images: Sequence[torch.Tensor], references: torch.
     step = pipeline.batch_size
     for start in range(0, len(images), step):
         chunk = images[start:start + step]
+        if release_compat:
+            from ..release_compat import release_resize
+
+            batch = torch.cat([release_resize(image[None], size) for image in chunk])
+            refs = None if references is None else [references] * len(chunk)
+            results.extend(pipeline.restore(batch, refs, generator=generator, color_correction=color_correction,
+                                            release_compat=True))
+            if progress is not None:
+                progress(start + len(chunk), len(images))
+            continue
         batch = torch.stack([resize_to(image[None], size)[0] for image in chunk])
         refs = None if references is None else [references] * len(chunk)
         restored = pipeline.restore(batch, refs, generator=generator, output_size=size,
@@ -224,6 +240,9 @@ def _run(args: argparse.Namespace) -> int:
 
     aligned = [i for i, image in enumerate(images) if is_aligned(image, args.mode)]
     whole = [i for i in range(len(images)) if i not in set(aligned)]
+    if args.release_compat and whole:
+        raise HonestFaceError("--release-compat restores aligned crops only (the OSDFace release has no "
+                              f"whole-photo mode); treated as whole photos: {', '.join(inputs[i].name for i in whole[:5])}")
     detector = None
     if whole:
         from ..face import load_face_detector
@@ -236,7 +255,8 @@ def _run(args: argparse.Namespace) -> int:
     faces_restored = 0
     try:
         restored = restore_aligned(pipeline, [images[i] for i in aligned], references, generator,
-                                   args.color_correction, lambda done, _: progress(done, len(images)))
+                                   args.color_correction, lambda done, _: progress(done, len(images)),
+                                   release_compat=args.release_compat)
         for i, result in zip(aligned, restored):
             save_image(result, args.output / names[i])
         faces_restored += len(aligned)
