@@ -127,6 +127,34 @@ def test_no_face_gives_nan_and_gradients_flow_with_a_box(models):
     assert images.grad.abs().sum() > 0
 
 
+def test_aligned_mode_uses_the_aligned_face_box_and_no_detector(models, shared_data):
+    """``detect=False`` (training on aligned crops): every image gets the FFHQ face box,
+    the detector is never run, and a heavily degraded face the detector misses still gets
+    landmarks, the same as with that box given explicitly."""
+    from honestface.degradation import DegradationConfig, degrade
+    from honestface.face.dlib_backend import ALIGNED_FACE_BOX
+    from honestface.image_io import load_image, resize_to
+
+    class NoDetector:
+        def detect(self, image):
+            raise AssertionError("the detector must not run on aligned crops")
+
+    root, _ = models
+    face = resize_to(load_image(sorted((shared_data / "celeba").glob("*/*.jpg"))[0])[None], 256)
+    heavy = DegradationConfig(kernel_size=41, blur_sigma=(15.0, 15.0), downsample_scale=(30.0, 30.0),
+                              noise_sigma=(20.0, 20.0), jpeg_quality=(30, 30))
+    lq = degrade(face, heavy, generator=0)
+    detecting = load_landmark_backend("fan", models_dir=root)
+    assert torch.isnan(detecting.landmarks(lq)).all()  # the HOG detector misses it
+    aligned = load_landmark_backend("fan", models_dir=root, detect=False, detector=NoDetector())
+    box = torch.tensor([[v * 256 for v in ALIGNED_FACE_BOX]])
+    assert torch.equal(aligned.face_boxes(lq), box)
+    points = aligned.landmarks(lq)
+    assert torch.isfinite(points).all()
+    assert torch.equal(points, detecting.predict(lq, box)[0])
+    assert aligned.heatmaps(lq).abs().sum() > 0
+
+
 def test_torchscript_archive_is_accepted(tmp_path):
     network = random_fan(seed=1)
     with pytest.warns(FutureWarning):  # tracing is deprecated, but old face-alignment files are traced

@@ -84,6 +84,39 @@ def test_tiny_trains_with_every_loss(celeba_subset, tmp_path):
     assert Path(summary["export"]).is_file()
 
 
+def test_landmark_misses_are_counted_logged_and_limited(celeba_subset, tmp_path):
+    """Aligned crops: landmarks come from the aligned face box, every face counts and none is
+    missed. With detection on faces degraded beyond recognition, the misses are counted and
+    training stops with a clear error once they pass the limit."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from honestface.errors import HonestFaceError
+
+    quick = ["train.max_steps=2", "train.val_every=0", "train.checkpoint_every=0", "train.log_every=1",
+             "losses.ea_dists=0", "losses.identity=0", "losses.adversarial=0"]  # MFA on (dlib heatmaps)
+    trainer = Trainer(tiny_config(celeba_subset, tmp_path / "aligned", *quick))
+    assert trainer.objective.heatmap_backend.detect is False
+    trainer.run()
+    assert (trainer.landmark_faces, trainer.landmark_misses) == (4, 0)  # 2 steps x 2 LQ faces
+    events = EventAccumulator(str(tmp_path / "aligned" / "logs"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("landmarks/faces")] == [2.0, 4.0]
+    assert [e.value for e in events.Scalars("landmarks/missed")] == [0.0, 0.0]
+
+    hopeless = ["data.aligned_faces=false", "data.degradation.blur_sigma=[15,15]",
+                "data.degradation.downsample_scale=[30,30]", "train.landmark_miss_min_faces=2",
+                "losses.backend_options={}"]  # tiny.yaml's dlib fallback box off: a miss stays a miss
+    detecting = Trainer(tiny_config(celeba_subset, tmp_path / "detect", *quick, *hopeless))
+    assert detecting.objective.heatmap_backend.detect is True
+    with pytest.raises(HonestFaceError, match=r"landmarks were not found in 2 of 2 faces .* limit 5.0%"):
+        detecting.run()
+    # a limit of 100% lets the same run finish, the misses still counted
+    tolerant = Trainer(tiny_config(celeba_subset, tmp_path / "tolerant", *quick, *hopeless,
+                                   "train.max_landmark_miss_rate=1.0"))
+    tolerant.run()
+    assert (tolerant.landmark_faces, tolerant.landmark_misses) == (4, 4)
+
+
 def test_overfitting_a_few_faces_lowers_the_reconstruction_loss(celeba_subset, tmp_path):
     config = tiny_config(celeba_subset, tmp_path, "train.max_steps=40", "train.val_every=0",
                          "train.checkpoint_every=0", "losses.ea_dists=0", "losses.identity=0", "losses.mfa=0",

@@ -49,6 +49,11 @@ class DataConfig:
         split_seed: seed of the identity split.
         horizontal_flip: flip GT (and its LQ) with probability 0.5.
         degradation: ranges of the synthetic LQ (VQFR defaults).
+        aligned_faces: the images are FFHQ-style aligned crops (CelebRef-HQ, Reface-HQ,
+            ``prepare-dataset``), so landmarks and heatmaps (Eq. 6, MFA, validation) are
+            fitted in the known aligned face box and no face detector runs. ``False``
+            detects the face in every image (for data that is not aligned); the trainer
+            then counts the misses (see ``train.max_landmark_miss_rate``).
     """
 
     roots: list[str] = field(default_factory=list)
@@ -61,6 +66,7 @@ class DataConfig:
     split_seed: int = 0
     horizontal_flip: bool = True
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
+    aligned_faces: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.roots, (str, Path)):
