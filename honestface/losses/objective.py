@@ -54,6 +54,8 @@ class LossConfig:
             :func:`honestface.face.load_identity_backend`).
         mfa_landmarks: landmark backend whose heatmaps of x_L build the MFA mask.
         mfa_k: sharpening constant of Eq. 11 (10 in the paper).
+        mfa_normalize_raw: divide M_raw by its per-image maximum before Eq. 11 (not in the
+            paper, off by default; see :func:`honestface.mfa.mfa_mask`).
         vgg_file, dists_file, lpips_file: weight files in ``<models>/honestface``.
         discriminator: :class:`DiscriminatorConfig` of the latent discriminator.
         backend_options: extra keyword arguments per backend name (e.g. model file names).
@@ -73,6 +75,7 @@ class LossConfig:
     identity_backends: tuple[str, ...] = ("arcface-torch", "adaface")
     mfa_landmarks: str = "fan"
     mfa_k: float = DEFAULT_K
+    mfa_normalize_raw: bool = False
     vgg_file: str = VGG16_FILE
     dists_file: str = DISTS_FILE
     lpips_file: str = LPIPS_FILE
@@ -238,7 +241,7 @@ class TrainingObjective(nn.Module):
             finite = torch.isfinite(heatmaps).flatten(1).all(dim=1)
             found.extend((finite & (heatmaps.abs().flatten(1).amax(dim=1) > 0)).tolist())
         heatmaps = torch.nan_to_num(heatmaps, nan=0.0)
-        return mfa_mask(heatmaps, k=self.config.mfa_k, size=lq.shape[-2:])
+        return mfa_mask(heatmaps, k=self.config.mfa_k, size=lq.shape[-2:], normalize_raw=self.config.mfa_normalize_raw)
 
     # ----------------------------------------------------------------- losses
     def _random_timesteps(self, batch: int, device: torch.device) -> torch.Tensor:
