@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from honestface.degradation import DegradationConfig, degrade
+from honestface.degradation import DegradationConfig, degrade_pair
 from honestface.errors import ConfigError, ImageError
 from honestface.image_io import IMAGE_SUFFIXES, load_image, resize_to
 
@@ -194,7 +194,8 @@ class IdentityFaceDataset(torch.utils.data.Dataset):
 
         if self.augment and self.config.horizontal_flip and rng.random() < 0.5:
             gt = gt.flip(-1)
-        lq = degrade(gt, self.config.degradation, generator=int(rng.integers(0, 2**62)))
+        # a grayscale LQ (VQFR's gray_prob) comes with a grayscale ground truth (gt_gray)
+        lq, gt, _ = degrade_pair(gt, self.config.degradation, generator=int(rng.integers(0, 2**62)))
 
         others = [i for i in range(len(identity.files)) if i != file_index]
         rng.shuffle(others)
