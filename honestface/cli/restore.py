@@ -12,7 +12,8 @@
 Inputs are aligned face crops (FFHQ-style) or whole photos. ``--mode auto`` (default)
 treats square images as aligned crops and others as photos; ``--whole`` / ``--mode
 whole`` detects, aligns, restores and pastes back every face (or ``--face-index``).
-Results are written as ``OUT/<name>.png`` at the input size. Missing files, unreadable
+Results are written as ``OUT/<name>.png`` at the input size
+(``--release-compat``: at the model size, as the OSDFace release writes them). Missing files, unreadable
 images and wrong checkpoints end with a one-line message and exit code 1.
 """
 
