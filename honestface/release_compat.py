@@ -28,7 +28,7 @@ reproducible; here the sample follows the ``generator`` passed in.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F

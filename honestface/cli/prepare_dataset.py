@@ -32,7 +32,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -281,5 +281,16 @@ def run(args: argparse.Namespace) -> int:
     return 0 if totals["faces"] else 1
 
 
-__all__: list[str] = ["CELEBREF_TEST_IDENTITIES", "PreparedFace", "SPLITS", "STATUSES", "add_parser", "dataset_root",
-                      "face_extent", "identity_sources", "natural_key", "prepare_dataset", "split_identities"]
+__all__: list[str] = [
+    "CELEBREF_TEST_IDENTITIES",
+    "SPLITS",
+    "STATUSES",
+    "PreparedFace",
+    "add_parser",
+    "dataset_root",
+    "face_extent",
+    "identity_sources",
+    "natural_key",
+    "prepare_dataset",
+    "split_identities",
+]
