@@ -256,7 +256,8 @@ class HonestFacePipeline:
     def restore(self, lq: torch.Tensor, references: Sequence[torch.Tensor | ReferenceSet | None] | None = None,
                 progress: ProgressCallback | None = None, generator: torch.Generator | None = None,
                 output_size: int | tuple[int, int] | None = None,
-                color_correction: str | None = None, strength: float = 1.0) -> torch.Tensor:
+                color_correction: str | None = None, strength: float = 1.0,
+                release_compat: bool = False) -> torch.Tensor:
         """Restore aligned faces.
 
         Args:
@@ -271,12 +272,19 @@ class HonestFacePipeline:
             output_size: size of the result; default the input's (H, W).
             color_correction: "none", "adain", "wavelet" (default: the config's).
             strength: 1 returns the restored faces, 0 the input, between them a linear blend.
+            release_compat: do what the OSDFace release does (:mod:`honestface.release_compat`):
+                bilinear resize, sampled latent, no colour correction by default, output at
+                the model size (``output_size`` is ignored).
 
         Returns:
             (B, 3, H, W) restored faces in [0, 1], float32 on the CPU.
         """
         if not 0.0 <= float(strength) <= 1.0:
             raise ImageError(f"strength must be in [0, 1], got {strength}")
+        if release_compat:
+            from .release_compat import release_restore
+
+            return release_restore(self, lq, references, progress, generator, color_correction)
         images = to_rgb(lq, "lq")
         out_size = tuple(images.shape[-2:]) if output_size is None else (
             (output_size, output_size) if isinstance(output_size, int) else tuple(output_size))

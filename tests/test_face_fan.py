@@ -11,7 +11,7 @@ from honestface.errors import CheckpointError, MissingModelFileError
 from honestface.face import load_landmark_backend
 from honestface.face.align import warp
 from honestface.face.fan import FanLandmarks, fan_crop_affine, read_fan
-from honestface.testing.make_tiny_models import FAN_WEIGHTS, write_tiny_fan
+from honestface.testing.make_tiny_models import FAN_WEIGHTS, write_fan
 from honestface.testing.offline import network_disabled
 from honestface.testing.random_weights import randomize_batchnorm_statistics
 
@@ -24,7 +24,7 @@ def models(tmp_path_factory):
     """A models folder with the tiny FAN make_tiny_models writes (face-alignment's download
     format: a plain state dict named 2DFAN4-11f355bf06.pth.tar)."""
     root = tmp_path_factory.mktemp("models")
-    path = write_tiny_fan(root / FAN_WEIGHTS, seed=0)
+    path = write_fan(root / FAN_WEIGHTS, seed=0)
     network = fan_models.FAN(1).eval()
     network.load_state_dict(torch.load(path, weights_only=True))  # face-alignment's own loading
     return root, network
@@ -118,6 +118,34 @@ def test_no_face_gives_nan_and_gradients_flow_with_a_box(models):
     _, heatmaps, _ = backend.predict(images, torch.tensor([[20.0, 20.0, 100.0, 100.0]]))
     heatmaps.sum().backward()
     assert images.grad.abs().sum() > 0
+
+
+def test_aligned_mode_uses_the_aligned_face_box_and_no_detector(models, shared_data):
+    """``detect=False`` (training on aligned crops): every image gets the FFHQ face box,
+    the detector is never run, and a heavily degraded face the detector misses still gets
+    landmarks, the same as with that box given explicitly."""
+    from honestface.degradation import DegradationConfig, degrade
+    from honestface.face.dlib_backend import ALIGNED_FACE_BOX
+    from honestface.image_io import load_image, resize_to
+
+    class NoDetector:
+        def detect(self, image):
+            raise AssertionError("the detector must not run on aligned crops")
+
+    root, _ = models
+    face = resize_to(load_image(sorted((shared_data / "celeba").glob("*/*.jpg"))[0])[None], 256)
+    heavy = DegradationConfig(kernel_size=41, blur_sigma=(15.0, 15.0), downsample_scale=(30.0, 30.0),
+                              noise_sigma=(20.0, 20.0), jpeg_quality=(30, 30))
+    lq = degrade(face, heavy, generator=0)
+    detecting = load_landmark_backend("fan", models_dir=root)
+    assert torch.isnan(detecting.landmarks(lq)).all()  # the HOG detector misses it
+    aligned = load_landmark_backend("fan", models_dir=root, detect=False, detector=NoDetector())
+    box = torch.tensor([[v * 256 for v in ALIGNED_FACE_BOX]])
+    assert torch.equal(aligned.face_boxes(lq), box)
+    points = aligned.landmarks(lq)
+    assert torch.isfinite(points).all()
+    assert torch.equal(points, detecting.predict(lq, box)[0])
+    assert aligned.heatmaps(lq).abs().sum() > 0
 
 
 def test_torch_hub_cache_and_torchscript_archive(tmp_path, models, monkeypatch):

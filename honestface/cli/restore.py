@@ -21,6 +21,10 @@ written; 3 some inputs were skipped (everything else was written); 1 nothing cou
 done (missing model files, bad options, an output folder that would overwrite the inputs);
 2 wrong command-line syntax.
 
+``--release-compat`` restores aligned crops as the OSDFace release's ``infer.py`` does and
+writes them at the model size (:mod:`honestface.release_compat`); photos and videos are
+skipped with that reason.
+
 References (same person; raw photos or aligned crops, the largest face of a photo is
 detected and aligned, a reference without a face is dropped with a note):
   --ref PHOTO|FOLDER   used for every input (repeatable);
@@ -103,6 +107,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="face detector: dlib (HOG), dlib:mmod (CNN), insightface[:PACK/FILE.onnx] "
                             "(default: dlib)")
     model.add_argument("--no-merge-lora", action="store_true", help="keep the LoRA adapter separate (slower)")
+    model.add_argument("--release-compat", action="store_true",
+                       help="aligned crops only: do what the OSDFace release's infer.py does (bilinear "
+                            "align_corners=True resize, sampled VAE latent, no colour correction, output at the "
+                            "model size, truncated to 8 bits); photos and videos are skipped; see "
+                            "honestface.release_compat")
 
     kind = parser.add_argument_group("input kind")
     kind.add_argument("--mode", default="auto", choices=MODES,
@@ -590,18 +599,23 @@ class Restorer:
 
     def _restore_aligned(self, jobs: Sequence[Job]) -> None:
         from ..image_io import resize_to
+        from ..release_compat import release_resize
 
         size = self.pipeline.image_size
-        crops = torch.stack([resize_to(job.image[None], size)[0] for job in jobs])  # (B, 3, S, S)
+        release = self.args.release_compat
+        resize = (lambda image: release_resize(image[None], size)[0]) if release else \
+            (lambda image: resize_to(image[None], size)[0])
+        crops = torch.stack([resize(job.image) for job in jobs])  # (B, 3, S, S)
         # one face per crop: its references always apply (as for a photo with one face)
         entries = [job.references for job in jobs]
         notes = [f"with references ({job.references_from})" if job.references is not None else "" for job in jobs]
         use_refs = any(entry is not None for entry in entries)
         restored = self.pipeline.restore(crops, entries if use_refs else None, generator=self.generator,
                                          output_size=size, color_correction=self.args.color_correction,
-                                         strength=self.args.strength)
+                                         strength=self.args.strength, release_compat=release)
         for job, crop, result, note in zip(jobs, crops, restored, notes):
-            image = resize_to(result[None], tuple(job.image.shape[-2:]))[0]
+            # the release writes every face at the model size
+            image = result if release else resize_to(result[None], tuple(job.image.shape[-2:]))[0]
             self._write_image(job, image, [(crop, result)])
             self.console.line(f"{job.item.path.name}: {job.decision}; restored{', ' + note if note else ''}")
             self.outcomes.append(Outcome(job.item.path.name, "restored", faces=1))
@@ -610,6 +624,11 @@ class Restorer:
     def _restore_photos(self, jobs: Sequence[Job]) -> None:
         from ..whole_photo import restore_whole_photos
 
+        if self.args.release_compat:  # the release has no whole-photo mode
+            for job in jobs:
+                self.skip(job.item.path.name, f"{job.decision}: --release-compat restores aligned crops only")
+                self.console.advance()
+            return
         results = restore_whole_photos(
             self.pipeline, [job.image for job in jobs], self.detector_factory(), references=[j.references for j in jobs],
             ref_match=self.args.ref_match, match_threshold=self.args.match_threshold, selection=self.selection,
@@ -654,6 +673,9 @@ class Restorer:
         from ..whole_photo import restore_whole_photos
 
         name = item.path.name
+        if self.args.release_compat:
+            self.skip(name, "video: --release-compat restores aligned crops only")
+            return
         partial = item.output.with_name(f".{item.output.stem}.partial{item.output.suffix}")
         compare_path = self.args.output / COMPARISON_DIR / item.output.name
         try:

@@ -131,7 +131,10 @@ class FanLandmarks(nn.Module):
 
     Boxes come from ``detector`` (dlib HOG by default; largest face per image); images
     without a detected face get NaN points and zero heatmaps, unless ``aligned_fallback``
-    is on, which uses the box where a face sits in an FFHQ-aligned crop. With
+    is on, which uses the box where a face sits in an FFHQ-aligned crop. ``detect=False``
+    uses that aligned face box for every image and runs no detector: for FFHQ-style
+    aligned crops (training), where the face's place is known and a detector on degraded
+    faces only adds misses. With
     ``flip_input`` (face-alignment's default) the heatmaps of the mirrored crop, mirrored
     back with left/right points swapped (face-alignment's ``flip``), are averaged with the
     direct ones (face-alignment sums them; the average keeps the heatmaps' scale).
@@ -140,7 +143,7 @@ class FanLandmarks(nn.Module):
     name = "fan"
 
     def __init__(self, network: nn.Module, detector=None, aligned_fallback: bool = False,
-                 flip_input: bool = True) -> None:
+                 flip_input: bool = True, detect: bool = True) -> None:
         super().__init__()
         _, self._decode, self._flip = import_face_alignment()
         self.network = network.eval()
@@ -148,6 +151,7 @@ class FanLandmarks(nn.Module):
         self._detector = detector
         self.aligned_fallback = aligned_fallback
         self.flip_input = flip_input
+        self.detect = detect
 
     def train(self, mode: bool = True) -> FanLandmarks:
         return super().train(False)
@@ -165,10 +169,10 @@ class FanLandmarks(nn.Module):
 
         boxes = []
         for image in images:
-            faces = self.detector.detect(image.detach())
+            faces = self.detector.detect(image.detach()) if self.detect else []
             if faces:
                 boxes.append(list(faces[0].box))
-            elif self.aligned_fallback:
+            elif self.aligned_fallback or not self.detect:
                 height, width = image.shape[-2:]
                 x0, y0, x1, y1 = ALIGNED_FACE_BOX
                 boxes.append([x0 * width, y0 * height, x1 * width, y1 * height])
@@ -264,7 +268,8 @@ def find_fan_file(models_dir: str | Path | None = None, model: str | Path | None
 
 
 def load_fan_landmarks(models_dir: str | Path | None = None, device: str = "cpu", model: str | Path | None = None,
-                       detector=None, aligned_fallback: bool = False, flip_input: bool = True) -> FanLandmarks:
+                       detector=None, aligned_fallback: bool = False, flip_input: bool = True,
+                       detect: bool = True) -> FanLandmarks:
     """FAN landmark backend from ``<models>/face_alignment/`` or the torch hub cache (never downloads)."""
     return FanLandmarks(read_fan(find_fan_file(models_dir, model)), detector=detector,
-                        aligned_fallback=aligned_fallback, flip_input=flip_input).to(device)
+                        aligned_fallback=aligned_fallback, flip_input=flip_input, detect=detect).to(device)
