@@ -168,7 +168,7 @@ def test_training_files_have_the_released_formats(models):
         assert all((v >= 0).all() for v in head.values())
 
     fan = torch.load(models / tiny.FAN_WEIGHTS, weights_only=True)  # face-alignment: a plain state dict
-    assert "conv1.weight" in fan and "l1.weight" in fan and "m0.b1_2.conv1.weight" in fan
+    assert "conv1.weight" in fan and "l0.weight" in fan and "m0.b1_2.conv1.weight" in fan
     arcface = torch.load(models / tiny.ARCFACE_TORCH, weights_only=True)
     assert "fc.weight" in arcface and "features.running_mean" in arcface
     with pytest.raises(pickle.UnpicklingError):  # Lightning objects inside, as in the release
