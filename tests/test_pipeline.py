@@ -89,7 +89,8 @@ def test_osdface_mode_without_references(model, pipeline):
     restored = pipeline.restore(lq)
     with torch.no_grad():
         direct = model(lq)
-    torch.testing.assert_close(restored, direct.image)
+    # the pipeline batches differently from the direct call: float32 round-off only
+    torch.testing.assert_close(restored, direct.image, atol=1e-4, rtol=1e-4)
     assert bool((direct.reference_index == -1).all())
     torch.testing.assert_close(pipeline.restore(lq, [None, None, torch.zeros(0, 3, 64, 64)]), restored)
     assert restored.shape == (3, 3, 64, 64) and 0 <= float(restored.min()) and float(restored.max()) <= 1
