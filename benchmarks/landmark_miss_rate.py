@@ -44,7 +44,12 @@ def measure(data: str, config_path: str | Path, samples: int, seed: int) -> dict
     import torch
 
     from honestface.face._images import to_uint8_hwc
-    from honestface.face.dlib_backend import DlibFaceDetector, DlibLandmarks, _aligned_box, fit_shape
+    from honestface.face.dlib_backend import (
+        DlibFaceDetector,
+        DlibLandmarks,
+        _aligned_box,
+        fit_shape,
+    )
     from training.config import apply_overrides, parse_yaml
     from training.data import DataConfig, EpochSampler, build_datasets
 

@@ -17,7 +17,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from honestface.losses.perceptual import DISTS_FILE, LPIPS_FILE, VGG16_FILE, build_dists, build_lpips
+from honestface.losses.perceptual import (
+    DISTS_FILE,
+    LPIPS_FILE,
+    VGG16_FILE,
+    build_dists,
+    build_lpips,
+)
 
 lpips = pytest.importorskip("lpips")
 DISTS_pytorch = pytest.importorskip("DISTS_pytorch")
@@ -25,7 +31,7 @@ DISTS_pytorch = pytest.importorskip("DISTS_pytorch")
 
 def _package_file(package: str, relative: str) -> Path:
     spec = importlib.util.find_spec(package)
-    return Path(list(spec.submodule_search_locations)[0]) / relative
+    return Path(next(iter(spec.submodule_search_locations))) / relative
 
 
 def _vgg16_trunk(pretrained: bool = False, **_) -> SimpleNamespace:

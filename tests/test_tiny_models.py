@@ -151,7 +151,7 @@ def test_training_files_have_the_released_formats(models):
 
     def package_file(package, relative):
         spec = importlib.util.find_spec(package)
-        return None if spec is None else Path(list(spec.submodule_search_locations)[0]) / relative
+        return None if spec is None else Path(next(iter(spec.submodule_search_locations))) / relative
 
     def layout(state):
         return {k: tuple(v.shape) for k, v in state.items()}
