@@ -5,7 +5,7 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not e2e"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-HONESTFACE_EXTRAS="[face,train,test]" source scripts/venv.sh
+HONESTFACE_EXTRAS="[torch,face,train,test]" source scripts/venv.sh
 bash scripts/comfyui_setup.sh "$PY"
 if ! command -v chromium >/dev/null 2>&1; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
