@@ -6,15 +6,23 @@ library takes ``(B, 3, H, W)`` RGB in [0, 1] and ``(B, 1, H, W)`` masks. Every n
 converts with these functions, and only here.
 
 Also here: ComfyUI's progress bar and interrupt check as a library progress callback,
-and the devices ComfyUI's model management chooses.
+the devices ComfyUI's model management chooses, and previews shown on a node (PNG files in
+ComfyUI's temp folder, listed under ``"ui": {"images": ...}`` as Preview Image does).
 """
 
 from __future__ import annotations
 
+import os
+import random
+import string
+
+import numpy as np
 import torch
+from PIL import Image
 
 import comfy.model_management as model_management
 import comfy.utils
+import folder_paths
 
 from honestface.errors import ImageError
 from honestface.image_io import to_rgb
@@ -70,6 +78,31 @@ def masks_to_comfy(masks: torch.Tensor) -> torch.Tensor:
     if masks.dim() != 3:
         raise ImageError(f"expected masks of shape (batch, height, width), got {tuple(masks.shape)}")
     return masks.detach().float().clamp(0.0, 1.0).contiguous().to(model_management.intermediate_device())
+
+
+def save_previews(images: torch.Tensor, prefix: str = "HonestFace") -> list[dict]:
+    """Library images ``(B, 3, H, W)`` -> PNG files in ComfyUI's temp folder, listed the way
+    ComfyUI's Preview Image node lists them (``{"filename", "subfolder", "type": "temp"}``).
+
+    A node returns the list as ``{"ui": {"images": previews}, "result": outputs}`` and the
+    editor shows the pictures on the node itself.
+    """
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.shape[0] == 0:
+        return []
+    pixels = images_to_comfy(images).cpu().numpy()  # (B, H, W, 3)
+    suffix = "_temp_" + "".join(random.choice(string.ascii_lowercase) for _ in range(5))
+    folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
+        prefix + suffix, folder_paths.get_temp_directory(), pixels.shape[2], pixels.shape[1])
+    previews = []
+    for batch_number, picture in enumerate(pixels):
+        file = f"{filename.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
+        Image.fromarray(np.clip(np.rint(picture * 255.0), 0, 255).astype(np.uint8)).save(
+            os.path.join(folder, file), compress_level=1)
+        previews.append({"filename": file, "subfolder": subfolder, "type": "temp"})
+        counter += 1
+    return previews
 
 
 def comfy_progress(total: int) -> ProgressCallback:
