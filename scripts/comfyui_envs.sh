@@ -13,7 +13,8 @@
 #   opencv-headless  opencv-python-headless the only package providing cv2
 #   frontend-latest  the newest ComfyUI frontend and embedded docs on PyPI
 #
-# Usage: bash scripts/comfyui_envs.sh [NAME ...]        (default: all of them)
+# Usage: bash scripts/comfyui_envs.sh [NAME ...]
+#   default: $HONESTFACE_COMFYUI_ENV_NAMES (space-separated; the tests read it too), else all
 #   HONESTFACE_COMFYUI        the ComfyUI folder (default .comfyui/ComfyUI)
 #   HONESTFACE_COMFYUI_ENVS   where the environments go (default .comfyui/envs, ignored by git)
 # Idempotent: an environment is rebuilt only when this script, requirements.txt, ComfyUI's
@@ -34,7 +35,9 @@ if [ ! -f "$COMFYUI/requirements.txt" ]; then
     exit 1
 fi
 NAMES=("$@")
-[ ${#NAMES[@]} -gt 0 ] || NAMES=("${ALL_ENVS[@]}")
+if [ ${#NAMES[@]} -eq 0 ]; then
+    read -r -a NAMES <<< "${HONESTFACE_COMFYUI_ENV_NAMES:-${ALL_ENVS[*]}}"
+fi
 
 build_torch() {
     # torch and its dependencies alone, in a plain folder (pip install --target).

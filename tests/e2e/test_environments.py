@@ -32,7 +32,10 @@ from workflow_format import FRONTEND_WIDGETS
 
 pytestmark = pytest.mark.e2e
 
-ENVIRONMENTS = ("manager", "opencv-python", "opencv-headless", "frontend-latest")
+ALL_ENVIRONMENTS = ("manager", "opencv-python", "opencv-headless", "frontend-latest")
+#: HONESTFACE_COMFYUI_ENV_NAMES (space-separated) narrows the set, for the tests and for
+#: scripts/comfyui_envs.sh alike.
+ENVIRONMENTS = tuple(os.environ.get("HONESTFACE_COMFYUI_ENV_NAMES", " ".join(ALL_ENVIRONMENTS)).split())
 API_NAMES = sorted(path.name for path in API_WORKFLOWS.glob("*.json"))
 CV2_PACKAGES = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
 
