@@ -40,9 +40,11 @@ BUNDLED_PARTS: dict[str, str] = {
 SD21_CONFIG_DIR = Path(__file__).resolve().parent / "loaders" / "configs" / "sd21-base"
 
 #: UNet modules that carry LoRA in the OSDFace release: every ``nn.Linear`` / ``nn.Conv2d``
-#: whose name *contains* one of these patterns (attention projections, feed-forward
-#: layers, transformer in/out projections and every convolution; not the time embedding
-#: and not the norms). See :func:`honestface.models.restorer.lora_module_names`.
+#: whose name *ends with* one of these patterns after a dot, peft's rule (attention
+#: projections, feed-forward layers, transformer in/out projections, the ResNet and
+#: resampling convolutions and ``conv_out``; not ``conv_in``, the time embedding or the
+#: norms): 257 modules on SD 2.1-base. See :func:`honestface.models.restorer.lora_module_names`.
+#: A release file with another set decides for itself (``load_osdface(strict=False)``).
 OSDFACE_LORA_TARGETS: tuple[str, ...] = (
     "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
     "conv", "conv1", "conv2", "conv_shortcut", "conv_out",

@@ -8,7 +8,12 @@ paper, Sec. 4.1), written as batched torch functions:
 2. downsample by a factor drawn from ``downsample_scale`` (bilinear, like ``cv2.INTER_LINEAR``);
 3. add Gaussian noise with a standard deviation drawn from ``noise_sigma`` (in 0..255 units);
 4. JPEG-compress with a quality drawn from ``jpeg_quality`` (PIL);
-5. resize back to the input size (bilinear) and quantise to 8 bits.
+5. resize back to the input size (bilinear);
+6. with probability ``gray_probability`` (VQFR's ``gray_prob``, 0.01) convert the LQ to
+   grayscale (ITU-R BT.601 luma, OpenCV's ``COLOR_BGR2GRAY`` weights 0.299 R + 0.587 G +
+   0.114 B, repeated to three channels); :func:`degrade_pair` converts the ground truth
+   too (VQFR's ``gt_gray``), so the model is not asked to invent colours;
+7. quantise to 8 bits.
 
 Every random choice comes from a generator the caller passes (``torch.Generator``,
 ``numpy.random.Generator`` or an integer seed), so a degradation is reproducible. The
@@ -63,6 +68,9 @@ class DegradationConfig:
         jpeg_quality: JPEG quality range (integer, 1..100); ``None`` skips JPEG.
         resize_back: resize the degraded image back to the input size.
         quantize: round the result to 8-bit levels (like saving it as PNG).
+        gray_probability: chance of a grayscale LQ (VQFR's ``gray_prob``).
+        gray_ground_truth: convert the ground truth of a grayscale LQ too (VQFR's
+            ``gt_gray``); see :func:`degrade_pair`.
     """
 
     kernel_size: int = 41
@@ -73,6 +81,8 @@ class DegradationConfig:
     jpeg_quality: tuple[float, float] | None = (30.0, 90.0)
     resize_back: bool = True
     quantize: bool = True
+    gray_probability: float = 0.01
+    gray_ground_truth: bool = True
 
     def __post_init__(self) -> None:
         self.blur_sigma = _as_range(self.blur_sigma, "blur_sigma")
@@ -93,12 +103,15 @@ class DegradationConfig:
             raise ConfigError(f"noise_sigma must be >= 0, got {self.noise_sigma}")
         if not 0.0 <= float(self.isotropic_probability) <= 1.0:
             raise ConfigError(f"isotropic_probability must lie in [0, 1], got {self.isotropic_probability}")
+        if not 0.0 <= float(self.gray_probability) <= 1.0:
+            raise ConfigError(f"gray_probability must lie in [0, 1], got {self.gray_probability}")
 
     @classmethod
     def fixed(cls, blur_sigma: float, downsample_scale: float, noise_sigma: float,
               jpeg_quality: float | None, **kwargs: Any) -> "DegradationConfig":
-        """A deterministic-strength degradation (isotropic blur, fixed values)."""
+        """A deterministic-strength degradation (isotropic blur, fixed values, colour kept)."""
         kwargs.setdefault("isotropic_probability", 1.0)
+        kwargs.setdefault("gray_probability", 0.0)
         return cls(blur_sigma=(blur_sigma, blur_sigma), downsample_scale=(downsample_scale, downsample_scale),
                    noise_sigma=(noise_sigma, noise_sigma),
                    jpeg_quality=None if jpeg_quality is None else (jpeg_quality, jpeg_quality), **kwargs)
@@ -142,6 +155,7 @@ class DegradationParams:
     noise_sigma: torch.Tensor
     jpeg_quality: torch.Tensor | None
     noise_seed: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    gray: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))  # (B,) or empty: none
 
     def __len__(self) -> int:
         return int(self.sigma_x.shape[0])
@@ -153,7 +167,11 @@ class DegradationParams:
                "noise_sigma": float(self.noise_sigma[index])}
         if self.jpeg_quality is not None:
             out["jpeg_quality"] = int(self.jpeg_quality[index])
+        out["gray"] = self.is_gray(index)
         return out
+
+    def is_gray(self, index: int) -> bool:
+        return bool(self.gray[index]) if len(self.gray) else False
 
 
 # ----------------------------------------------------------------------------- random draws
@@ -198,7 +216,9 @@ def sample_degradation_params(batch_size: int, config: DegradationConfig | None 
         low, high = config.jpeg_quality
         quality = _uniform(generator, n, low, high).round().clamp(1, 100).to(torch.int64)
     noise_seed = _integers(generator, n)
-    return DegradationParams(sigma_x, sigma_y, theta, scale, noise_sigma, quality, noise_seed)
+    # drawn last, so the other parameters of a seed do not depend on the gray option
+    gray = _uniform(generator, n, 0.0, 1.0) < config.gray_probability
+    return DegradationParams(sigma_x, sigma_y, theta, scale, noise_sigma, quality, noise_seed, gray)
 
 
 # ----------------------------------------------------------------------------- operations
@@ -285,6 +305,16 @@ def jpeg_compress(images: torch.Tensor, quality: torch.Tensor | Sequence[int] | 
     return torch.stack(decoded).permute(0, 3, 1, 2).to(images.device, images.dtype) / 255.0
 
 
+#: ITU-R BT.601 luma weights (R, G, B), those of OpenCV's ``COLOR_BGR2GRAY`` / ``COLOR_RGB2GRAY``.
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def to_grayscale(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB -> (B, 3, H, W) with every channel the BT.601 luma."""
+    weights = torch.tensor(GRAY_WEIGHTS, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True).expand_as(images).contiguous()
+
+
 def _fit_kernel_size(kernel_size: int, height: int, width: int) -> int:
     limit = 2 * min(height, width) - 1
     size = min(kernel_size, limit)
@@ -325,6 +355,8 @@ def apply_degradation(images: torch.Tensor, params: DegradationParams,
             one = jpeg_compress(one, params.jpeg_quality[index:index + 1].tolist())
         if config.resize_back:
             one = F.interpolate(one, size=(h, w), mode="bilinear", align_corners=False)
+        if params.is_gray(index):
+            one = to_grayscale(one)
         out.append(one[0])
     result = torch.stack(out).clamp(0, 1)
     if config.quantize:
@@ -353,6 +385,23 @@ def degrade(images: torch.Tensor, config: DegradationConfig | None = None, gener
     if images.dim() == 3:
         result = result[0]
     return (result, params) if return_params else result
+
+
+def degrade_pair(ground_truth: torch.Tensor, config: DegradationConfig | None = None,
+                 generator: GeneratorLike = None) -> tuple[torch.Tensor, torch.Tensor, DegradationParams]:
+    """A training pair: ``(lq, ground_truth, params)``.
+
+    Like :func:`degrade`, and where the LQ was turned grayscale the returned ground truth
+    is converted too (``config.gray_ground_truth``, VQFR's ``gt_gray``). Shapes as for
+    :func:`degrade`; the ground truth is not quantised (as in VQFR).
+    """
+    config = config or DegradationConfig()
+    lq, params = degrade(ground_truth, config, generator, return_params=True)
+    if config.gray_ground_truth and bool(params.gray.any()):
+        batched = check_image_batch(ground_truth, "images")
+        converted = torch.where(params.gray.view(-1, 1, 1, 1).to(batched.device), to_grayscale(batched), batched)
+        ground_truth = converted[0] if ground_truth.dim() == 3 else converted
+    return lq, ground_truth, params
 
 
 def bicubic_baseline(images: torch.Tensor, params: DegradationParams,

@@ -47,6 +47,10 @@ class ImageError(HonestFaceError, ValueError):
     """An image cannot be read or has a shape/value the model cannot take."""
 
 
+class ImageTooSmallError(ImageError):
+    """An image is smaller than :data:`honestface.image_io.MIN_IMAGE_SIDE` on a side: too small to hold a face."""
+
+
 class NoFaceError(HonestFaceError):
     """No face (or no usable landmarks) was found where one was required."""
 

@@ -8,7 +8,9 @@ Conversions applied to what users give us, documented once here:
 - grayscale (L, I;16, 1-bit) -> RGB by repeating the channel;
 - RGBA / LA / palette with transparency -> RGB composited on white;
 - 16-bit images -> scaled to [0, 1];
-- any size is accepted on reading; callers that need a fixed size resize explicitly.
+- the EXIF orientation tag (phone pictures) is applied, so the pixels come back upright;
+- any size is accepted on reading; callers that need a fixed size resize explicitly, and
+  callers that look for faces check :data:`MIN_IMAGE_SIDE` with :func:`check_image_size`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .errors import ImageError
+from .errors import ImageError, ImageTooSmallError
+
+#: Smallest side (pixels) of an image that can hold a face worth restoring: below it the
+#: detectors find nothing and the model would only upscale noise.
+MIN_IMAGE_SIDE = 32
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".jfif")
 
@@ -44,7 +50,7 @@ def _to_rgb_array(image) -> np.ndarray:
 
 
 def load_image(path: str | Path) -> torch.Tensor:
-    """Read an image file as a (3, H, W) float tensor in [0, 1].
+    """Read an image file as a (3, H, W) float tensor in [0, 1], upright (EXIF orientation applied).
 
     Raises:
         ImageError: the file is missing, unreadable or not an image.
@@ -55,9 +61,12 @@ def load_image(path: str | Path) -> torch.Tensor:
     if not path.is_file():
         raise ImageError(f"image file not found: {path}")
     try:
+        from PIL import ImageOps
+
         with Image.open(path) as image:
             image.load()
-            array = _to_rgb_array(image)
+            # exif_transpose keeps the mode (16-bit, palette, CMYK, alpha) and only rotates/flips.
+            array = _to_rgb_array(ImageOps.exif_transpose(image))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"cannot read image {path}: {error}") from error
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
@@ -76,6 +85,16 @@ def save_image(image: torch.Tensor, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array.astype(np.uint8)).save(path)
     return path
+
+
+def check_image_size(image: torch.Tensor, name: str = "image", min_side: int = MIN_IMAGE_SIDE) -> torch.Tensor:
+    """Raise :class:`~honestface.errors.ImageTooSmallError` when a (..., H, W) image has a side
+    below ``min_side`` (default :data:`MIN_IMAGE_SIDE`); returns the image unchanged."""
+    height, width = int(image.shape[-2]), int(image.shape[-1])
+    if min(height, width) < min_side:
+        raise ImageTooSmallError(f"{name} is {width}x{height} px: too small to hold a face "
+                                 f"(each side must be at least {min_side} px)")
+    return image
 
 
 def check_image_batch(images: torch.Tensor, name: str = "image") -> torch.Tensor:

@@ -12,7 +12,12 @@ an attention mask built from landmark heatmaps of the low-quality input:
 
 ``k`` (10 in the paper) sharpens the mask: ``1 - exp(-k m)`` rises faster for larger
 ``k`` and saturates at 1, so after the min-max step more of the face reaches values near
-one (the mask widens). The background ``B`` is mid-grey, 0.5 in the library's [0, 1]
+one (the mask widens). How much depends on the scale of ``M_raw``, which the paper does
+not fix: the mean of 68 heatmaps that each peak at 1 peaks far below 1 (where Gaussians
+overlap, about 0.03-0.1), so ``k M_raw`` stays small and Eq. 11 is close to a linear
+min-max of ``M_raw``. ``normalize_raw=True`` divides ``M_raw`` by its maximum first
+(per image), so ``k`` acts on [0, 1] as its size suggests (off by default: Eq. 10-11 as
+written). See ``training/README.md`` for measurements and a figure. The background ``B`` is mid-grey, 0.5 in the library's [0, 1]
 image range (0 in [-1, 1]): it is the colour that carries no information about either
 image and sits in the middle of every channel, so the masked-out area contributes
 equal, small LPIPS responses for both inputs instead of a strong edge.
@@ -53,6 +58,7 @@ def mfa_mask(
     k: float = DEFAULT_K,
     eps: float = DEFAULT_EPS,
     size: Optional[Sequence[int]] = None,
+    normalize_raw: bool = False,
 ) -> torch.Tensor:
     """The MFA attention mask of Eq. 10-11.
 
@@ -61,6 +67,8 @@ def mfa_mask(
         k: sharpening constant (> 0); larger values widen and saturate the mask.
         eps: stabiliser of the min-max normalisation (> 0).
         size: optional output (H, W); the channel mean is resized bilinearly first.
+        normalize_raw: divide ``M_raw`` by its per-image maximum before Eq. 11 (not in the
+            paper; off by default).
 
     Returns:
         (B, 1, H, W) mask in [0, 1] (differentiable w.r.t. ``heatmaps``). An image whose
@@ -75,6 +83,8 @@ def mfa_mask(
     if size is not None and tuple(raw.shape[-2:]) != tuple(size):
         raw = F.interpolate(raw, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
     raw = raw.clamp_min(0)  # heatmap networks can output small negative values
+    if normalize_raw:
+        raw = raw / raw.flatten(1).amax(dim=1).clamp_min(eps).view(-1, 1, 1, 1)
     sharpened = 1.0 - torch.exp(-k * raw)
     flat = sharpened.flatten(1)
     low = flat.min(dim=1).values.view(-1, 1, 1, 1)
@@ -87,12 +97,13 @@ def mfa_mask_from_images(
     landmark_backend,
     k: float = DEFAULT_K,
     eps: float = DEFAULT_EPS,
+    normalize_raw: bool = False,
 ) -> torch.Tensor:
     """(B, 3, H, W) images -> (B, 1, H, W) MFA masks, heatmaps from a LandmarkBackend."""
     _check_4d(images, "images")
     with torch.no_grad():
         heatmaps = landmark_backend.heatmaps(images)
-    return mfa_mask(heatmaps.to(images.dtype), k=k, eps=eps, size=images.shape[-2:])
+    return mfa_mask(heatmaps.to(images.dtype), k=k, eps=eps, size=images.shape[-2:], normalize_raw=normalize_raw)
 
 
 def mfa_blend(

@@ -6,11 +6,19 @@ pack and the command line:
     <models>/honestface/            HonestFace checkpoints, OSDFace release folders, VGG16
     <models>/diffusers/<name>/      SD 2.1-base as a diffusers folder
     <models>/checkpoints/           SD 2.1-base as one .safetensors / .ckpt file
-    <models>/insightface/models/<pack>/   ArcFace / detector ONNX files
+    <models>/insightface/models/<pack>/   face recognisers and detectors: insightface ONNX
+                                    packs (buffalo_l, antelopev2), AdaFace .ckpt
+                                    (``adaface/``), arcface_torch .pth (``arcface_torch/``)
     <models>/face_alignment/        FAN landmark weights
-    <models>/facerestore_models/    AdaFace / arcface_torch .ckpt/.pth weights
+    <models>/dlib/                  dlib .dat models (optional: the pip package ships them)
     <models>/pyiqa/                 image-quality metric weights, laid out like the torch hub
                                     folder (pyiqa/, checkpoints/, clip/)
+
+Face recognisers sit where ComfyUI's face packs keep theirs (ReActor, InstantID, PuLID and
+cubiq's FaceAnalysis read ``models/insightface``; FaceAnalysis and LivePortrait read dlib
+files from ``models/dlib``), never in ``facerestore_models/``, whose files face-restore
+packs list as restorers. Files still found in ``facerestore_models/``
+are used, with a deprecation warning logged once per file.
 
 Outside ComfyUI the root is ``--models-dir`` or the ``HONESTFACE_MODELS`` environment
 variable; inside ComfyUI the node pack passes ComfyUI's own folders. Nothing is ever
@@ -19,11 +27,14 @@ downloaded: a missing file raises :class:`MissingModelFileError` naming the fold
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Iterable
 
 from .errors import HonestFaceError, MissingModelFileError
+
+logger = logging.getLogger("honestface.paths")
 
 MODELS_ENV = "HONESTFACE_MODELS"
 
@@ -39,9 +50,17 @@ MODEL_FOLDERS: dict[str, str] = {
     "checkpoints": "checkpoints",
     "insightface": "insightface/models",
     "face_alignment": "face_alignment",
-    "face_recognition": "facerestore_models",
+    "face_recognition": "insightface/models",
+    "dlib": "dlib",
     "pyiqa": "pyiqa",
 }
+
+#: Earlier homes of a kind, still searched after the current folder (deprecated).
+LEGACY_MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
+    "face_recognition": ("facerestore_models",),
+    "dlib": ("facerestore_models",),
+}
+_warned_legacy: set[Path] = set()
 
 
 def default_models_root() -> Path | None:
@@ -62,9 +81,28 @@ def model_folders(kind: str, models_dir: str | Path | None = None,
     return folders
 
 
+def legacy_model_folders(kind: str, models_dir: str | Path | None = None) -> list[Path]:
+    """Deprecated folders still searched for ``kind`` (after :func:`model_folders`)."""
+    root = Path(models_dir).expanduser() if models_dir is not None else default_models_root()
+    return [] if root is None else [root / sub for sub in LEGACY_MODEL_FOLDERS.get(kind, ())]
+
+
+def note_legacy_location(kind: str, path: Path) -> Path:
+    """``path``, after logging (once per file) that it sits in a deprecated folder of ``kind``."""
+    if path not in _warned_legacy:
+        _warned_legacy.add(path)
+        logger.warning("%s is in %s/, a deprecated place for it (face-restore packs list that folder's files "
+                       "as restorers); move it to <models>/%s/. It is still used from there for now.",
+                       path, path.parent.name, MODEL_FOLDERS[kind])
+    return path
+
+
 def find_model_file(kind: str, name: str | Path, models_dir: str | Path | None = None,
                     extra: Iterable[str | Path] = (), what: str = "") -> Path:
     """Resolve ``name`` (an existing path, or a name relative to the ``kind`` folders).
+
+    Deprecated folders of the kind (:data:`LEGACY_MODEL_FOLDERS`) are searched last, for
+    ``name`` and for its bare file name; a file found there logs a warning once.
 
     Raises:
         MissingModelFileError: naming the file and the folder where it belongs.
@@ -79,6 +117,10 @@ def find_model_file(kind: str, name: str | Path, models_dir: str | Path | None =
     for folder in searched:
         if (folder / candidate).exists():
             return folder / candidate
+    for folder in legacy_model_folders(kind, models_dir):
+        for relative in dict.fromkeys((candidate, Path(candidate.name))):
+            if (folder / relative).exists():
+                return note_legacy_location(kind, folder / relative)
     if folders:
         where = folders[-1]
     else:

@@ -39,6 +39,39 @@ from .progress import ProgressCallback, report
 logger = logging.getLogger("honestface.pipeline")
 
 
+#: Identity-match threshold (degrees, the Deg. metric: angle between a face's embedding and
+#: the mean embedding of a reference set) per identity-backend family. Below it a face is
+#: taken for the person of the references. "dlib" was measured on LFW photos aligned to the
+#: nano model's 128 px crop with the "dlib-torch" network (150 people; 0.7 % false rejects and
+#: 0.7 % false accepts at 22 degrees; README, "Face analysis"; the equal-error point);
+#: "arcface" and "adaface" are provisional (not measured here, their weights were not at hand).
+IDENTITY_MATCH_THRESHOLD_DEG = {"dlib": 22.0, "arcface": 70.0, "adaface": 70.0}
+
+
+def identity_match_threshold(backend_name: str) -> float:
+    """:data:`IDENTITY_MATCH_THRESHOLD_DEG` for an identity backend name ("dlib-torch" -> "dlib")."""
+    family = str(backend_name).split("-")[0].split(" ")[0].lower()
+    if family not in IDENTITY_MATCH_THRESHOLD_DEG:
+        from .errors import ConfigError
+
+        raise ConfigError(f"no identity-match threshold for backend '{backend_name}'; pass match_threshold "
+                          f"(known families: {', '.join(IDENTITY_MATCH_THRESHOLD_DEG)})")
+    return IDENTITY_MATCH_THRESHOLD_DEG[family]
+
+
+@dataclass
+class ReferenceSet:
+    """One person's references, prepared once (:meth:`HonestFacePipeline.encode_references`)
+    and shared by every face that uses them."""
+
+    images: torch.Tensor  # (N, 3, S, S) in [0, 1] at the model size
+    landmarks: torch.Tensor | None = None  # (N, 68, 2), NaN where no face; None without a landmark backend
+    embeddings: torch.Tensor | None = None  # (N, D); None without an identity backend
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
 @dataclass
 class ReferenceBatch:
     """References of a batch, padded to the largest N."""
@@ -123,58 +156,142 @@ class HonestFacePipeline:
     _landmarks = detect_landmarks
     _embeddings = embed_identities
 
-    def prepare_references(self, references: Sequence[torch.Tensor | None]) -> ReferenceBatch:
-        """A list of (N_i, 3, H, W) reference sets (None or N_i = 0 allowed) -> padded batch."""
-        sets = []
+    def encode_references(self, images: torch.Tensor | ReferenceSet, name: str = "references") -> ReferenceSet:
+        """(N, 3, H, W) references of one person -> :class:`ReferenceSet`, computed once.
+
+        Images are brought to the model size; landmarks and identity embeddings come from
+        the pipeline's backends (None without one). A :class:`ReferenceSet` is returned as
+        it is, with only its missing parts filled in. N = 0 gives an empty set.
+        """
+        if isinstance(images, ReferenceSet):
+            refs = images
+            if len(refs) and tuple(refs.images.shape[-2:]) != (self.image_size, self.image_size):
+                return self.encode_references(refs.images, name)  # made for another model size
+            if len(refs) and refs.landmarks is None and self.landmark_backend is not None:
+                refs = ReferenceSet(refs.images, self.detect_landmarks(refs.images), refs.embeddings)
+            if len(refs) and refs.embeddings is None and self.identity_backend is not None:
+                refs = ReferenceSet(refs.images, refs.landmarks, self.embed_identities(refs.images))
+            return refs
+        if isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[0] == 0:
+            size = self.image_size
+            return ReferenceSet(torch.zeros(0, 3, size, size))
+        prepared = self.prepare_images(images, name)
+        return ReferenceSet(prepared, self.detect_landmarks(prepared), self.embed_identities(prepared))
+
+    def prepare_references(self, references: Sequence[torch.Tensor | ReferenceSet | None]) -> ReferenceBatch:
+        """One entry per face -> padded batch. An entry is a (N_i, 3, H, W) tensor (prepared
+        here), a :class:`ReferenceSet` (used as it is: nothing is recomputed, however many
+        faces share it) or None; N_i = 0 is allowed."""
+        sets: list[torch.Tensor | ReferenceSet | None] = []
         for i, refs in enumerate(references):
             if refs is None or (isinstance(refs, torch.Tensor) and refs.numel() == 0):
                 sets.append(None)
+            elif isinstance(refs, ReferenceSet):
+                sets.append(self.encode_references(refs) if len(refs) else None)
             else:
                 sets.append(self.prepare_images(refs, f"references[{i}]"))
-        count = max((s.shape[0] for s in sets if s is not None), default=0)
+        count = max((s.shape[0] if isinstance(s, torch.Tensor) else len(s) for s in sets if s is not None), default=0)
         batch, size = len(sets), self.image_size
         images = torch.zeros(batch, count, 3, size, size)
         mask = torch.zeros(batch, count, dtype=torch.bool)
+        fresh = torch.zeros(batch, count, dtype=torch.bool)  # tensor entries: backends run below
         for i, s in enumerate(sets):
-            if s is not None:
-                images[i, : s.shape[0]] = s
-                mask[i, : s.shape[0]] = True
+            if s is None:
+                continue
+            n = s.shape[0] if isinstance(s, torch.Tensor) else len(s)
+            images[i, :n] = s if isinstance(s, torch.Tensor) else s.images
+            mask[i, :n] = True
+            fresh[i, :n] = isinstance(s, torch.Tensor)
         landmarks = embeddings = None
-        real = images[mask]  # (M, 3, S, S)
-        if real.shape[0] > 0 and self.landmark_backend is not None:
+        real = images[fresh]  # (M, 3, S, S)
+        if mask.any() and self.landmark_backend is not None:
             landmarks = torch.full((batch, count, 68, 2), float("nan"))
-            landmarks[mask] = self.detect_landmarks(real)
-        if real.shape[0] > 0 and self.identity_backend is not None:
-            found = self.embed_identities(real)
-            embeddings = torch.zeros(batch, count, found.shape[-1])
-            embeddings[mask] = found
+            if real.shape[0] > 0:
+                landmarks[fresh] = self.detect_landmarks(real)
+        if mask.any() and self.identity_backend is not None:
+            found = self.embed_identities(real) if real.shape[0] > 0 else None
+            dim = found.shape[-1] if found is not None else int(self.identity_backend.embedding_dim)
+            embeddings = torch.zeros(batch, count, dim)
+            if found is not None:
+                embeddings[fresh] = found
+        for i, s in enumerate(sets):
+            if isinstance(s, ReferenceSet):
+                n = len(s)
+                if landmarks is not None and s.landmarks is not None:
+                    landmarks[i, :n] = s.landmarks.float().cpu()
+                if embeddings is not None and s.embeddings is not None:
+                    embeddings[i, :n] = s.embeddings.float().cpu()
         return ReferenceBatch(images, mask, landmarks, embeddings)
+
+    def identity_distance(self, faces: torch.Tensor, refs: ReferenceSet | torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) faces -> (B,) angle in degrees (the Deg. metric) between each face's
+        identity embedding and the mean (of the unit-length) reference embeddings.
+
+        NaN for an empty reference set or a face the backend cannot embed. Compare with
+        :func:`identity_match_threshold` of ``identity_backend.name``.
+
+        Raises:
+            ConfigError: the pipeline has no identity backend.
+        """
+        from .errors import ConfigError
+        from .metrics.identity import identity_angle_degrees
+
+        if self.identity_backend is None:
+            raise ConfigError("identity distance needs an identity backend in the pipeline")
+        prepared = self.prepare_images(faces, "faces")
+        refs = self.encode_references(refs)
+        if not len(refs):
+            return torch.full((prepared.shape[0],), float("nan"))
+        unit = torch.nn.functional.normalize(refs.embeddings.double(), dim=-1)
+        centre = unit.mean(dim=0)
+        return identity_angle_degrees(self.embed_identities(prepared).double(), centre[None]).float()
+
+    @property
+    def match_threshold(self) -> float:
+        """Identity-match threshold (degrees) of this pipeline's identity backend."""
+        return identity_match_threshold(getattr(self.identity_backend, "name", ""))
 
     # ------------------------------------------------------------- inference
     @torch.no_grad()
-    def restore(self, lq: torch.Tensor, references: Sequence[torch.Tensor | None] | None = None,
+    def restore(self, lq: torch.Tensor, references: Sequence[torch.Tensor | ReferenceSet | None] | None = None,
                 progress: ProgressCallback | None = None, generator: torch.Generator | None = None,
                 output_size: int | tuple[int, int] | None = None,
-                color_correction: str | None = None) -> torch.Tensor:
+                color_correction: str | None = None, strength: float = 1.0,
+                release_compat: bool = False) -> torch.Tensor:
         """Restore aligned faces.
 
         Args:
             lq: (B, C, H, W) or (C, H, W) LQ faces in [0, 1] (C = 1, 3 or 4; see module doc).
             references: None (OSDFace mode for all), or a list of B entries, each a
-                (N_i, 3, H, W) tensor of aligned references in [0, 1] or None.
+                (N_i, 3, H, W) tensor of aligned references in [0, 1], a
+                :class:`ReferenceSet` from :meth:`encode_references` (shared by any number
+                of faces, never recomputed) or None. A single :class:`ReferenceSet`
+                applies to every face.
             progress: called as ``progress(done, total)`` after every chunk of faces.
             generator: seeds the VAE sample when ``config.diffusion.latent_mode == "sample"``.
             output_size: size of the result; default the input's (H, W).
             color_correction: "none", "adain", "wavelet" (default: the config's).
+            strength: 1 returns the restored faces, 0 the input, between them a linear blend.
+            release_compat: do what the OSDFace release does (:mod:`honestface.release_compat`):
+                bilinear resize, sampled latent, no colour correction by default, output at
+                the model size (``output_size`` is ignored).
 
         Returns:
             (B, 3, H, W) restored faces in [0, 1], float32 on the CPU.
         """
+        if not 0.0 <= float(strength) <= 1.0:
+            raise ImageError(f"strength must be in [0, 1], got {strength}")
+        if release_compat:
+            from .release_compat import release_restore
+
+            return release_restore(self, lq, references, progress, generator, color_correction)
         images = to_rgb(lq, "lq")
         out_size = tuple(images.shape[-2:]) if output_size is None else (
             (output_size, output_size) if isinstance(output_size, int) else tuple(output_size))
         prepared = self.prepare_images(images, "lq")
         batch = prepared.shape[0]
+        if isinstance(references, ReferenceSet):  # one person's references for every face
+            references = [self.encode_references(references)] * batch
         if references is not None:
             if isinstance(references, torch.Tensor) or len(references) != batch:
                 raise ImageError(f"references must be a list with one entry (tensor or None) per LQ face "
@@ -192,6 +309,9 @@ class HonestFacePipeline:
         restored = torch.cat(results)
         if tuple(restored.shape[-2:]) != out_size:
             restored = resize_to(restored, out_size)
+        if strength < 1.0:
+            original = resize_to(images.float().cpu().clamp(0, 1), out_size)
+            restored = (original + (restored - original) * float(strength)).clamp(0, 1)
         return restored
 
     def _forward_chunk(self, lq: torch.Tensor, refs: ReferenceBatch | None,

@@ -8,6 +8,8 @@ nothing is connected to them.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import torch
 
@@ -18,7 +20,7 @@ from honestface.visualize import GREEN, RED, draw_points
 from .comfy_io import (DEVICE_CHOICES, comfy_progress, comfy_to_images, images_to_comfy, masks_to_comfy,
                        resolve_device, save_previews)
 from .handles import MODEL_CACHE, FaceAnalysis, unload_all
-from .model_folders import list_files, models_root_for
+from .model_folders import LEGACY_RECOGNISER_FOLDER, list_files_with, models_root_for
 
 CATEGORY = "HonestFace"
 
@@ -27,31 +29,41 @@ IDENTITY_CHOICES = list(IDENTITY_BACKENDS)
 DETECTOR_CHOICES = ["dlib-hog", "dlib-mmod", "insightface"]
 
 #: Model kind whose folders hold each backend's weights (dlib's come with its pip package).
-_LANDMARK_KIND = {"dlib": "face_recognition", "fan": "face_alignment"}
-_IDENTITY_KIND = {"dlib": "face_recognition", "dlib-torch": "face_recognition", "arcface-onnx": "insightface",
+_LANDMARK_KIND = {"dlib": "dlib", "fan": "face_alignment"}
+_IDENTITY_KIND = {"dlib": "dlib", "dlib-torch": "dlib", "arcface-onnx": "insightface",
                   "arcface-torch": "insightface", "adaface": "face_recognition"}
+_RECOGNISER_EXTENSIONS = (".pth", ".ckpt", ".pt")
 
 
 DEFAULT_MODEL = "default"
 
 
 def identity_model_choices() -> list[str]:
-    """Recogniser weight files: insightface ONNX files and .pth/.ckpt files in facerestore_models."""
-    onnx = [f for f in list_files("insightface") if f.lower().endswith(".onnx")]
-    torch_files = [f for f in list_files("facerestore_models") if f.lower().endswith((".pth", ".ckpt", ".pt"))]
-    return [DEFAULT_MODEL] + onnx + torch_files
+    """Recogniser weight files: ONNX, .pth and .ckpt files under models/insightface, then
+    .pth/.ckpt files in the deprecated facerestore_models (so older workflows still load)."""
+    current = list_files_with("insightface", (".onnx", *_RECOGNISER_EXTENSIONS))
+    legacy = [f for f in list_files_with(LEGACY_RECOGNISER_FOLDER, _RECOGNISER_EXTENSIONS) if f not in current]
+    return [DEFAULT_MODEL] + current + legacy
 
 
 def resolve_identity_model(name: str):
     import folder_paths
 
     from honestface.errors import MissingModelFileError
+    from honestface.paths import note_legacy_location
 
-    for folder in ("insightface", "facerestore_models"):
-        path = folder_paths.get_full_path(folder, name)
-        if path is not None:
-            return path
-    raise MissingModelFileError(name, folder_paths.get_folder_paths("insightface")[0], "face recogniser weights")
+    for folder in folder_paths.get_folder_paths("insightface"):
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    legacy = (folder_paths.get_folder_paths(LEGACY_RECOGNISER_FOLDER)
+              if LEGACY_RECOGNISER_FOLDER in folder_paths.folder_names_and_paths
+              else [os.path.join(folder_paths.models_dir, LEGACY_RECOGNISER_FOLDER)])
+    for folder in legacy:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return str(note_legacy_location("face_recognition", Path(path)))
+    raise MissingModelFileError(name, os.path.join(folder_paths.get_folder_paths("insightface")[0], "models"),
+                                "face recogniser weights")
 
 
 def build_face_analysis(landmark_backend: str, identity_backend: str, detector: str, device: str,
@@ -67,7 +79,7 @@ def build_face_analysis(landmark_backend: str, identity_backend: str, detector: 
     identity = load_identity_backend(identity_backend, models_dir=models_root_for(_IDENTITY_KIND[identity_backend]),
                                      device=torch_device, **extra)
     family, _, variant = detector.partition("-")
-    detector_kind = "insightface" if family == "insightface" else "face_recognition"
+    detector_kind = "insightface" if family == "insightface" else "dlib"
     face_detector = load_face_detector(family, models_dir=models_root_for(detector_kind), device=torch_device,
                                        **({"model": variant} if variant else {}))
     return FaceAnalysis(landmarks=landmarks, identity=identity, detector=face_detector,
@@ -78,7 +90,8 @@ class HonestFaceAnalysisLoader:
     DESCRIPTION = ("Loads the face-analysis backends HonestFace uses: 68-point landmarks (and their heatmaps), "
                    "a face recogniser for identity embeddings, and a face detector for whole photos. "
                    "dlib works offline with the weights of its pip package; FAN weights go in models/face_alignment, "
-                   "ArcFace ONNX packs in models/insightface/models/<pack>, AdaFace in models/facerestore_models. "
+                   "ArcFace ONNX packs in models/insightface/models/<pack>, AdaFace and arcface_torch files next to them "
+                   "(models/insightface/models/adaface/, .../arcface_torch/). "
                    "Loaded backends are cached until 'HonestFace Unload Models' runs.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("FACE_ANALYSIS",)
@@ -98,7 +111,8 @@ class HonestFaceAnalysisLoader:
                 "dlib-torch)."}),
             "identity_model": (identity_model_choices(), {"default": DEFAULT_MODEL, "tooltip":
                 "Weights of the face recogniser: default (ArcFace: insightface/models/buffalo_l/w600k_r50.onnx), "
-                "another insightface ONNX file, or an arcface_torch/AdaFace file from models/facerestore_models. "
+                "another insightface ONNX file, or an arcface_torch .pth / AdaFace .ckpt from models/insightface "
+                "(models/facerestore_models, their old place, is still read). "
                 "Ignored by dlib."}),
             "detector": (DETECTOR_CHOICES, {"default": "dlib-hog", "tooltip":
                 "Face detector for whole photos: dlib HOG (fast), dlib MMOD CNN (more robust, slower on CPU) or "

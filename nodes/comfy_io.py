@@ -80,6 +80,24 @@ def masks_to_comfy(masks: torch.Tensor) -> torch.Tensor:
     return masks.detach().float().clamp(0.0, 1.0).contiguous().to(model_management.intermediate_device())
 
 
+def masks_for_images(mask: torch.Tensor, count: int, height: int, width: int,
+                     name: str = "mask") -> list[torch.Tensor]:
+    """A ComfyUI MASK given with ``count`` images of ``height`` x ``width`` -> ``count`` masks (H, W).
+
+    One mask applies to every image; otherwise there must be one per image. A mask of another
+    size is resized (bilinear) to the images', as ComfyUI's own mask nodes do.
+    """
+    masks = comfy_to_masks(mask, name)  # (M, 1, h, w)
+    if masks.shape[0] not in (1, count):
+        raise ImageError(f"{name}: {masks.shape[0]} masks for {count} images; give one mask for all images "
+                         "or one per image")
+    if tuple(masks.shape[-2:]) != (height, width):
+        masks = torch.nn.functional.interpolate(masks, size=(height, width), mode="bilinear",
+                                                align_corners=False).clamp(0.0, 1.0)
+    masks = masks.expand(count, -1, -1, -1)
+    return [m[0] for m in masks]
+
+
 def save_previews(images: torch.Tensor, prefix: str = "HonestFace") -> list[dict]:
     """Library images ``(B, 3, H, W)`` -> PNG files in ComfyUI's temp folder, listed the way
     ComfyUI's Preview Image node lists them (``{"filename", "subfolder", "type": "temp"}``).

@@ -1,10 +1,17 @@
 """HonestFace's model folders inside ComfyUI.
 
 Registers the folders HonestFace reads (``models/honestface``, ``models/insightface``,
-``models/face_alignment``, ``models/facerestore_models``) with ComfyUI's ``folder_paths``
+``models/face_alignment``, ``models/dlib``) with ComfyUI's ``folder_paths``
 *additively*: folders a user added in ``extra_model_paths.yaml`` (loaded before custom
 nodes) stay, and come first; ComfyUI's own entries (``checkpoints``, ``diffusers``) are
 used as they are.
+
+Face recognisers (AdaFace ``.ckpt``, arcface_torch ``.pth``) live under
+``models/insightface/models/`` with the ONNX packs; the ``insightface`` folder is still
+registered for ``.onnx`` only, so packs that list it (face swappers) see no PyTorch files,
+and HonestFace lists those itself. ``models/facerestore_models`` (their old place) is
+still read, with a deprecation warning, but no longer registered or extended: restore packs
+list every file there as a restorer.
 """
 
 from __future__ import annotations
@@ -22,8 +29,11 @@ HONESTFACE_FOLDERS: dict[str, tuple[str, set[str]]] = {
     "honestface": ("honestface", {".safetensors", ".pth", ".ckpt", ".pt"}),
     "insightface": ("insightface", {".onnx"}),
     "face_alignment": ("face_alignment", {".pth", ".pt", ".zip", ".tar"}),
-    "facerestore_models": ("facerestore_models", {".pth", ".ckpt", ".pt", ".safetensors", ".onnx"}),
+    "dlib": ("dlib", {".dat"}),
 }
+
+#: Deprecated ComfyUI folder of face recognisers (read, never registered).
+LEGACY_RECOGNISER_FOLDER = "facerestore_models"
 
 #: Library model kind (honestface.paths) -> ComfyUI folder name.
 KIND_TO_COMFY = {
@@ -32,7 +42,8 @@ KIND_TO_COMFY = {
     "checkpoints": "checkpoints",
     "insightface": "insightface",
     "face_alignment": "face_alignment",
-    "face_recognition": "facerestore_models",
+    "face_recognition": "insightface",
+    "dlib": "dlib",
 }
 
 
@@ -54,10 +65,11 @@ def register_model_folders() -> None:
 def comfy_folders(kind: str) -> list[Path]:
     """Every folder ComfyUI knows for a library model kind, in search order.
 
-    For ``insightface`` this is the pack root ``.../insightface/models`` the library expects.
+    For ``insightface`` and ``face_recognition`` this is the pack root ``.../insightface/models``
+    the library expects.
     """
     folders = [Path(p) for p in folder_paths.get_folder_paths(KIND_TO_COMFY[kind])]
-    if kind == "insightface":
+    if KIND_TO_COMFY[kind] == "insightface":
         folders = [p / "models" for p in folders]
     return folders
 
@@ -90,6 +102,21 @@ def list_files(comfy_name: str) -> list[str]:
         return folder_paths.get_filename_list(comfy_name)
     except KeyError:
         return []
+
+
+def list_files_with(comfy_name: str, extensions: tuple[str, ...]) -> list[str]:
+    """Files with one of ``extensions`` under every folder of ``comfy_name`` (relative names,
+    sorted), whatever extensions the folder is registered with; [] for an unknown name."""
+    if comfy_name in folder_paths.folder_names_and_paths:
+        folders = folder_paths.get_folder_paths(comfy_name)
+    else:
+        folders = [os.path.join(folder_paths.models_dir, comfy_name)]
+    names = set()
+    for folder in folders:
+        for path in Path(folder).rglob("*"):
+            if path.is_file() and path.name.lower().endswith(extensions):
+                names.add(path.relative_to(folder).as_posix())
+    return sorted(names)
 
 
 def list_subfolders(comfy_name: str, must_contain: tuple[str, ...] = ()) -> list[str]:

@@ -3,17 +3,20 @@ selector (Eq. 6), one-step restore of aligned faces and of whole photos."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 import folder_paths
 from honestface.errors import HonestFaceError, MissingModelFileError, NoFaceError
+from honestface.face.photo import MASK_SHAPES, PasteMask
+from honestface.face.photo import ORDERS as FACE_ORDERS
 from honestface.paths import NANO_WEIGHTS, PACKAGED_WEIGHTS_DIR
 
-from .comfy_io import (DEVICE_CHOICES, DTYPE_CHOICES, check_interrupted, comfy_progress, comfy_to_images,
-                       images_to_comfy, resolve_device, resolve_dtype)
+from .comfy_io import (DEVICE_CHOICES, DTYPE_CHOICES, comfy_progress, comfy_to_images, images_to_comfy,
+                       masks_for_images, masks_to_comfy, resolve_device, resolve_dtype, save_previews)
 from .handles import MODEL_CACHE, FaceAnalysis, HonestFaceModel
 from .model_folders import find_in_folders, list_files, list_subfolders
 
@@ -170,83 +173,128 @@ def make_pipeline(model: HonestFaceModel, face_analysis: FaceAnalysis | None, wi
 
 @dataclass
 class IdentityConditioning:
-    """HONESTFACE_IDENTITY: the references of every LQ face and the IDE's choice among them.
+    """HONESTFACE_IDENTITY: one person's references, encoded once, and what the IDE chose.
 
-    The restore nodes hand ``references`` to the pipeline, which runs the IDE again inside
-    the model forward (so the restore is the same with or without this node); the tokens
-    and the index are kept for inspection.
+    ``references`` is the pipeline's :class:`~honestface.pipeline.ReferenceSet` (aligned
+    crops at the model size, their landmarks and identity embeddings), computed once by the
+    Identity Embedder. The restore nodes hand the same object to every face they restore, so
+    neither the landmarks nor the recogniser run again. ``reference_index`` and the tokens are
+    the IDE's output for the LQ faces the embedder was given (None without them), kept for
+    inspection.
     """
 
-    references: torch.Tensor  # (N, 3, H, W) aligned references in [0, 1]
-    reference_index: torch.Tensor  # (B,) r0 of Eq. 6 for each LQ face it was computed for
-    feature_tokens: torch.Tensor  # (B, n1, k) p_F
-    identity_tokens: torch.Tensor  # (B, n2, k) p_I
+    references: Any  # honestface.pipeline.ReferenceSet
+    analysis: str  # FaceAnalysis.description the set was encoded with
+    notes: list[str] = field(default_factory=list)  # reference photos dropped or aligned
+    reference_index: torch.Tensor | None = None  # (B,) r0 of Eq. 6 per LQ face
+    feature_tokens: torch.Tensor | None = None  # (B, n1, k) p_F
+    identity_tokens: torch.Tensor | None = None  # (B, n2, k) p_I
+
+    def for_faces(self, pipeline, face_analysis: FaceAnalysis | None, count: int) -> list:
+        """The set once per face, after checking it fits this model and these backends."""
+        size = int(self.references.images.shape[-1])
+        if size != pipeline.image_size:
+            raise HonestFaceError(f"'identity' was encoded for a {size} px model but this model restores "
+                                  f"{pipeline.image_size} px faces: give both nodes the same model")
+        if face_analysis is not None and face_analysis.description != self.analysis:
+            raise HonestFaceError(f"'identity' was encoded with face analysis ({self.analysis}) but this node has "
+                                  f"({face_analysis.description}): give both nodes the same face analysis")
+        return [self.references] * count
 
 
-def _reference_list(conditioning: IdentityConditioning | None, batch: int):
-    if conditioning is None:
-        return None
-    return [conditioning.references] * batch
+def encode_reference_photos(pipeline, face_analysis: FaceAnalysis, images: torch.Tensor):
+    """Reference photos or aligned crops (N, 3, H, W) -> (ReferenceSet, notes), computed once.
+
+    Photos get their largest face detected and aligned; aligned crops are resized; images
+    without a face are dropped with a note. No face in any of them is an error: references
+    were given to be used.
+    """
+    from honestface.face.references import align_reference_photos
+
+    names = [f"reference {i}" for i in range(images.shape[0])]
+    aligned = align_reference_photos(list(images), pipeline.image_size, face_analysis.detector,
+                                     face_analysis.landmarks, names=names)
+    notes = list(aligned.notes)
+    if aligned.images.shape[0] == 0:
+        raise NoFaceError(f"no face found in any of the {len(names)} reference image(s): " + "; ".join(notes))
+    return pipeline.encode_references(aligned.images), notes
+
+
+def reference_eye_patches(pipeline, images: torch.Tensor, landmarks: torch.Tensor | None) -> torch.Tensor:
+    """The eye patches the facial feature extractor sees, side by side: (B, 3, s, 2s)."""
+    from honestface.models.ide import crop_eye_patches, eye_boxes
+
+    config = pipeline.config.ide
+    boxes = eye_boxes(landmarks, tuple(images.shape[-2:]), config.eye_margin, batch=images.shape[0])
+    patches = crop_eye_patches(images, boxes, config.eye_patch_size)  # (B, 2, 3, s, s)
+    return torch.cat([patches[:, 0], patches[:, 1]], dim=-1)
 
 
 class HonestFaceIdentityEmbedder:
-    DESCRIPTION = ("Identity embedder (IDE): from a batch of high-quality reference photos of the same person "
-                   "(aligned faces) and the low-quality face, picks the reference whose landmarks are closest "
-                   "by affine landmark distance (Eq. 6), crops its eyes for the facial feature extractor and "
-                   "embeds every reference with the face recogniser. Outputs the identity conditioning for "
-                   "'HonestFace Restore' and previews of the chosen reference and its eye patches.")
+    DESCRIPTION = ("Identity embedder (IDE): encodes the reference images of one person once - ordinary photos "
+                   "(the largest face is detected and aligned) or aligned faces - with their landmarks and the "
+                   "face recogniser. The identity output carries them to the restore nodes and the Reference "
+                   "Selector, which reuse them for every face. With an LQ face it also picks the reference whose "
+                   "landmarks are closest by affine landmark distance (Eq. 6) and shows it, with the eye patches "
+                   "the facial feature extractor sees, on the node.")
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("HONESTFACE_IDENTITY", "IMAGE", "IMAGE")
-    RETURN_NAMES = ("identity", "chosen_reference", "eye_patches")
-    OUTPUT_TOOLTIPS = ("Identity conditioning for the restore nodes.",
-                       "The reference chosen for each LQ face (Eq. 6).",
-                       "Left and right eye patches of the chosen reference, as the feature extractor sees them.")
+    RETURN_TYPES = ("HONESTFACE_IDENTITY", "IMAGE", "IMAGE", "STRING")
+    RETURN_NAMES = ("identity", "chosen_reference", "eye_patches", "report")
+    OUTPUT_TOOLTIPS = ("The encoded references (computed once) for the restore nodes and the Reference Selector.",
+                       "The reference chosen for each LQ face (Eq. 6); without lq_face every aligned reference.",
+                       "Left and right eye patches of the chosen reference(s), as the feature extractor sees them.",
+                       "References kept, dropped or aligned, and the choice per LQ face.")
     FUNCTION = "embed"
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("HONESTFACE_MODEL", {"tooltip": "From 'HonestFace Model Loader' (a HonestFace checkpoint)."}),
-            "face_analysis": ("FACE_ANALYSIS", {"tooltip": "Landmarks (reference choice, eye crops) and the face "
-                                                           "recogniser (must match the checkpoint's)."}),
-            "references": ("IMAGE", {"tooltip": "High-quality aligned faces of the same person (a batch, any number)."}),
-            "lq_face": ("IMAGE", {"tooltip": "The aligned low-quality face(s) to restore."}),
+            "face_analysis": ("FACE_ANALYSIS", {"tooltip": "Detector (faces in reference photos), landmarks "
+                                                           "(reference choice, eye crops) and the face recogniser "
+                                                           "(must match the checkpoint's)."}),
+            "references": ("IMAGE", {"tooltip": "Images of the same person (a batch, any number): ordinary photos "
+                                                "(the largest face is used) or aligned faces. Images without a "
+                                                "face are dropped with a note in the report."}),
+        }, "optional": {
+            "lq_face": ("IMAGE", {"tooltip": "The aligned low-quality face(s): shows which reference the IDE "
+                                             "chooses for each. Not needed for restoring."}),
         }}
 
-    def embed(self, model, face_analysis, references, lq_face):
-        from honestface.models.ide import crop_eye_patches, eye_boxes
-
+    def embed(self, model, face_analysis, references, lq_face=None):
         require_references_support(model)
         refs = comfy_to_images(references, "references")
-        lq = comfy_to_images(lq_face, "lq_face")
         pipeline = make_pipeline(model, face_analysis, with_references=True)
         progress = comfy_progress(3)
-        lq_prepared = pipeline.prepare_images(lq, "lq_face")
-        batch = pipeline.prepare_references([refs] * lq.shape[0])
+        reference_set, notes = encode_reference_photos(pipeline, face_analysis, refs)
         progress(1, 3)
-        with torch.no_grad():
-            lq_landmarks = face_analysis.landmarks.landmarks(lq_prepared).float().cpu()
-        device, dtype = pipeline.device, pipeline.dtype
-        with torch.no_grad():
-            ide = pipeline.model.ide(
-                batch.images.to(device, dtype), batch.mask.to(device),
-                None if lq_landmarks is None else lq_landmarks.to(device),
-                None if batch.landmarks is None else batch.landmarks.to(device),
-                None if batch.embeddings is None else batch.embeddings.to(device, dtype))
+        lines = [f"{reference_set.images.shape[0]} of {refs.shape[0]} reference image(s) used"] + notes
+        conditioning = IdentityConditioning(references=reference_set, analysis=face_analysis.description,
+                                            notes=notes)
+        if lq_face is None:
+            chosen, chosen_landmarks = reference_set.images, reference_set.landmarks
+        else:
+            lq = pipeline.prepare_images(comfy_to_images(lq_face, "lq_face"), "lq_face")
+            batch = pipeline.prepare_references(conditioning.for_faces(pipeline, face_analysis, lq.shape[0]))
+            lq_landmarks = pipeline.detect_landmarks(lq)
+            device, dtype = pipeline.device, pipeline.dtype
+            move = lambda t, **kw: None if t is None else t.to(device, **kw)  # noqa: E731
+            with torch.no_grad():
+                ide = pipeline.model.ide(move(batch.images, dtype=dtype), move(batch.mask), move(lq_landmarks),
+                                         move(batch.landmarks), move(batch.embeddings, dtype=dtype))
+            index = ide.reference_index.cpu()
+            chosen = reference_set.images[index]  # (B, 3, S, S)
+            chosen_landmarks = None if reference_set.landmarks is None else reference_set.landmarks[index]
+            conditioning.reference_index = index
+            conditioning.feature_tokens = ide.feature_tokens.float().cpu()
+            conditioning.identity_tokens = ide.identity_tokens.float().cpu()
+            lines += [f"LQ face {i}: reference {int(j)}" for i, j in enumerate(index)]
         progress(2, 3)
-        index = ide.reference_index.cpu()
-        rows = torch.arange(lq.shape[0])
-        chosen = batch.images[rows, index]  # (B, 3, S, S)
-        chosen_landmarks = None if batch.landmarks is None else batch.landmarks[rows, index]
-        config = pipeline.config.ide
-        boxes = eye_boxes(chosen_landmarks, tuple(chosen.shape[-2:]), config.eye_margin, batch=chosen.shape[0])
-        patches = crop_eye_patches(chosen, boxes, config.eye_patch_size)  # (B, 2, 3, s, s)
-        eyes = torch.cat([patches[:, 0], patches[:, 1]], dim=-1)  # side by side: (B, 3, s, 2s)
+        eyes = reference_eye_patches(pipeline, chosen, chosen_landmarks)
         progress(3, 3)
-        conditioning = IdentityConditioning(references=refs, reference_index=index,
-                                            feature_tokens=ide.feature_tokens.float().cpu(),
-                                            identity_tokens=ide.identity_tokens.float().cpu())
-        return (conditioning, images_to_comfy(chosen), images_to_comfy(eyes))
+        previews = save_previews(chosen, "HonestFace/chosen_reference") + save_previews(eyes, "HonestFace/eye_patches")
+        return {"ui": {"images": previews},
+                "result": (conditioning, images_to_comfy(chosen), images_to_comfy(eyes), "\n".join(lines))}
 
 
 class HonestFaceVisualTokens:
@@ -286,7 +334,9 @@ class HonestFaceVisualTokens:
 
 class HonestFaceReferenceSelector:
     DESCRIPTION = ("Picks, for each low-quality face, the reference with the smallest affine landmark distance "
-                   "(A-LD on eyes and brows, paper Eq. 6) - the reference HonestFace's facial feature extractor uses.")
+                   "(A-LD on eyes and brows, paper Eq. 6) - the reference HonestFace's facial feature extractor uses. "
+                   "Takes aligned reference faces, or the identity from the Identity Embedder (its references and "
+                   "landmarks are reused, not measured again). Shows the chosen reference on the node.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "INT", "STRING")
     RETURN_NAMES = ("best_reference", "index", "distances")
@@ -298,23 +348,36 @@ class HonestFaceReferenceSelector:
     def INPUT_TYPES(cls):
         return {"required": {
             "face_analysis": ("FACE_ANALYSIS", {"tooltip": "Its landmark backend measures the faces."}),
-            "references": ("IMAGE", {"tooltip": "Candidate references (aligned faces, a batch)."}),
             "lq_face": ("IMAGE", {"tooltip": "The aligned low-quality face(s)."}),
             "subset": (["eyes", "mouth", "all"], {"default": "eyes", "tooltip":
                 "Landmarks of the distance: eyes and brows (the paper's choice), outer lip, or all 68."}),
+        }, "optional": {
+            "references": ("IMAGE", {"tooltip": "Candidate references (aligned faces, a batch). Connect this or "
+                                                "'identity'."}),
+            "identity": ("HONESTFACE_IDENTITY", {"tooltip": "From 'HonestFace Identity Embedder': its encoded "
+                                                            "references (photos already aligned). Connect this or "
+                                                            "'references'."}),
         }}
 
-    def select(self, face_analysis, references, lq_face, subset):
+    def select(self, face_analysis, lq_face, subset, references=None, identity=None):
         from honestface.face import require_landmarks
         from honestface.metrics.landmark import affine_landmark_distance
         from honestface.models.ide import select_reference
 
-        refs = comfy_to_images(references, "references")
+        if (references is None) == (identity is None):
+            raise HonestFaceError("connect either 'references' (aligned faces) or 'identity' (from the Identity "
+                                  "Embedder), not both")
         lq = comfy_to_images(lq_face, "lq_face")
         progress = comfy_progress(2)
         with torch.no_grad():
             lq_points = require_landmarks(face_analysis.landmarks.landmarks(lq).float().cpu(), "lq_face")
-            ref_points = face_analysis.landmarks.landmarks(refs).float().cpu()  # (N, 68, 2), NaN = no face
+            if identity is not None:
+                refs, ref_points = identity.references.images, identity.references.landmarks
+                if ref_points is None:
+                    raise HonestFaceError("'identity' was encoded without a landmark backend")
+            else:
+                refs = comfy_to_images(references, "references")
+                ref_points = face_analysis.landmarks.landmarks(refs).float().cpu()  # (N, 68, 2), NaN = no face
         progress(1, 2)
         if not torch.isfinite(ref_points).flatten(1).all(dim=1).any():
             raise NoFaceError("no face landmarks found in any reference image")
@@ -327,7 +390,9 @@ class HonestFaceReferenceSelector:
         distances = affine_landmark_distance(all_refs.double(), lq_points.double().unsqueeze(1), subset=subset)
         progress(2, 2)
         lines = [", ".join(f"{j}: {float(d):.5f}" for j, d in enumerate(row)) for row in distances]
-        return (images_to_comfy(refs[index]), int(index[0]), "\n".join(lines))
+        best = refs[index]
+        return {"ui": {"images": save_previews(best, "HonestFace/best_reference")},
+                "result": (images_to_comfy(best), int(index[0]), "\n".join(lines))}
 
 
 COLOR_CHOICES = ["model default", "none", "adain", "wavelet"]
@@ -337,11 +402,14 @@ def _color(choice: str) -> str | None:
     return None if choice == "model default" else choice
 
 
+STRENGTH_TOOLTIP = "0 keeps the input faces, 1 uses the restored faces fully; in between blends the two."
+
+
 class HonestFaceRestoreAligned:
     DESCRIPTION = ("One-step restoration (Eq. 3) of aligned faces (512x512 FFHQ-style crops; other sizes are "
                    "resized to the model size and back). With an identity conditioning from the Identity "
-                   "Embedder the prompt fuses IDE and VRE tokens (HonestFace); without it the VRE tokens alone "
-                   "are used (OSDFace).")
+                   "Embedder the prompt fuses IDE and VRE tokens (HonestFace), the references encoded once for the "
+                   "whole batch; without it the VRE tokens alone are used (OSDFace).")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("restored",)
@@ -359,17 +427,19 @@ class HonestFaceRestoreAligned:
             "identity": ("HONESTFACE_IDENTITY", {"tooltip": "From 'HonestFace Identity Embedder'; leave empty to restore "
                                                             "without references."}),
             "face_analysis": ("FACE_ANALYSIS", {"tooltip": "Needed with 'identity' (landmarks and the face recogniser)."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": STRENGTH_TOOLTIP}),
         }}
 
-    def restore(self, model, lq_face, color_correction, identity=None, face_analysis=None):
+    def restore(self, model, lq_face, color_correction, identity=None, face_analysis=None, strength=1.0):
         if identity is not None and face_analysis is None:
             raise HonestFaceError("'identity' needs 'face_analysis' too (landmarks and the face recogniser)")
         if identity is not None:
             require_references_support(model)
         lq = comfy_to_images(lq_face, "lq_face")
         pipeline = make_pipeline(model, face_analysis, with_references=identity is not None)
-        restored = pipeline.restore(lq, references=_reference_list(identity, lq.shape[0]),
-                                    progress=comfy_progress(lq.shape[0]), color_correction=_color(color_correction))
+        references = None if identity is None else identity.for_faces(pipeline, face_analysis, lq.shape[0])
+        restored = pipeline.restore(lq, references=references, progress=comfy_progress(lq.shape[0]),
+                                    color_correction=_color(color_correction), strength=float(strength))
         return (images_to_comfy(restored),)
 
 
@@ -387,16 +457,62 @@ def parse_indices(text: str) -> list[int] | None:
     return values
 
 
+FACE_ORDER_CHOICES = list(FACE_ORDERS)
+MASK_SHAPE_CHOICES = list(MASK_SHAPES)
+REF_MATCH_CHOICES = ["identity", "all"]
+#: The node's words for the library's ``on_no_face`` values.
+ON_NO_FACE = {"pass through": "pass", "error": "error"}
+
+
+def face_selection(face_order: str, min_face_size: int, max_faces: int, face_indices: str, center_only: bool):
+    """The node's selection widgets -> the library's :class:`~honestface.face.photo.FaceSelection`
+    (which checks the values)."""
+    from honestface.face.photo import FaceSelection
+
+    return FaceSelection(order=face_order, min_face_size=int(min_face_size), max_faces=int(max_faces),
+                         indices=parse_indices(face_indices), center_only=bool(center_only))
+
+
+def paste_mask(shape: str, dilate: float, feather: float):
+    """The node's mask widgets -> the library's :class:`~honestface.face.photo.PasteMask`."""
+    return PasteMask(shape=shape, dilate=float(dilate), feather=float(feather))
+
+
+def _paste_mask_default(name: str) -> float:
+    return float(getattr(PasteMask(), name))
+
+
+def describe_photo(index: int, result) -> str:
+    """One report line per photo: what was found, restored (with references?) and skipped."""
+    if result.status == "no face":
+        return f"photo {index}: no face found, passed through unchanged"
+    restored = [f for f in result.faces if f.restored is not None]
+    parts = [f"photo {index}: {len(result.faces)} face(s) found, restored {[f.index for f in restored]}"]
+    for face in restored:
+        distance = "" if face.identity_distance is None else f", identity distance {face.identity_distance:.1f} deg"
+        if face.with_references:
+            parts.append(f"face {face.index} with references{distance}")
+        elif distance:  # measured against the references, and not their person
+            parts.append(f"face {face.index} without references{distance}")
+    parts += [f"face {f.index} skipped ({f.skipped})" for f in result.faces if f.skipped]
+    return "; ".join(parts)
+
+
 class HonestFaceRestorePhoto:
-    DESCRIPTION = ("Restores every face of whole photos (or the chosen ones): detects the faces, aligns each to a "
-                   "512 crop, restores it in one step (with references when given, otherwise OSDFace-style) and "
-                   "pastes it back with a feathered mask. 'strength' blends the restored faces with the original.")
+    DESCRIPTION = ("Restores the faces of whole photos or video frames: detects the faces, chooses them (order, "
+                   "size, count, indices, centre face), aligns each to the model's crop, restores the faces of ALL "
+                   "images of the batch together (with references when given, otherwise OSDFace-style) and pastes "
+                   "them back with a mask from the face's landmarks. An image without a face passes through "
+                   "unchanged (or stops the run, if chosen). In a group photo, references go only to the face "
+                   "that matches their identity. Outputs the photos, the restored faces, a report and a MASK of "
+                   "where faces were pasted.")
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE", "IMAGE", "STRING")
-    RETURN_NAMES = ("image", "restored_faces", "report")
-    OUTPUT_TOOLTIPS = ("The photos with the restored faces pasted back.",
-                       "Every restored aligned face (a batch), for inspection.",
-                       "Faces found, restored and skipped per photo.")
+    RETURN_TYPES = ("IMAGE", "IMAGE", "STRING", "MASK")
+    RETURN_NAMES = ("image", "restored_faces", "report", "mask")
+    OUTPUT_TOOLTIPS = ("The photos with the restored faces pasted back (images without a face unchanged).",
+                       "Every restored aligned face (a batch), for inspection; one black image when none was restored.",
+                       "Faces found, restored (with references or not) and skipped, per photo.",
+                       "Where restored faces were pasted, per photo (0 = photo unchanged, 1 = restored face).")
     FUNCTION = "restore"
 
     @classmethod
@@ -404,47 +520,87 @@ class HonestFaceRestorePhoto:
         return {"required": {
             "model": ("HONESTFACE_MODEL", {"tooltip": "From 'HonestFace Model Loader'."}),
             "face_analysis": ("FACE_ANALYSIS", {"tooltip": "Detector and landmarks (and the face recogniser with references)."}),
-            "image": ("IMAGE", {"tooltip": "Photo(s) with one or more faces."}),
+            "image": ("IMAGE", {"tooltip": "Photo(s) or video frames with faces; all their faces are restored together."}),
             "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
                 "0 keeps the original faces, 1 pastes the restored faces fully."}),
             "face_indices": ("STRING", {"default": "all", "tooltip":
-                "'all', or the faces to restore as comma-separated indices (0 = largest face)."}),
+                "'all', or the faces to restore as comma-separated positions in the face order (0 = first: "
+                "the largest with order 'size')."}),
             "color_correction": (COLOR_CHOICES, {"default": "model default", "tooltip":
                 "Colour transfer from each input face to its restoration."}),
         }, "optional": {
-            "references": ("IMAGE", {"tooltip": "Aligned high-quality faces of the person (HonestFace checkpoint); "
-                                                "used for every restored face."}),
+            "references": ("IMAGE", {"tooltip": "Images of ONE person: ordinary photos (the largest face is used) or "
+                                                "aligned faces (HonestFace checkpoint). Or connect 'identity'."}),
+            "identity": ("HONESTFACE_IDENTITY", {"tooltip": "From 'HonestFace Identity Embedder': references encoded "
+                                                            "once (instead of 'references')."}),
+            "mask": ("MASK", {"tooltip": "Limits where faces are pasted: 0 keeps the photo, 1 allows the restored "
+                                         "face. One mask for all images or one per image; resized to the images."}),
+            "on_no_face": (list(ON_NO_FACE), {"default": "pass through", "tooltip":
+                "An image without a (selected) face: pass it through unchanged, or stop with an error."}),
+            "face_order": (FACE_ORDER_CHOICES, {"default": "size", "tooltip":
+                "Order of the faces (what face_indices and max_faces count): largest first, left to right, or "
+                "by detector confidence."}),
+            "min_face_size": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 1, "tooltip":
+                "Skip faces whose detection box is smaller than this many pixels (0 = keep all)."}),
+            "max_faces": ("INT", {"default": 0, "min": 0, "max": 1000, "step": 1, "tooltip":
+                "Restore at most this many faces per image, the first in face_order (0 = all)."}),
+            "center_only": ("BOOLEAN", {"default": False, "tooltip":
+                "Restore only the face closest to the image centre."}),
+            "mask_shape": (MASK_SHAPE_CHOICES, {"default": "hull", "tooltip":
+                "Paste-back mask: the convex hull of the face's landmarks, an ellipse fitted to them, or the "
+                "whole aligned square."}),
+            "mask_dilate": ("FLOAT", {"default": _paste_mask_default("dilate"), "min": -0.45, "max": 0.45,
+                                      "step": 0.01, "tooltip":
+                "Grow (positive) or shrink (negative) the mask, as a fraction of the aligned crop's side."}),
+            "mask_feather": ("FLOAT", {"default": _paste_mask_default("feather"), "min": 0.0, "max": 0.5,
+                                       "step": 0.01, "tooltip":
+                "Width of the soft edge of the mask, as a fraction of the aligned crop's side."}),
+            "ref_match": (REF_MATCH_CHOICES, {"default": "identity", "tooltip":
+                "identity: in an image with several faces, references go only to the face that matches them "
+                "(identity distance below the threshold, the closest if several; the others are restored "
+                "without). An image with one face always gets them. all: every restored face gets them."}),
+            "match_threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 180.0, "step": 0.5, "tooltip":
+                "Largest identity distance (degrees) that counts as the references' person; 0 = the threshold "
+                "measured for the face recogniser in use."}),
         }}
 
-    def restore(self, model, face_analysis, image, strength, face_indices, color_correction, references=None):
-        from honestface.face.photo import restore_faces_in_photo
+    def restore(self, model, face_analysis, image, strength, face_indices, color_correction, references=None,
+                identity=None, mask=None, on_no_face="pass through", face_order="size", min_face_size=0,
+                max_faces=0, center_only=False, mask_shape="hull", mask_dilate=None, mask_feather=None,
+                ref_match="identity", match_threshold=0.0):
+        from honestface.whole_photo import restore_whole_photos
 
+        if references is not None and identity is not None:
+            raise HonestFaceError("connect 'references' or 'identity', not both")
+        if on_no_face not in ON_NO_FACE:
+            raise HonestFaceError(f"on_no_face must be one of {list(ON_NO_FACE)}, got {on_no_face!r}")
+        selection = face_selection(face_order, min_face_size, max_faces, face_indices, center_only)
+        masking = paste_mask(mask_shape, _paste_mask_default("dilate") if mask_dilate is None else mask_dilate,
+                             _paste_mask_default("feather") if mask_feather is None else mask_feather)
         photos = comfy_to_images(image, "image")
-        refs = None if references is None else comfy_to_images(references, "references")
-        if refs is not None:
+        count, height, width = photos.shape[0], photos.shape[-2], photos.shape[-1]
+        limits = None if mask is None else masks_for_images(mask, count, height, width, "mask")
+        with_references = references is not None or identity is not None
+        if with_references:
             require_references_support(model)
-        indices = parse_indices(face_indices)
-        pipeline = make_pipeline(model, face_analysis, with_references=refs is not None)
-        size = pipeline.image_size
-
-        def restore_fn(crops: torch.Tensor) -> torch.Tensor:
-            check_interrupted()
-            return pipeline.restore(crops, references=None if refs is None else [refs] * crops.shape[0],
-                                    color_correction=_color(color_correction))
-
-        results, faces_out, lines = [], [], []
-        total = photos.shape[0]
-        progress = comfy_progress(total)
-        for i, photo in enumerate(photos):
-            result, faces = restore_faces_in_photo(photo, restore_fn, face_analysis.detector, face_analysis.landmarks,
-                                                   size=size, indices=indices, blend=strength)
-            restored = [f for f in faces if f.restored is not None]
-            if not restored:
-                why = "no face found" if not faces else "; ".join(f"face {f.index}: {f.skipped}" for f in faces)
-                raise NoFaceError(f"photo {i} of the batch: nothing restored ({why})")
-            results.append(result)
-            faces_out.extend(f.restored for f in restored)
-            lines.append(f"photo {i}: {len(faces)} face(s) found, restored {[f.index for f in restored]}"
-                         + "".join(f"; face {f.index} skipped ({f.skipped})" for f in faces if f.skipped))
-            progress(i + 1, total)
-        return (images_to_comfy(torch.stack(results)), images_to_comfy(torch.stack(faces_out)), "\n".join(lines))
+        pipeline = make_pipeline(model, face_analysis, with_references=with_references)
+        reference_set, lines = None, []
+        if identity is not None:
+            reference_set = identity.for_faces(pipeline, face_analysis, 1)[0]
+        elif references is not None:
+            reference_set, notes = encode_reference_photos(pipeline, face_analysis,
+                                                           comfy_to_images(references, "references"))
+            lines += notes
+        results = restore_whole_photos(
+            pipeline, list(photos), face_analysis.detector, landmark_backend=face_analysis.landmarks,
+            references=reference_set, ref_match=ref_match,
+            match_threshold=float(match_threshold) if match_threshold > 0 else None,
+            selection=selection, paste_mask=masking, strength=float(strength), on_no_face=ON_NO_FACE[on_no_face],
+            limit_masks=limits, color_correction=_color(color_correction), progress=comfy_progress(count))
+        lines += [describe_photo(i, r) for i, r in enumerate(results)]
+        faces = [f.restored for r in results for f in r.faces if f.restored is not None]
+        if not faces:  # ComfyUI has no empty IMAGE batch: one black face, said in the report
+            faces = [torch.zeros(3, pipeline.image_size, pipeline.image_size)]
+            lines.append("no face restored in the batch: restored_faces is one black image")
+        return (images_to_comfy(torch.stack([r.image for r in results])), images_to_comfy(torch.stack(faces)),
+                "\n".join(lines), masks_to_comfy(torch.stack([r.mask for r in results])))

@@ -45,16 +45,20 @@ def test_evaluate_reports_every_table1_column_and_what_is_missing(test_set, tmp_
     assert report["num_pairs"] == 4 and metrics["l2ld"]["count"] == 3 and metrics["deg"]["count"] == 4
     assert report["missing_landmarks"] == [{"name": "face_d", "images": ["restored"]}]
     assert report["unpaired"] == {"restored only": ["only_restored.png"], "ground truth only": []}
+    # Without an ArcFace file, Deg. and Deg.-ref are dlib's angles and every output says so.
+    assert metrics["deg"]["backend"] == metrics["deg_ref"]["backend"] == "dlib"
+    assert metrics["deg"]["output_key"] == "deg(dlib)" and metrics["l2ld"]["output_key"] == "l2ld(dlib)"
     rows = {row["name"]: row for row in report["images"]}
     assert list(rows) == list(NAMES)
+    assert "deg" not in rows["face_a"] and "l2ld" not in rows["face_a"]
     # The colour-cast face is further from its ground truth in colour than the plain blur.
     assert rows["face_c"]["msswd"] > rows["face_a"]["msswd"] > 0
     # The shifted face keeps its layout (small A-LD) but moves every landmark (large L2-LD).
-    assert rows["face_b"]["l2ld"] > 3 * rows["face_a"]["l2ld"]
-    assert rows["face_b"]["ald_e"] < 3 * max(rows["face_a"]["ald_e"], rows["face_c"]["ald_e"])
+    assert rows["face_b"]["l2ld(dlib)"] > 3 * rows["face_a"]["l2ld(dlib)"]
+    assert rows["face_b"]["ald_e(dlib)"] < 3 * max(rows["face_a"]["ald_e(dlib)"], rows["face_c"]["ald_e(dlib)"])
     # Restored faces are closer in identity to their own ground truth than the grey image.
-    assert rows["face_a"]["deg_ref"] < rows["face_d"]["deg_ref"]
-    assert "mean (4)" in printed and "ALD-e↓" in printed and "Deg.-ref↓" in printed
+    assert rows["face_a"]["deg_ref(dlib)"] < rows["face_d"]["deg_ref(dlib)"]
+    assert "mean (4)" in printed and "ALD-e(dlib)↓" in printed and "Deg.-ref(dlib)↓" in printed
 
 
 def test_evaluate_needs_folders_with_common_names(test_set, tmp_path, capsys):

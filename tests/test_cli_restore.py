@@ -20,8 +20,9 @@ def models(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def faces(tmp_path_factory):
-    """Three 'aligned crops' of two sizes and two references (synthetic, smooth)."""
+def faces(tmp_path_factory, shared_data):
+    """Three 'aligned crops' of two sizes (synthetic, smooth: restored with --aligned) and two
+    real aligned references of one person (CelebA)."""
     folder = tmp_path_factory.mktemp("faces")
     generator = torch.Generator().manual_seed(0)
     paths = []
@@ -29,8 +30,9 @@ def faces(tmp_path_factory):
         image = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=generator), size=size,
                                                 mode="bilinear", align_corners=False)[0]
         paths.append(save_image(image, folder / "lq" / f"face{i}.png"))
-    refs = [save_image(torch.rand(3, 64, 64, generator=generator), folder / "refs" / f"ref{i}.png")
-            for i in range(2)]
+    person = sorted(p for p in (shared_data / "celeba").iterdir() if p.is_dir())[0]
+    refs = [save_image(load_image(path), folder / "refs" / f"ref{i}.png")
+            for i, path in enumerate(sorted(person.glob("*.jpg"))[:2])]
     return folder, paths, refs
 
 
@@ -48,11 +50,12 @@ def test_restore_aligned_with_references(models, faces, tmp_path, capsys):
     out = tmp_path / "out"
     with network_disabled():
         code = main(_honestface_args(models, out, str(folder / "lq"), "--ref", str(folder / "refs"),
-                                     "--batch-size", "2"))
+                                     "--batch-size", "2", "--aligned"))
     assert code == 0
     printed = capsys.readouterr().out
     assert "UNet: 208/208 tensors loaded" in printed and "honestface-tiny.safetensors: loaded" in printed
-    assert "restored 3 face(s) in 3 image(s)" in printed
+    assert "restored 3 face(s) in 3 input(s)" in printed
+    assert "face0.png: aligned crop (--aligned); restored, with references (--ref)" in printed
     for path in paths:
         result = out / f"{path.stem}.png"
         assert load_image(result).shape == load_image(path).shape  # written at the input size
@@ -60,21 +63,21 @@ def test_restore_aligned_with_references(models, faces, tmp_path, capsys):
     # batch size does not change results; the same seed gives the same files
     again = tmp_path / "again"
     assert main(_honestface_args(models, again, str(folder / "lq"), "--ref", str(folder / "refs"),
-                                 "--batch-size", "1")) == 0
+                                 "--batch-size", "1", "--aligned")) == 0
     for path in paths:
         difference = np.abs(_pixels(out / f"{path.stem}.png") - _pixels(again / f"{path.stem}.png"))
         assert difference.max() <= 1
 
     # references matter for a HonestFace checkpoint
     no_refs = tmp_path / "no_refs"
-    assert main(_honestface_args(models, no_refs, str(paths[0]))) == 0
+    assert main(_honestface_args(models, no_refs, str(paths[0]), "--aligned")) == 0
     assert np.abs(_pixels(no_refs / "face0.png") - _pixels(out / "face0.png")).max() > 1
 
 
 def test_osdface_weights_colour_correction_and_dtype(models, faces, tmp_path, capsys):
     _, paths, refs = faces
     base = ["restore", str(paths[1]), "--sd", "tiny-sd21-base", "--weights", "osdface-tiny",
-            "--models-dir", str(models), "--no-progress", "-q"]
+            "--models-dir", str(models), "--no-progress", "-q", "--aligned"]
     assert main([*base, "-o", str(tmp_path / "plain"), "--ref", str(refs[0])]) == 0
     captured = capsys.readouterr()
     assert "do not use references" in captured.err
@@ -93,7 +96,7 @@ def test_whole_photo_is_detected_and_pasted_back(models, shared_data, tmp_path, 
     photo = shared_data / "real_lq" / "whole" / "codeformer_01.jpg"  # a group photo
     out = tmp_path / "whole"
     assert main(_honestface_args(models, out, str(photo), "-q", "--face-index", "0")) == 0
-    assert "restored 1 face(s) in 1 image(s)" in capsys.readouterr().out
+    assert "restored 1 face(s) in 1 input(s)" in capsys.readouterr().out
     source, result = _pixels(photo), _pixels(out / "codeformer_01.png")
     assert source.shape == result.shape
     changed = np.abs(source - result).max(axis=0) > 8
@@ -108,15 +111,16 @@ def test_restore_with_the_shipped_nano_model_needs_no_other_file(faces, tmp_path
     out = tmp_path / "out"
     with network_disabled():
         code = main(["restore", str(paths[1]), "--ref", str(folder / "refs"), "--weights",
-                     "honestface-nano.safetensors", "-o", str(out), "--no-progress"])
+                     "honestface-nano.safetensors", "-o", str(out), "--no-progress", "--aligned"])
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "honestface-nano.safetensors: loaded" in printed and "UNet:" not in printed
+    assert "references --ref: 2 face(s)" in printed
     assert load_image(out / f"{paths[1].stem}.png").shape == load_image(paths[1]).shape
 
 
 @pytest.mark.parametrize("case", ["missing image", "missing sd", "no sd", "missing weights", "wrong weights",
-                                  "missing osdface", "bad image"])
+                                  "missing osdface"])
 def test_errors_exit_1_with_a_message(models, faces, tmp_path, capsys, case):
     paths = faces[1]
     args = _honestface_args(models, tmp_path / "out", str(paths[0]))
@@ -135,15 +139,21 @@ def test_errors_exit_1_with_a_message(models, faces, tmp_path, capsys, case):
     elif case == "wrong weights":
         args[args.index("--weights") + 1] = str(models / tiny.SD_CHECKPOINT)
         expected = "no HonestFace metadata"
-    elif case == "missing osdface":
+    else:
         args[args.index("--osdface") + 1] = "OSDFace"
         expected = "OSDFace"
-    else:
-        bad = tmp_path / "broken.png"
-        bad.write_bytes(b"not an image")
-        args[1] = str(bad)
-        expected = "cannot read image"
     assert main(args) == 1
     error = capsys.readouterr().err
     assert error.startswith("honestface restore: error:")
     assert expected in error and "[Errno" not in error and "Traceback" not in error
+
+
+def test_an_unreadable_image_is_skipped_with_exit_code_3(models, faces, tmp_path, capsys):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    assert main(_honestface_args(models, out, str(bad), str(faces[1][0]), "--aligned")) == 3
+    captured = capsys.readouterr()
+    assert "broken.png: skipped, unreadable (cannot identify image file 'broken.png')" in captured.err
+    assert "Traceback" not in captured.err
+    assert "skipped: 1" in captured.out and (out / "face0.png").exists() and not (out / "broken.png").exists()

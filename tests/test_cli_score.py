@@ -95,13 +95,17 @@ def test_score_single_pair_json(test_set, tmp_path, capsys):
     ])
     assert code == 0
     printed = capsys.readouterr().out
-    for header in ("ALD-e↓", "ALD-m↓", "A-LD↓", "L2-LD↓", "PSNR↑", "face_b"):
+    # the paper names no landmark detector: the one used is always in the column
+    for header in ("ALD-e(dlib)↓", "ALD-m(dlib)↓", "A-LD(dlib)↓", "L2-LD(dlib)↓", "PSNR↑", "face_b"):
         assert header in printed
     report = json.loads(out.read_text())
     assert report["num_pairs"] == 1 and report["missing_landmarks"] == []
     row = report["images"][0]
-    assert row["l2ld"] > 4.0 and math.sqrt(row["ald_e"] / len(ALD_EYES)) < 1.5
-    assert {m["key"]: m["direction"] for m in report["metrics"]}["psnr"] == "higher is better"
+    assert row["l2ld(dlib)"] > 4.0 and math.sqrt(row["ald_e(dlib)"] / len(ALD_EYES)) < 1.5
+    metrics = {m["key"]: m for m in report["metrics"]}
+    assert metrics["psnr"]["direction"] == "higher is better" and "backend" not in metrics["psnr"]
+    assert metrics["l2ld"]["backend"] == "dlib" and metrics["l2ld"]["name"] == "L2-LD(dlib)"
+    assert report["settings"]["landmark_backend"] == "dlib"
 
 
 def test_score_folders_csv_lists_missing_faces_unavailable_metrics_and_unpaired(test_set, tmp_path, capsys):
@@ -117,13 +121,15 @@ def test_score_folders_csv_lists_missing_faces_unavailable_metrics_and_unpaired(
     by_name = {r["name"]: r for r in rows}
     assert float(by_name["face_a"]["psnr"]) > 25.0 and float(by_name["face_d"]["psnr"]) < 20.0
     assert float(by_name["face_a"]["ssim"]) > float(by_name["face_d"]["ssim"])
-    assert by_name["face_d"]["ald_e"] == "" and by_name["face_a"]["ald_e"] != ""  # grey image: no landmarks
+    assert by_name["face_d"]["ald_e(dlib)"] == "" and by_name["face_a"]["ald_e(dlib)"] != ""  # grey: no landmarks
     # Landmark means are over the faces that have landmarks; Deg. over all four.
-    landmark_values = [float(by_name[n]["l2ld"]) for n in NAMES[:3]]
-    assert float(by_name["mean"]["l2ld"]) == pytest.approx(sum(landmark_values) / 3)
-    assert float(by_name["face_d"]["deg"]) > float(by_name["face_a"]["deg"])
+    landmark_values = [float(by_name[n]["l2ld(dlib)"]) for n in NAMES[:3]]
+    assert float(by_name["mean"]["l2ld(dlib)"]) == pytest.approx(sum(landmark_values) / 3)
+    # no ArcFace file here: Deg. is dlib's angle, and says so
+    assert "deg" not in rows[0] and float(by_name["face_d"]["deg(dlib)"]) > float(by_name["face_a"]["deg(dlib)"])
+    assert "Deg.(dlib)↓" in printed and "identity backend 'arcface-onnx' not available" in printed
     assert "Faces without landmarks (1" in printed and "face_d: no face found in restored" in printed
-    assert "L2-LD (3)" in printed  # the table says which means use fewer images
+    assert "L2-LD(dlib) (3)" in printed  # the table says which means use fewer images
     assert "only_restored.png" in printed
     if "lpips" not in rows[0]:
         assert "LPIPS:" in printed.split("Unavailable metrics:")[1]
@@ -144,3 +150,43 @@ def test_identical_images_give_infinite_psnr_in_valid_json(test_set, tmp_path):
     report = json.loads(out.read_text())  # strict JSON: no Infinity / NaN tokens
     assert report["images"][0]["psnr"] == "inf" and report["images"][0]["ssim"] == pytest.approx(1.0)
     assert {m["key"]: m["mean"] for m in report["metrics"]}["psnr"] == "inf"
+
+
+def test_deg_is_the_arcface_angle_when_an_arcface_file_is_there(test_set, tmp_path, capsys):
+    """With insightface's ArcFace file in the models folder (here a tiny random one in the
+    real ONNX format), Deg. is the ArcFace angle (plain "Deg." column, key "deg"); asking
+    for dlib names dlib in the column. Checked against onnxruntime run by hand."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import onnxruntime
+
+    from honestface.face.arcface import recognition_crop
+    from honestface.testing.make_tiny_models import ARCFACE_ONNX, write_tiny_arcface_onnx
+
+    models = tmp_path / "models"
+    onnx_file = write_tiny_arcface_onnx(models / ARCFACE_ONNX, seed=3)
+    if onnx_file is None:
+        pytest.skip("the onnx package is needed to write the tiny ArcFace file")
+    out = tmp_path / "arcface.json"
+    assert main(["score", str(test_set["restored"]), str(test_set["gt"]), "--metrics", "deg,l2ld",
+                 "--models-dir", str(models), "--json", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "Deg.↓" in printed and "Deg.(" not in printed and "L2-LD(dlib)↓" in printed
+    report = json.loads(out.read_text())
+    metrics = {m["key"]: m for m in report["metrics"]}
+    assert metrics["deg"]["backend"] == "arcface-onnx" and metrics["deg"]["output_key"] == "deg"
+
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+
+    def embedding(path):
+        crop = recognition_crop(load_image(path)[None], "ffhq", 112) * 2.0 - 1.0
+        return session.run(None, {session.get_inputs()[0].name: crop.numpy().astype(np.float32)})[0][0].astype(np.float64)
+
+    for row in report["images"]:
+        a, b = embedding(test_set["restored"] / f"{row['name']}.png"), embedding(test_set["gt"] / f"{row['name']}.png")
+        expected = math.degrees(math.acos(np.clip(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)), -1, 1)))
+        assert row["deg"] == pytest.approx(expected, abs=1e-3)
+
+    assert main(["score", str(test_set["restored"]), str(test_set["gt"]), "--metrics", "deg", "--identity", "dlib",
+                 "--models-dir", str(models), "--no-progress"]) == 0
+    assert "Deg.(dlib)↓" in capsys.readouterr().out

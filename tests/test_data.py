@@ -144,3 +144,20 @@ def test_config_errors(tmp_path):
         scan_identity_folders([tmp_path / "missing"])
     with pytest.raises(ConfigError):
         scan_identity_folders([tmp_path])
+
+
+def test_grayscale_training_pairs_convert_the_ground_truth_too(celeba):
+    """paper.yaml's VQFR grayscale augmentation: a gray LQ comes with a gray GT; the GT of a
+    colour LQ keeps its colours (references are never converted)."""
+    from honestface.degradation import DegradationConfig
+
+    always = small_config([celeba], val_fraction=0.0, min_references=1,
+                          degradation=DegradationConfig(gray_probability=1.0).to_dict())
+    dataset, _ = build_datasets(always)
+    sample = dataset[(0, 1)]
+    for key in ("lq", "gt"):
+        assert torch.allclose(sample[key][0], sample[key][1], atol=1e-6) and torch.allclose(sample[key][0], sample[key][2], atol=1e-6)
+    assert not torch.allclose(sample["references"][0, 0], sample["references"][0, 1])
+    never = small_config([celeba], val_fraction=0.0, degradation=DegradationConfig(gray_probability=0.0).to_dict())
+    colour = build_datasets(never)[0][(0, 1)]
+    assert not torch.allclose(colour["gt"][0], colour["gt"][1])

@@ -120,3 +120,103 @@ def test_config_round_trip_and_errors():
         DegradationConfig.from_dict({"sigma": 3})
     with pytest.raises(ConfigError):
         DegradationConfig(downsample_scale=(4, 2))
+
+
+# ----------------------------------------------------- statistics against independent formulas
+def _uniform_moments_ok(values: np.ndarray, low: float, high: float) -> bool:
+    """Mean and variance of U(low, high), (low + high) / 2 and (high - low)^2 / 12, within 5 standard errors."""
+    n = len(values)
+    mean, var = (low + high) / 2, (high - low) ** 2 / 12
+    mean_ok = abs(values.mean() - mean) < 5 * np.sqrt(var / n)
+    var_ok = abs(values.var() - var) < 5 * var * np.sqrt(0.8 / n)  # Var of the sample variance of a uniform: 0.8 var^2 / n
+    return bool(mean_ok and var_ok and values.min() >= low and values.max() <= high)
+
+
+def test_sampled_parameters_follow_the_vqfr_distributions():
+    n = 20000
+    params = sample_degradation_params(n, DegradationConfig(), generator=3)
+    isotropic = (params.sigma_x == params.sigma_y) & (params.theta == 0)
+    # VQFR: iso / aniso with probability 0.5 each; sigmas U(1, 15); rotation U(-pi, pi) for aniso
+    assert abs(isotropic.double().mean().item() - 0.5) < 5 * np.sqrt(0.25 / n)
+    assert _uniform_moments_ok(params.sigma_x.double().numpy(), 1.0, 15.0)
+    assert _uniform_moments_ok(params.sigma_y[~isotropic].double().numpy(), 1.0, 15.0)
+    assert _uniform_moments_ok(params.theta[~isotropic].double().numpy(), -np.pi, np.pi)
+    assert _uniform_moments_ok(params.scale.double().numpy(), 1.0, 30.0)
+    assert _uniform_moments_ok(params.noise_sigma.double().numpy(), 0.0, 20.0)
+    quality = params.jpeg_quality.numpy()
+    assert quality.min() == 30 and quality.max() == 90 and quality.dtype == np.int64
+    # grayscale with VQFR's gray_prob 0.01
+    assert abs(params.gray.double().mean().item() - 0.01) < 5 * np.sqrt(0.01 * 0.99 / n)
+
+
+def test_kernels_are_the_bivariate_gaussian_with_the_rotated_covariance():
+    """Against the density formula exp(-x^T S^-1 x / 2) with S = R diag(sx^2, sy^2) R^T
+    (basicsr's ``bivariate_Gaussian``), and the kernels' second moments against S."""
+    sigma_x = torch.tensor([1.5, 3.0, 4.0, 2.0])
+    sigma_y = torch.tensor([1.5, 1.0, 2.5, 3.5])
+    theta = torch.tensor([0.0, 0.4, -2.0, 2.9])
+    size = 41
+    kernels = gaussian_kernels(sigma_x, sigma_y, theta, size).double().numpy()
+    half = size // 2
+    xs, ys = np.meshgrid(np.arange(-half, half + 1), np.arange(-half, half + 1))  # x along columns, y down rows
+    grid = np.stack([xs, ys], axis=-1).astype(np.float64)
+    for kernel, sx, sy, t in zip(kernels, sigma_x.tolist(), sigma_y.tolist(), theta.tolist()):
+        rotation = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+        covariance = rotation @ np.diag([sx**2, sy**2]) @ rotation.T
+        density = np.exp(-0.5 * np.einsum("...i,ij,...j->...", grid, np.linalg.inv(covariance), grid))
+        np.testing.assert_allclose(kernel, density / density.sum(), atol=1e-7)
+        mean = np.einsum("hw,hwi->i", kernel, grid)
+        second = np.einsum("hw,hwi,hwj->ij", kernel, grid, grid)
+        np.testing.assert_allclose(mean, 0.0, atol=1e-6)
+        np.testing.assert_allclose(second, covariance, rtol=2e-3, atol=2e-3)  # the lattice sum of a Gaussian
+
+
+def test_noise_is_zero_mean_per_channel_with_the_drawn_standard_deviation():
+    """Colour noise (VQFR's default, not gray noise): per channel N(0, (sigma/255)^2), channels independent."""
+    from honestface.degradation import add_gaussian_noise
+
+    flat = torch.full((2, 3, 256, 256), 0.5)
+    sigma = torch.tensor([5.0, 20.0])
+    noise = (add_gaussian_noise(flat, sigma, seeds=torch.tensor([11, 12])) - flat).double()
+    n = 256 * 256
+    for image, s in zip(noise, sigma.tolist()):
+        std = s / 255.0
+        for channel in image:
+            assert abs(channel.mean().item()) < 5 * std / np.sqrt(n)
+            assert abs(channel.std().item() / std - 1) < 5 * np.sqrt(0.5 / n)
+        correlation = np.corrcoef(image.reshape(3, -1).numpy())
+        assert np.abs(correlation - np.eye(3)).max() < 5 / np.sqrt(n)
+    assert abs(np.corrcoef(noise[0, 0].flatten(), noise[1, 0].flatten())[0, 1]) < 5 / np.sqrt(n)  # per-image seeds
+
+
+def test_grayscale_lq_comes_with_a_grayscale_ground_truth(faces):
+    from honestface.degradation import degrade_pair
+
+    always = DegradationConfig.fixed(blur_sigma=2.0, downsample_scale=2.0, noise_sigma=3.0, jpeg_quality=70,
+                                     gray_probability=1.0)
+    lq, gt, params = degrade_pair(faces, always, generator=5)
+    assert params.gray.all()
+    luma = 0.299 * faces[:, 0] + 0.587 * faces[:, 1] + 0.114 * faces[:, 2]  # BT.601, OpenCV's BGR2GRAY
+    for channel in range(3):
+        assert torch.allclose(gt[:, channel], luma, atol=1e-6)
+        assert torch.equal(lq[:, channel], lq[:, 0])
+    # the LQ is the colour LQ of the same draw, converted before the 8-bit rounding
+    colour_params = sample_degradation_params(len(faces), always, generator=5)
+    colour_params.gray = torch.zeros(len(faces), dtype=torch.bool)
+    colour = apply_degradation(faces, colour_params, replace_quantize(always))
+    expected = ((0.299 * colour[:, 0] + 0.587 * colour[:, 1] + 0.114 * colour[:, 2]).clamp(0, 1) * 255).round() / 255
+    assert torch.allclose(lq[:, 0], expected, atol=1e-6)
+    # gray_ground_truth off: the ground truth keeps its colours; never gray: nothing changes
+    _, kept, _ = degrade_pair(faces, DegradationConfig.fixed(2.0, 2.0, 3.0, 70, gray_probability=1.0,
+                                                             gray_ground_truth=False), generator=5)
+    assert torch.equal(kept, faces)
+    lq_colour, gt_colour, params = degrade_pair(faces, DegradationConfig.fixed(2.0, 2.0, 3.0, 70), generator=5)
+    assert not params.gray.any() and torch.equal(gt_colour, faces) and not torch.equal(lq_colour[:, 0], lq_colour[:, 1])
+    with pytest.raises(ConfigError, match="gray_probability"):
+        DegradationConfig(gray_probability=1.5)
+
+
+def replace_quantize(config: DegradationConfig) -> DegradationConfig:
+    from dataclasses import replace
+
+    return replace(config, quantize=False)

@@ -1,7 +1,9 @@
-"""ArcFace: IResNet in PyTorch, insightface-style ONNX files, weight mapping both ways."""
+"""ArcFace: IResNet in PyTorch, insightface-style ONNX files run by insightface's ArcFaceONNX,
+weight mapping both ways."""
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 
 import numpy as np
@@ -19,10 +21,10 @@ from honestface.face.arcface import (
     recognition_crop,
 )
 from honestface.face.iresnet import IResNet
+from honestface.testing.offline import network_disabled
 from honestface.testing.random_weights import randomize_batchnorm_statistics
 
 pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
 
 LAYERS = (1, 2, 1, 1)  # a shallow IResNet: same layer types and layout as r50/r100
 
@@ -59,8 +61,8 @@ def exported(tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
     model = random_iresnet()
     export_insightface_onnx(model, models / "insightface" / "models" / "testpack" / "w600k_r50.onnx")
-    (models / "facerestore_models").mkdir()
-    torch.save(model.state_dict(), models / "facerestore_models" / "arcface_r_test.pth")
+    (models / "insightface" / "models" / "arcface_torch").mkdir()
+    torch.save(model.state_dict(), models / "insightface" / "models" / "arcface_torch" / "arcface_r_test.pth")
     return models, model
 
 
@@ -93,15 +95,24 @@ def test_onnx_weights_map_onto_a_fresh_pytorch_network(exported):
     assert torch.allclose(got, expected, atol=1e-4 * expected.abs().max().item())
 
 
-def test_onnxruntime_and_pytorch_backends_agree(exported):
+def test_insightface_and_pytorch_backends_agree(exported, tmp_path, monkeypatch):
+    pytest.importorskip("insightface")
     models, original = exported
-    onnx_backend = load_identity_backend("arcface-onnx", models_dir=models, model="testpack/w600k_r50.onnx")
-    torch_backend = load_identity_backend("arcface-torch", models_dir=models, model="testpack/w600k_r50.onnx")
-    faces = torch.rand(2, 3, 256, 256)
-    a, b = onnx_backend.embed(faces), torch_backend.embed(faces)
+    monkeypatch.setenv("HOME", str(tmp_path))  # insightface's download root would be ~/.insightface
+    with network_disabled():
+        onnx_backend = load_identity_backend("arcface-onnx", models_dir=models, model="testpack/w600k_r50.onnx")
+        torch_backend = load_identity_backend("arcface-torch", models_dir=models, model="testpack/w600k_r50.onnx")
+        faces = torch.rand(2, 3, 256, 256)
+        a, b = onnx_backend.embed(faces), torch_backend.embed(faces)
+    assert not (tmp_path / ".insightface").exists()
+    assert type(onnx_backend.model).__name__ == "ArcFaceONNX"
     assert a.shape == b.shape == (2, 512) and onnx_backend.embedding_dim == 512
     assert torch.allclose(a, b, atol=1e-4)
     assert torch.allclose(a.norm(dim=-1), torch.ones(2), atol=1e-5)
+    # Independent: the original network on the ArcFace crop, normalised by hand.
+    with torch.no_grad():
+        direct = torch.nn.functional.normalize(original(recognition_crop(faces) * 2 - 1), dim=-1)
+    assert torch.allclose(a, direct, atol=1e-4)
     # The convention: RGB, (pixel - 127.5) / 127.5, on the ArcFace-layout 112 crop.
     raw = load_identity_backend("arcface-torch", models_dir=models, model="testpack/w600k_r50.onnx",
                                 input_alignment="arcface", normalize=False)
@@ -112,9 +123,39 @@ def test_onnxruntime_and_pytorch_backends_agree(exported):
     assert torch.allclose(raw.embed(pixels / 255), direct, atol=1e-4 * direct.abs().max().item())
 
 
+def test_files_that_normalise_inside_the_graph_get_raw_pixels(exported, tmp_path):
+    """mxnet-converted ArcFace files subtract and scale inside the graph; insightface spots
+    them (Sub and Mul among the first nodes) and feeds raw pixel values."""
+    pytest.importorskip("insightface")
+    import onnx
+
+    _, original = exported
+
+    class InGraphNormalisation(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = original
+
+        def forward(self, pixels):
+            return self.network((pixels - 127.5) * (1 / 127.5))
+
+    path = tmp_path / "mxnet_style.onnx"
+    export_insightface_onnx(InGraphNormalisation().eval(), path)
+    model = onnx.load(str(path))
+    for node in model.graph.node[:8]:
+        if node.op_type in ("Sub", "Mul"):
+            node.name = f"_{'minus' if node.op_type == 'Sub' else 'mul'}0"  # mxnet's node names
+    onnx.save(model, str(path))
+    backend = load_identity_backend("arcface-onnx", model=path, input_alignment="arcface", normalize=False)
+    crop = torch.rand(1, 3, 112, 112)
+    with torch.no_grad():
+        expected = original(crop * 2 - 1)
+    assert torch.allclose(backend.embed(crop), expected, atol=1e-4 * expected.abs().max().item())
+
+
 def test_pth_weights_load_and_gradients_flow(exported):
     models, original = exported
-    backend = load_identity_backend("arcface-torch", models_dir=models, model="arcface_r_test.pth",
+    backend = load_identity_backend("arcface-torch", models_dir=models, model="arcface_torch/arcface_r_test.pth",
                                     input_alignment="arcface", normalize=False)
     assert isinstance(backend, ArcFaceTorch)
     faces = torch.rand(2, 3, 112, 112, requires_grad=True)
@@ -146,9 +187,17 @@ def test_ffhq_crop_maps_to_arcface_template(shared_data):
 
 
 def test_bad_and_missing_weight_files(tmp_path):
-    with pytest.raises(MissingModelFileError) as info:
+    with network_disabled(), pytest.raises(MissingModelFileError) as info:
         load_identity_backend("arcface-onnx", models_dir=tmp_path)
     assert "w600k_r50.onnx" in info.value.args[0] and "insightface" in info.value.args[0]
+    if importlib.util.find_spec("insightface") is not None:
+        detector_file = tmp_path / "det.onnx"  # a network insightface routes to no recogniser
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(torch.nn.Conv2d(3, 2, 3).eval(), (torch.rand(1, 3, 64, 64),), str(detector_file),
+                              dynamo=False, opset_version=11)
+        with pytest.raises(CheckpointError, match="ArcFaceONNX"):
+            load_identity_backend("arcface-onnx", model=detector_file)
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"\x00garbage" * 10)
     with pytest.raises(CheckpointError):

@@ -180,7 +180,7 @@ def test_missing_model_file_names_file_and_folder(tmp_path):
         dlib_model_file("no_such_predictor.dat", models_dir=tmp_path)
     message = info.value.args[0]
     assert info.value.filename == "no_such_predictor.dat" and "no_such_predictor.dat" in message
-    assert str(tmp_path / "facerestore_models") in message
+    assert str(tmp_path / "dlib") in message and "facerestore_models" not in message
 
 
 def test_unknown_backend_names():

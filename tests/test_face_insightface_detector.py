@@ -1,4 +1,5 @@
-"""insightface detector decoding, on an ONNX file with the SCRFD output layout."""
+"""The insightface detector backend: insightface's SCRFD class on local ONNX files in the
+SCRFD output layout, offline; outputs checked against the SCRFD decoding done by hand."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from torch import nn
 
 from honestface.errors import CheckpointError, MissingModelFileError
 from honestface.face import align_face, load_face_detector
-from honestface.face.insightface_detector import nms
+from honestface.testing.offline import network_disabled
 
-pytest.importorskip("onnxruntime")
+pytest.importorskip("insightface")
 
 STRIDES = (8, 16, 32)
 SIZE = 640
@@ -56,23 +57,30 @@ PLANTED = [
 ]
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
+@pytest.fixture(scope="module", params=["fixed", "dynamic"])
+def models(request, tmp_path_factory):
+    """A models folder with det_10g.onnx; "dynamic" has a free input height and width, like
+    the released file (insightface then builds a session for the size it is asked for)."""
     root = tmp_path_factory.mktemp("models")
     path = root / "insightface" / "models" / "buffalo_l" / "det_10g.onnx"
     path.parent.mkdir(parents=True)
+    axes = {"input.1": {2: "height", 3: "width"}} if request.param == "dynamic" else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(ScrfdLayout(PLANTED).eval(), (torch.zeros(1, 3, SIZE, SIZE),), str(path), dynamo=False,
-                          opset_version=11, input_names=["input.1"])
+                          opset_version=11, input_names=["input.1"], dynamic_axes=axes)
     return root
 
 
-def test_decodes_boxes_landmarks_and_suppresses_duplicates(models):
-    detector = load_face_detector("insightface", models_dir=models)
-    photo = torch.zeros(3, 480, 720)  # resized by 640 / 720 into the canvas
-    photo[0] = 1.0  # red
-    faces = detector.detect(photo)
+def test_decodes_boxes_landmarks_and_suppresses_duplicates(models, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # insightface's download root would be ~/.insightface
+    with network_disabled():
+        detector = load_face_detector("insightface", models_dir=models)
+        photo = torch.zeros(3, 360, 720)  # resized by 640 / 720 (to 640 x 320) into the canvas
+        photo[0] = 1.0  # red
+        faces = detector.detect(photo)
+    assert not (tmp_path / ".insightface").exists()
+    assert type(detector.model).__name__ == "SCRFD" and detector.input_size == (SIZE, SIZE)
     assert len(faces) == 2
     scale = SIZE / 720
     # Largest first: B (6 x 32 wide), then A (6 x 16).
@@ -94,15 +102,27 @@ def test_channel_order_and_normalisation(models):
     assert detector.detect(blue) == []  # channel 0 of a blue RGB photo is -127.5/128
 
 
-def test_nms_and_errors(tmp_path, models):
-    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], dtype=np.float32)
-    assert nms(boxes, np.array([0.9, 0.8, 0.7]), 0.4) == [0, 2]
-    with pytest.raises(MissingModelFileError) as info:
+def test_thresholds_reach_insightface(models):
+    photo = torch.zeros(3, 360, 720)
+    photo[0] = 1.0
+    strict = load_face_detector("insightface", models_dir=models, score_threshold=0.93)
+    assert [round(f.score, 3) for f in strict.detect(photo)] == [round(0.95 * 127.5 / 128, 3)]  # only B
+    # With no suppression the near-duplicate of A (IoU 0.96) stays.
+    loose = load_face_detector("insightface", models_dir=models, nms_threshold=0.99)
+    assert len(loose.detect(photo)) == 3
+
+
+def test_missing_and_wrong_files(tmp_path):
+    with network_disabled(), pytest.raises(MissingModelFileError) as info:
         load_face_detector("insightface", models_dir=tmp_path)
-    assert "det_10g.onnx" in info.value.args[0]
-    other = tmp_path / "other.onnx"
+    assert "det_10g.onnx" in info.value.args[0] and str(tmp_path / "insightface" / "models") in info.value.args[0]
+    other = tmp_path / "other.onnx"  # a one-output network: insightface routes it to no detector
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(nn.Conv2d(3, 2, 3).eval(), (torch.zeros(1, 3, 8, 8),), str(other), dynamo=False, opset_version=11)
-    with pytest.raises(CheckpointError, match="outputs"):
+    with pytest.raises(CheckpointError, match="SCRFD"):
         load_face_detector("insightface", model=other)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"\x00not an onnx file" * 8)
+    with pytest.raises(CheckpointError, match="insightface cannot load it"):
+        load_face_detector("insightface", model=broken)

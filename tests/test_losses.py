@@ -92,9 +92,35 @@ def test_ea_dists_is_dists_of_images_plus_dists_of_sobel_edges(vgg):
     # the edge branch sees structure: a flat image and a striped one with the same mean
     flat = torch.full((1, 3, 32, 32), 0.5)
     stripes = flat.clone()
-    stripes[..., ::2, :] = 0.25
-    stripes[..., 1::2, :] = 0.75
-    assert sobel_edges(flat).abs().max() < 2e-3 and sobel_edges(stripes).abs().max() > 0.1
+    stripes[..., (torch.arange(32) // 2) % 2 == 0, :] = 0.25  # stripes two rows wide
+    stripes[..., (torch.arange(32) // 2) % 2 == 1, :] = 0.75
+    inside = (slice(None), slice(None), slice(1, -1), slice(1, -1))  # zero padding makes the border an edge
+    assert sobel_edges(flat)[inside].max() < 2e-3 and sobel_edges(stripes)[inside].min() > 0.1
+
+
+def test_sobel_edges_follow_the_release_formula():
+    """The OSDFace release's edge map, written out pixel by pixel: grayscale = channel mean,
+    unnormalised 3x3 Sobel (cross-correlation, zero padding), sqrt(gx^2 + gy^2 + 1e-6),
+    the same map on all three channels."""
+    generator = torch.Generator().manual_seed(5)
+    x = torch.rand(2, 3, 7, 9, generator=generator, dtype=torch.float64)
+    gray = np.pad(x.mean(dim=1).numpy(), ((0, 0), (1, 1), (1, 1)))  # zeros around
+    expected = np.zeros((2, 7, 9))
+    for b in range(2):
+        for i in range(7):
+            for j in range(9):
+                p = gray[b, i:i + 3, j:j + 3]  # the 3x3 neighbourhood of pixel (i, j)
+                gx = (p[0, 2] + 2 * p[1, 2] + p[2, 2]) - (p[0, 0] + 2 * p[1, 0] + p[2, 0])
+                gy = (p[2, 0] + 2 * p[2, 1] + p[2, 2]) - (p[0, 0] + 2 * p[0, 1] + p[0, 2])
+                expected[b, i, j] = np.sqrt(gx * gx + gy * gy + 1e-6)
+    edges = sobel_edges(x)
+    assert edges.shape == (2, 3, 7, 9)
+    for channel in range(3):
+        assert np.allclose(edges[:, channel].numpy(), expected, rtol=0, atol=1e-12)
+    # a vertical step of height 1 on a grey image: |gx| = 1 + 2 + 1 = 4 next to the step
+    step = torch.zeros(1, 3, 5, 6, dtype=torch.float64)
+    step[..., 3:] = 1.0
+    assert torch.allclose(sobel_edges(step)[0, 0, 2, 2:4], torch.full((2,), 4.0, dtype=torch.float64), atol=1e-6)
 
 
 def test_lpips_matches_manual_first_stage(vgg):

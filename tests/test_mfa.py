@@ -150,3 +150,55 @@ def test_previews_and_errors():
         mfa_blend(torch.rand(2, 3, 8, 8), torch.rand(3, 1, 8, 8))
     with pytest.raises(ImageError):
         mfa_loss(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 4, 4), torch.rand(1, 1, 8, 8), RandomPerceptualNet())
+
+
+# ------------------------------------------------------------ sharpening scale (issue: k = 10)
+def _real_gaussian_heatmaps(shared_data):
+    """Gaussians (dlib backend's rendering, sigma 8 px at 512) at real 68-point landmarks
+    read from the Obama reference set's landmark files."""
+    from honestface.face.heatmaps import render_gaussian_heatmaps
+
+    folder = shared_data / "real_lq" / "reference_sets" / "obama" / "refs_landmarks"
+    points = [np.loadtxt(path, dtype=np.float32) for path in sorted(folder.glob("*.txt"))[:3]]
+    return render_gaussian_heatmaps(torch.from_numpy(np.stack(points)), 512, 512)
+
+
+def _eq_10_11(heatmaps: np.ndarray, k: float, eps: float, normalize_raw: bool) -> np.ndarray:
+    raw = np.clip(heatmaps.astype(np.float64).mean(axis=1), 0, None)  # (B, H, W)
+    if normalize_raw:
+        raw = raw / np.maximum(raw.reshape(len(raw), -1).max(axis=1), eps)[:, None, None]
+    sharp = 1.0 - np.exp(-k * raw)
+    low = sharp.reshape(len(raw), -1).min(axis=1)[:, None, None]
+    high = sharp.reshape(len(raw), -1).max(axis=1)[:, None, None]
+    return (sharp - low) / (high - low + eps)
+
+
+def test_eq_11_with_k_10_is_nearly_linear_on_real_gaussians_unless_m_raw_is_normalised(shared_data):
+    heatmaps = _real_gaussian_heatmaps(shared_data)
+    assert torch.allclose(heatmaps.flatten(2).amax(2), torch.ones(3, 68), atol=0.02)  # each peaks at ~1
+    peak = heatmaps.mean(1).flatten(1).amax(1)
+    assert (peak < 0.15).all()  # ... but their mean peaks far below 1
+    raw = heatmaps.double().mean(1).numpy()
+    low, high = raw.min(axis=(1, 2), keepdims=True), raw.max(axis=(1, 2), keepdims=True)
+    linear = (raw - low) / (high - low)  # the k -> 0 limit of Eq. 11: min-max of M_raw
+    for normalize_raw in (False, True):
+        mask = mfa_mask(heatmaps, k=10.0, normalize_raw=normalize_raw)[:, 0].double().numpy()
+        np.testing.assert_allclose(mask, _eq_10_11(heatmaps.numpy(), 10.0, 1e-6, normalize_raw), atol=1e-5)
+        deviation = np.abs(mask - linear).reshape(3, -1).max(axis=1)
+        if normalize_raw:
+            assert (deviation > 0.5).all()  # k = 10 now bends the mask hard
+        else:
+            assert (deviation < 0.12).all()  # as written: within 0.12 of a linear ramp (0.06 measured)
+    # The default is Eq. 11 as written, and the normalised mask does not depend on the
+    # heatmaps' overall scale while the written one does.
+    assert torch.equal(mfa_mask(heatmaps), mfa_mask(heatmaps, normalize_raw=False))
+    scaled = heatmaps * 4.0
+    assert torch.allclose(mfa_mask(scaled, normalize_raw=True), mfa_mask(heatmaps, normalize_raw=True), atol=1e-5)
+    assert not torch.allclose(mfa_mask(scaled), mfa_mask(heatmaps), atol=1e-2)
+
+
+def test_normalised_m_raw_option_reaches_the_training_objective():
+    from honestface.losses import LossConfig
+
+    assert LossConfig().mfa_normalize_raw is False
+    assert LossConfig.from_dict({"mfa_normalize_raw": True}).mfa_normalize_raw is True

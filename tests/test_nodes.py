@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,6 +117,39 @@ def test_models_root_for_finds_the_root_of_an_extra_folder(pack, tmp_path):
     assert folders.models_root_for("insightface", "buffalo_l/w600k_r50.onnx") == tmp_path
     with pytest.raises(MissingModelFileError, match="antelopev2"):
         folders.models_root_for("insightface", "antelopev2/glintr100.onnx")
+
+
+def test_recognisers_live_with_insightface_and_the_old_folder_still_resolves(pack, tmp_path, caplog):
+    """AdaFace / arcface_torch files are listed from models/insightface without widening that
+    folder's registered extensions (swapper packs list it), and facerestore_models is neither
+    registered nor extended by HonestFace; its files still resolve, with a deprecation note."""
+    import logging
+
+    import folder_paths
+
+    folders = sys.modules["honestface_nodes.model_folders"]
+    analysis = sys.modules["honestface_nodes.analysis_nodes"]
+    root = tmp_path / "insightface"
+    (root / "models" / "adaface").mkdir(parents=True)
+    (root / "models" / "adaface" / "adaface_ir50_ms1mv2.ckpt").write_bytes(b"x")
+    (root / "models" / "buffalo_l").mkdir()
+    (root / "models" / "buffalo_l" / "w600k_r50.onnx").write_bytes(b"x")
+    folder_paths.add_model_folder_path("insightface", str(root))
+    old = tmp_path / "facerestore_models"
+    old.mkdir()
+    (old / "arcface_old.pth").write_bytes(b"x")
+    folder_paths.add_model_folder_path("facerestore_models", str(old))  # as a restore pack registers it
+    folders.register_model_folders()
+    assert folder_paths.folder_names_and_paths["insightface"][1] == {".onnx"}
+    assert "facerestore_models" not in folders.HONESTFACE_FOLDERS
+    choices = analysis.identity_model_choices()
+    assert {"models/adaface/adaface_ir50_ms1mv2.ckpt", "models/buffalo_l/w600k_r50.onnx", "arcface_old.pth"} <= set(choices)
+    assert analysis.resolve_identity_model("models/adaface/adaface_ir50_ms1mv2.ckpt") == \
+        str(root / "models" / "adaface" / "adaface_ir50_ms1mv2.ckpt")
+    with caplog.at_level(logging.WARNING, logger="honestface.paths"):
+        assert analysis.resolve_identity_model("arcface_old.pth") == str(old / "arcface_old.pth")
+    assert any("deprecated" in r.getMessage() for r in caplog.records)
+    assert folders.models_root_for("face_recognition", "adaface/adaface_ir50_ms1mv2.ckpt") == tmp_path
 
 
 def test_face_indices_parsing(pack):
@@ -265,7 +299,7 @@ def test_model_loader_offers_the_built_in_nano_model(pack, tmp_path):
 @pytest.mark.parametrize("landmarks, identity, detector, missing, folder", [
     ("fan", "dlib", "dlib-hog", "", "face_alignment"),
     ("dlib", "arcface-onnx", "dlib-hog", "w600k_r50.onnx", os.path.join("insightface", "models")),
-    ("dlib", "adaface", "dlib-hog", "", "facerestore_models"),
+    ("dlib", "adaface", "dlib-hog", "adaface_ir50_ms1mv2.ckpt", os.path.join("insightface", "models")),
     ("dlib", "dlib", "insightface", "det_10g.onnx", os.path.join("insightface", "models")),
 ])
 def test_analysis_loader_names_the_missing_file_and_its_folder(pack, landmarks, identity, detector, missing, folder):
@@ -289,3 +323,192 @@ def test_analysis_loader_offers_every_library_backend_with_its_models_folder(pac
     assert set(analysis._LANDMARK_KIND) == set(LANDMARK_BACKENDS)
     assert set(analysis._IDENTITY_KIND) == set(IDENTITY_BACKENDS)
     assert set(analysis._LANDMARK_KIND.values()) | set(analysis._IDENTITY_KIND.values()) <= set(MODEL_FOLDERS)
+
+
+def test_one_mask_or_one_per_image_resized_to_the_images(io):
+    from honestface.errors import ImageError
+
+    one = torch.zeros(4, 6)
+    one[:2] = 1.0  # top half
+    masks = io.masks_for_images(one, count=3, height=8, width=12)
+    assert len(masks) == 3 and all(m.shape == (8, 12) for m in masks)
+    assert all(torch.equal(m, masks[0]) for m in masks)
+    assert float(masks[0][:3].min()) == 1.0 and float(masks[0][-3:].max()) == 0.0  # still the top half
+    per_image = torch.rand(3, 8, 12)
+    assert all(torch.equal(m, per_image[i]) for i, m in enumerate(io.masks_for_images(per_image, 3, 8, 12)))
+    with pytest.raises(ImageError, match="2 masks for 3 images"):
+        io.masks_for_images(torch.rand(2, 8, 12), 3, 8, 12)
+
+
+def test_previews_are_pngs_in_the_temp_folder_listed_like_preview_image(io, tmp_path):
+    import folder_paths
+    from PIL import Image
+
+    folder_paths.set_temp_directory(str(tmp_path))
+    images = torch.rand(2, 3, 10, 14)
+    previews = io.save_previews(images, "HonestFace/test")
+    assert [p["type"] for p in previews] == ["temp", "temp"] and previews[0]["filename"] != previews[1]["filename"]
+    for picture, preview in zip(images, previews):
+        assert set(preview) == {"filename", "subfolder", "type"} and preview["subfolder"] == "HonestFace"
+        path = tmp_path / preview["subfolder"] / preview["filename"]
+        saved = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255)
+        torch.testing.assert_close(saved.permute(2, 0, 1), picture, atol=0.5 / 255 + 1e-6, rtol=0)
+    assert io.save_previews(torch.zeros(0, 3, 4, 4)) == []
+
+
+def test_new_inputs_are_optional_with_defaults_and_tooltips(pack):
+    """Prompts saved before an input existed still validate in ComfyUI (a missing required input
+    is refused), so every input added since is optional with a default; each has a tooltip."""
+    restore = sys.modules["honestface_nodes.restore_nodes"]
+    photo = pack.HonestFaceRestorePhoto.INPUT_TYPES()
+    assert set(photo["required"]) == {"model", "face_analysis", "image", "strength", "face_indices",
+                                      "color_correction"}
+    aligned = pack.HonestFaceRestoreAligned.INPUT_TYPES()
+    assert set(aligned["required"]) == {"model", "lq_face", "color_correction"}
+    assert aligned["optional"]["strength"][1]["default"] == 1.0
+    for node in (pack.HonestFaceRestorePhoto, pack.HonestFaceRestoreAligned, pack.HonestFaceIdentityEmbedder,
+                 pack.HonestFaceReferenceSelector):
+        for section, inputs in node.INPUT_TYPES().items():
+            for name, spec in inputs.items():
+                assert spec[1].get("tooltip"), f"{node.__name__}.{name}"
+                kind = spec[0]
+                if section == "optional" and (isinstance(kind, list) or kind in ("INT", "FLOAT", "BOOLEAN", "STRING")):
+                    assert "default" in spec[1], f"{node.__name__}.{name}"
+    # Outputs are appended, so links of saved workflows keep their slots.
+    assert pack.HonestFaceRestorePhoto.RETURN_TYPES[:3] == ("IMAGE", "IMAGE", "STRING")
+    assert pack.HonestFaceRestorePhoto.RETURN_TYPES[3] == "MASK"
+    assert pack.HonestFaceIdentityEmbedder.RETURN_TYPES[:3] == ("HONESTFACE_IDENTITY", "IMAGE", "IMAGE")
+    assert restore.ON_NO_FACE["pass through"] == "pass"
+
+
+class _Counting:
+    """A face-analysis backend that counts the images it is given (and otherwise is the backend)."""
+
+    def __init__(self, backend, method: str) -> None:
+        self._backend, self._method, self.images = backend, method, 0
+
+    def __getattr__(self, name):
+        attribute = getattr(self._backend, name)
+        if name != self._method:
+            return attribute
+
+        def counted(images, *args, **kwargs):
+            self.images += int(images.shape[0]) if images.dim() == 4 else 1
+            return attribute(images, *args, **kwargs)
+
+        return counted
+
+
+@pytest.fixture(scope="module")
+def nano(pack):
+    """The shipped nano model and the face analysis it was trained with (dlib, dlib-torch)."""
+    from honestface.paths import NANO_WEIGHTS
+
+    (model,) = pack.HonestFaceModelLoader().load("none", NANO_WEIGHTS, "auto", "float32", "cpu")
+    (analysis,) = pack.HonestFaceAnalysisLoader().load("dlib", "dlib-torch", "default", "dlib-hog", "cpu")
+    return model, analysis
+
+
+@pytest.mark.slow
+def test_identity_from_raw_photos_is_encoded_once_and_restores_like_the_library(pack, io, nano, shared_data,
+                                                                                  tmp_path):
+    """Raw LFW photos as references: the embedder aligns and encodes them once; the restore
+    node reuses that for every face (no recogniser run, landmarks only for the LQ faces) and
+    gives what the library gives for the same aligned references as a tensor."""
+    import dataclasses
+
+    import folder_paths
+
+    from honestface.image_io import load_image
+    from honestface.pipeline import HonestFacePipeline
+
+    folder_paths.set_temp_directory(str(tmp_path))
+    model, analysis = nano
+    photos = torch.stack([load_image(p) for p in sorted((shared_data / "lfw" / "Al_Gore").iterdir())[:3]])
+    lq = torch.stack([load_image(p) for p in sorted((shared_data / "real_lq" / "reference_sets" / "obama" /
+                                                      "lq_crop").iterdir())[:2]])
+    lq = torch.nn.functional.interpolate(lq, size=(128, 128), mode="bilinear", antialias=True)
+    out = pack.HonestFaceIdentityEmbedder().embed(model, analysis, io.images_to_comfy(photos), io.images_to_comfy(lq))
+    identity, chosen, eyes, report = out["result"]
+    refs = identity.references
+    assert refs.images.shape == (3, 3, 128, 128), report
+    assert refs.embeddings.shape == (3, 128) and torch.isfinite(refs.landmarks).all()
+    assert chosen.shape == (2, 128, 128, 3) and eyes.shape[2] == 2 * eyes.shape[1]
+    assert report.startswith("3 of 3 reference image(s) used") and "LQ face 1: reference" in report
+    previews = out["ui"]["images"]
+    assert len(previews) == 4 and all((tmp_path / p["subfolder"] / p["filename"]).is_file() for p in previews)
+
+    counting = dataclasses.replace(analysis, landmarks=_Counting(analysis.landmarks, "landmarks"),
+                                   identity=_Counting(analysis.identity, "embed"))
+    (restored,) = pack.HonestFaceRestoreAligned().restore(model, io.images_to_comfy(lq), "model default",
+                                                         identity, counting)
+    assert counting.identity.images == 0  # the references' embeddings come from the embedder
+    assert counting.landmarks.images == lq.shape[0]  # the LQ faces only, not B x N references
+    library = HonestFacePipeline(model.pipeline.model, analysis.landmarks, analysis.identity, device="cpu",
+                                 dtype=torch.float32)
+    expected = library.restore(lq, references=[refs.images] * lq.shape[0])
+    torch.testing.assert_close(io.comfy_to_images(restored), expected, atol=1e-5, rtol=0)
+
+    # strength blends with the input: 0.5 is half way.
+    (half,) = pack.HonestFaceRestoreAligned().restore(model, io.images_to_comfy(lq), "model default",
+                                                     identity, analysis, strength=0.5)
+    torch.testing.assert_close(io.comfy_to_images(half), (lq + expected) / 2, atol=1e-5, rtol=0)
+
+    # The reference selector reuses the encoded references and shows its choice on the node.
+    selected = pack.HonestFaceReferenceSelector().select(analysis, io.images_to_comfy(lq), "eyes", identity=identity)
+    best, index, _ = selected["result"]
+    torch.testing.assert_close(io.comfy_to_images(best)[0], refs.images[index])
+    assert len(selected["ui"]["images"]) == 2
+
+
+def test_identity_embedder_drops_references_without_a_face(pack, io, nano):
+    from honestface.errors import NoFaceError
+
+    model, analysis = nano
+    blank = torch.full((2, 3, 200, 200), 0.5)
+    with pytest.raises(NoFaceError, match="no face found in any of the 2 reference image"):
+        pack.HonestFaceIdentityEmbedder().embed(model, analysis, io.images_to_comfy(blank))
+
+
+def test_photo_node_options_become_the_library_settings(pack):
+    from honestface.errors import HonestFaceError
+    from honestface.face.photo import FaceSelection, PasteMask
+
+    restore = sys.modules["honestface_nodes.restore_nodes"]
+    assert restore.face_selection("left-to-right", 40, 2, "1, 3", True) == FaceSelection(
+        order="left-to-right", min_face_size=40, max_faces=2, indices=[1, 3], center_only=True)
+    assert restore.face_selection("size", 0, 0, "all", False) == FaceSelection()
+    assert restore.paste_mask("ellipse", 0.1, 0.2) == PasteMask(shape="ellipse", dilate=0.1, feather=0.2)
+    optional = pack.HonestFaceRestorePhoto.INPUT_TYPES()["optional"]
+    defaults = PasteMask()
+    assert (optional["mask_shape"][1]["default"], optional["mask_dilate"][1]["default"],
+            optional["mask_feather"][1]["default"]) == (defaults.shape, defaults.dilate, defaults.feather)
+    assert optional["face_order"][1]["default"] == FaceSelection().order
+    for bad in (("sideways", 0, 0, "all", False), ("size", -1, 0, "all", False), ("size", 0, 0, "first", False)):
+        with pytest.raises(HonestFaceError):
+            restore.face_selection(*bad)
+    with pytest.raises(HonestFaceError, match="shape"):
+        restore.paste_mask("star", 0.0, 0.1)
+
+
+def test_group_photo_references_go_to_the_matching_face_only(pack, io, nano, shared_data):
+    """Four people; the references are a raw cut of the rightmost one. With ref_match
+    "identity" only that face gets them; the report gives every face's identity distance and
+    the MASK output covers the four pasted faces."""
+    from honestface.image_io import load_image
+
+    model, analysis = nano
+    photo = load_image(shared_data / "real_lq" / "whole" / "codeformer_00.jpg")  # (3, 310, 491)
+    reference = photo[:, :, -130:]  # the rightmost person, as an ordinary photo
+    image, faces, report, mask = pack.HonestFaceRestorePhoto().restore(
+        model, analysis, io.images_to_comfy(photo), 1.0, "all", "model default",
+        references=io.images_to_comfy(reference), face_order="left-to-right")
+    assert "4 face(s) found, restored [0, 1, 2, 3]" in report, report
+    assert "face 3 with references" in report and report.count("with references") == 1, report
+    distances = {int(part.split()[1]): float(part.split("identity distance ")[1].split()[0])
+                 for part in report.split("; ") if "identity distance" in part}
+    assert set(distances) == {0, 1, 2, 3} and distances[3] < 10 < min(distances[i] for i in (0, 1, 2)), distances
+    assert faces.shape == (4, 128, 128, 3) and mask.shape == (1, 310, 491)
+    restored = io.comfy_to_images(image)[0]
+    changed = (restored - photo).abs().amax(0) > 1e-6
+    assert not changed[mask[0] == 0].any() and changed[mask[0] > 0.5].float().mean() > 0.5

@@ -109,3 +109,41 @@ def test_command_line(tmp_path, lfw_people, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["faces"] == 2
     assert len(list(output.glob("*/*.jpg"))) == 2
     assert cli_main(["prepare-dataset", str(tmp_path / "missing"), str(output)]) == 1
+
+
+def test_celebref_hq_layout_and_the_papers_split(tmp_path, capsys):
+    """A synthetic CelebRef-HQ tree (one top folder, 105 numbered identity folders of
+    already aligned faces): identities 1-100 in natural order go to test, 101-105 to train."""
+    from honestface.cli.prepare_dataset import CELEBREF_TEST_IDENTITIES, natural_key
+
+    top = tmp_path / "unpacked" / "CelebRef-HQ"
+    generator = torch.Generator().manual_seed(0)
+    for identity in range(1, 106):
+        for index in range(2):
+            image = F.interpolate(torch.rand(1, 3, 4, 4, generator=generator), size=40, mode="bilinear")[0]
+            save_image(image, top / str(identity) / f"{identity}_{index}.png")
+    output = tmp_path / "prepared"
+    assert cli_main(["prepare-dataset", str(tmp_path / "unpacked"), str(output), "--split", "celebref-hq",
+                     "--aligned", "--size", "32"]) == 0
+    capsys.readouterr()
+    test_ids = sorted((p.name for p in (output / "test").iterdir()), key=natural_key)
+    train_ids = sorted((p.name for p in (output / "train").iterdir()), key=natural_key)
+    assert CELEBREF_TEST_IDENTITIES == 100
+    assert test_ids == [str(i) for i in range(1, 101)]  # natural order: "10" after "9", "100" in test
+    assert train_ids == [str(i) for i in range(101, 106)]
+    split = json.loads((output / "split.json").read_text())
+    assert split["test"] == test_ids and split["train"] == train_ids
+    faces = list_images(output / "test" / "7")
+    assert len(faces) == 2 and load_image(faces[0]).shape == (3, 32, 32)  # resized, not re-aligned
+    rows = read_report(output)
+    assert {r["split"] for r in rows if r["identity"] == "100"} == {"test"}
+    assert {r["split"] for r in rows if r["identity"] == "101"} == {"train"}
+    totals = json.loads((output / "prepare_report.json").read_text())
+    assert totals["split"] == {"train": {"identities": 5, "faces": 10}, "test": {"identities": 100, "faces": 200}}
+
+    # fewer identities than the test part needs: a clear error, nothing written
+    small = tmp_path / "small"
+    save_image(torch.rand(3, 8, 8), small / "a" / "x.png")
+    assert cli_main(["prepare-dataset", str(small), str(tmp_path / "out_small"), "--split", "celebref-hq",
+                     "--aligned"]) == 1
+    assert "only 1" in capsys.readouterr().err and not (tmp_path / "out_small").exists()

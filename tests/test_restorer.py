@@ -136,3 +136,27 @@ def test_lora_state_dict_errors():
         restorer.load_lora_state_dict(wrong_rank)
     with pytest.raises(Exception, match="already has a LoRA"):
         restorer.add_lora(LoRAConfig())
+
+
+def test_lora_targets_follow_peft_suffix_rule_on_sd21():
+    """The preset's patterns select what peft itself would select on SD 2.1-base: 257
+    linear/conv modules, ``conv_in`` not among them (a substring match gave 258)."""
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    from honestface.config import OSDFACE_LORA_TARGETS, read_sd21_config
+    from honestface.models.restorer import lora_module_names
+
+    with torch.device("meta"):  # the full-size UNet without memory
+        unet = UNet2DConditionModel.from_config(read_sd21_config("unet"))
+    ours = lora_module_names(unet, OSDFACE_LORA_TARGETS)
+    peft_config = LoraConfig(r=16, lora_alpha=16, target_modules=list(OSDFACE_LORA_TARGETS))
+    layers = (torch.nn.Linear, torch.nn.Conv2d)
+    theirs = [name for name, module in unet.named_modules()
+              if isinstance(module, layers) and check_target_module_exists(peft_config, name)]
+    assert ours == theirs
+    assert len(ours) == 257 and "conv_in" not in ours and "conv_out" in ours
+    substring = [name for name, module in unet.named_modules()
+                 if type(module) in layers and any(p in name for p in OSDFACE_LORA_TARGETS)]
+    assert sorted(set(substring) - set(ours)) == ["conv_in"]

@@ -114,7 +114,7 @@ def test_everything_loads_and_restores_through_the_pipeline(models):
 
 
 def test_tiny_arcface_serves_both_arcface_backends(models):
-    pytest.importorskip("onnxruntime")
+    pytest.importorskip("insightface")
     from honestface.face import load_identity_backend
 
     faces = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -124,3 +124,60 @@ def test_tiny_arcface_serves_both_arcface_backends(models):
     assert a.shape == b.shape == (3, 512)
     cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1)
     assert (cosine > 0.999).all(), cosine
+
+
+def test_tiny_fan_is_face_alignments_download_format(models):
+    """The .pth.tar loads, as face-alignment loads its own download, into its FAN network;
+    the 'fan' landmark backend reads the same file."""
+    fan_models = pytest.importorskip("face_alignment.models")
+    from honestface.face import load_landmark_backend
+
+    path = models / tiny.FAN_WEIGHTS
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    network = fan_models.FAN(tiny.TINY_FAN_STACKS)
+    network.load_state_dict(state)  # strict: every key and shape matches
+    backend = load_landmark_backend("fan", models_dir=models)
+    for key, value in backend.network.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_training_files_have_the_released_formats(models):
+    """The files paper.yaml's losses and backends load: same keys and shapes as the
+    released files (the heads compared with the ones the lpips / DISTS packages ship)."""
+    import importlib.util
+    from pathlib import Path
+
+    from torchvision.models.vgg import cfgs, make_layers
+
+    def package_file(package, relative):
+        spec = importlib.util.find_spec(package)
+        return None if spec is None else Path(list(spec.submodule_search_locations)[0]) / relative
+
+    def layout(state):
+        return {k: tuple(v.shape) for k, v in state.items()}
+
+    vgg = torch.load(models / "honestface" / "vgg16-397923af.pth", weights_only=True)
+    assert layout(vgg) == {f"features.{k}": tuple(v.shape) for k, v in make_layers(cfgs["D"]).state_dict().items()}
+    for ours, package, relative in ((tiny.LPIPS_HEAD, "lpips", "weights/v0.1/vgg.pth"),
+                                    (tiny.DISTS_HEAD, "DISTS_pytorch", "weights.pt")):
+        released = package_file(package, relative)
+        if released is None:
+            continue  # the test extra is not installed
+        head = torch.load(models / ours, weights_only=True)
+        assert layout(head) == layout(torch.load(released, map_location="cpu", weights_only=True)), ours
+        assert all((v >= 0).all() for v in head.values())
+
+    fan = torch.load(models / tiny.FAN_WEIGHTS, weights_only=True)  # face-alignment: a plain state dict
+    assert "conv1.weight" in fan and "l0.weight" in fan and "m0.b1_2.conv1.weight" in fan
+    arcface = torch.load(models / tiny.ARCFACE_TORCH, weights_only=True)
+    assert "fc.weight" in arcface and "features.running_mean" in arcface
+    with pytest.raises(pickle.UnpicklingError):  # Lightning objects inside, as in the release
+        torch.load(models / tiny.ADAFACE_CKPT, weights_only=True)
+
+    from honestface.face import load_identity_backend, load_landmark_backend
+
+    faces = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    assert load_landmark_backend("fan", models_dir=models, detect=False).landmarks(faces).isfinite().all()
+    for name, options in (("arcface-torch", {"model": tiny.ARCFACE_TORCH.removeprefix("insightface/models/")}), ("adaface", {})):
+        embeddings = load_identity_backend(name, models_dir=models, **options).embed(faces)
+        assert embeddings.shape == (2, 512) and embeddings.isfinite().all(), name

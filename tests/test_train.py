@@ -7,6 +7,7 @@ command-line tests start real processes and are marked slow.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -82,6 +83,41 @@ def test_tiny_trains_with_every_loss(celeba_subset, tmp_path):
     assert list((tmp_path / "samples").glob("step-*.png"))
     assert ckpt.latest_checkpoint(tmp_path).name == "step-00000002"
     assert Path(summary["export"]).is_file()
+
+
+@pytest.mark.slow
+def test_landmark_misses_are_counted_logged_and_limited(celeba_subset, tmp_path):
+    """Aligned crops: landmarks come from the aligned face box, every face counts and none is
+    missed. With detection on faces degraded beyond recognition, the misses are counted and
+    training stops with a clear error once they pass the limit."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from honestface.errors import HonestFaceError
+
+    quick = ["train.max_steps=2", "train.val_every=0", "train.checkpoint_every=0", "train.log_every=1",
+             "losses.ea_dists=0", "losses.identity=0", "losses.adversarial=0"]  # MFA on (dlib heatmaps)
+    trainer = Trainer(tiny_config(celeba_subset, tmp_path / "aligned", *quick))
+    assert trainer.objective.heatmap_backend.detect is False
+    trainer.run()
+    assert (trainer.landmark_faces, trainer.landmark_misses) == (4, 0)  # 2 steps x 2 LQ faces
+    events = EventAccumulator(str(tmp_path / "aligned" / "logs"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("landmarks/faces")] == [2.0, 4.0]
+    assert [e.value for e in events.Scalars("landmarks/missed")] == [0.0, 0.0]
+
+    hopeless = ["data.aligned_faces=false", "data.degradation.blur_sigma=[15,15]",
+                "data.degradation.downsample_scale=[30,30]", "train.landmark_miss_min_faces=2",
+                "losses.backend_options={}"]  # tiny.yaml's dlib fallback box off: a miss stays a miss
+    hopeless.append("train.max_steps=1")
+    detecting = Trainer(tiny_config(celeba_subset, tmp_path / "detect", *quick, *hopeless))
+    assert detecting.objective.heatmap_backend.detect is True
+    with pytest.raises(HonestFaceError, match=r"landmarks were not found in 2 of 2 faces .* limit 5.0%"):
+        detecting.run()
+    # a limit of 100% lets the same run finish, the misses still counted
+    tolerant = Trainer(tiny_config(celeba_subset, tmp_path / "tolerant", *quick, *hopeless,
+                                   "train.max_landmark_miss_rate=1.0"))
+    tolerant.run()
+    assert (tolerant.landmark_faces, tolerant.landmark_misses) == (2, 2)
 
 
 def test_overfitting_a_few_faces_lowers_the_reconstruction_loss(celeba_subset, tmp_path):
@@ -284,6 +320,106 @@ def test_training_from_model_files_and_from_its_own_checkpoint(celeba_subset, tm
     again = second.model.trainable_state_dict()
     trained = first.model.trainable_state_dict()
     assert again.keys() == trained.keys() and all(torch.equal(again[k], trained[k]) for k in trained)
+
+
+def test_osdface_file_decides_the_lora_modules_for_training_and_inference(celeba_subset, tmp_path):
+    """A release-format LoRA file on fewer modules than the preset (attention only, rank 2):
+    training starts from it instead of refusing it, trains exactly those modules, and the
+    exported checkpoint rebuilds the same adapter for inference."""
+    from safetensors.torch import load_file, save_file
+
+    from honestface.config import OSDFACE_LORA_TARGETS
+    from honestface.loaders.checkpoint import build_model_from_checkpoint
+    from honestface.loaders.osdface import LORA_FILE
+    from honestface.loaders.sd21 import load_sd21
+    from honestface.models.restorer import lora_module_names, lora_targets_from_state
+    from honestface.testing.make_tiny_models import OSDFACE_FOLDER, make_tiny_models
+
+    models = tmp_path / "models"
+    make_tiny_models(models)
+    lora_path = models / OSDFACE_FOLDER / LORA_FILE
+    full = load_file(str(lora_path))
+    generator = torch.Generator().manual_seed(0)
+    attention = {}
+    for key in sorted(full):  # the release's key format, another module set and rank
+        if ".attn" in key and key.endswith(".lora_A.weight"):
+            module = key[: -len(".lora_A.weight")]
+            a, b = full[key], full[module + ".lora_B.weight"]
+            attention[key] = torch.randn(2, a.shape[1], generator=generator) * 0.1
+            attention[module + ".lora_B.weight"] = torch.randn(b.shape[0], 2, generator=generator) * 0.1
+    save_file(attention, str(lora_path), metadata={"format": "pt"})
+    file_modules, _ = lora_targets_from_state(attention)
+
+    common = [f"model.models_dir={models}", "model.sd21=tiny-sd21-base.safetensors", "model.osdface=osdface-tiny",
+              "model.overrides={identity_backend: dlib, ide.identity_dim: 128}", "model.identity=dlib",
+              "train.max_steps=1", "train.val_every=0", "train.checkpoint_every=0",
+              "losses.ea_dists=0", "losses.mfa=0", "losses.identity=0", "losses.adversarial=0"]
+    sd = load_sd21("tiny-sd21-base.safetensors", models_dir=models)
+    assert set(file_modules) < set(lora_module_names(sd.unet, OSDFACE_LORA_TARGETS))  # differs from the preset
+    trainer = Trainer(tiny_config(celeba_subset, tmp_path / "run", "model.init=osdface", *common))
+    start = trainer.model.restorer.lora_state_dict()
+    assert start.keys() == attention.keys() and all(torch.equal(start[k], v) for k, v in attention.items())
+    assert trainer.model.config.lora.rank == 2
+    exported = trainer.run()["export"]
+    trained = trainer.model.restorer.lora_state_dict()
+    assert any(not torch.equal(trained[k], attention[k]) for k in attention)  # it trained them
+
+    restored = build_model_from_checkpoint(exported, sd.unet, sd.vae)
+    again = restored.restorer.lora_state_dict()
+    assert again.keys() == trained.keys() and all(torch.equal(again[k], trained[k]) for k in trained)
+
+
+@pytest.mark.slow
+def test_paper_config_runs_from_real_format_files(celeba_subset, tmp_path):
+    """training/configs/paper.yaml as it is (every loss on with pretrained networks, MFA
+    heatmaps and Eq. 6 landmarks from FAN, ArcFace + AdaFace, OSDFace initialisation, bf16
+    autocast, gradient checkpointing), only shrunk: the tiny preset at 64 px, from
+    make_tiny_models' files in their real formats."""
+    from safetensors.torch import load_file
+
+    from honestface.loaders.safe_pickle import load_tensors
+    from honestface.testing import make_tiny_models as tiny
+
+    models = tmp_path / "models"
+    tiny.make_tiny_models(models)
+    config = load_config(PAPER, [
+        f"model.models_dir={models}", "model.sd21=tiny-sd21-base.safetensors", "model.osdface=osdface-tiny",
+        "model.preset=tiny", "model.overrides={identity_backend: arcface-torch, ide.identity_dim: 512}",
+        f"data.roots=[{celeba_subset}]", "data.image_size=64", "data.val_fraction=0.25", "data.val_max_samples=2",
+        f"output_dir={tmp_path / 'run'}", "train.max_steps=2", "train.batch_size=2", "train.num_workers=0",
+        "train.cpu=true", "train.num_threads=1", "train.checkpoint_every=0", "train.log_every=1",
+        "train.val_every=2", "train.val_batches=1", "train.val_batch_size=2"])
+    for name in ("mse", "ea_dists", "identity", "mfa", "adversarial"):
+        assert config.losses.enabled(name), name
+    assert config.losses.pretrained and config.model.init == "osdface"
+    trainer = Trainer(config)
+
+    # every network was read from its file
+    objective = trainer.objective
+    dists = load_tensors(models / tiny.DISTS_HEAD, what="DISTS head")
+    assert torch.equal(objective.ea_dists.dists.alpha, dists["alpha"].flatten())
+    lins = load_tensors(models / tiny.LPIPS_HEAD, what="LPIPS head")
+    assert torch.equal(objective.lpips.lin4, lins["lin4.model.1.weight"])
+    vgg = load_tensors(models / "honestface" / "vgg16-397923af.pth", what="VGG16")
+    assert torch.equal(objective.lpips.vgg.features[28].weight, vgg["features.28.weight"])
+    fan = load_tensors(models / tiny.FAN_WEIGHTS, what="FAN")
+    assert torch.equal(objective.heatmap_backend.network.l1.weight, fan["l1.weight"])
+    assert objective.heatmap_backend.detect is False and trainer.landmarks.detect is False
+    adaface = load_tensors(models / tiny.ADAFACE_CKPT, what="AdaFace", state_key="state_dict")
+    recognisers = objective.identity.recognisers
+    assert [type(r).__name__ for r in recognisers] == ["ArcFaceTorch", "AdaFace"]
+    assert torch.equal(recognisers[1].network.input_layer[0].weight, adaface["model.input_layer.0.weight"])
+    lora = load_file(str(models / tiny.OSDFACE_FOLDER / "pytorch_lora_weights.safetensors"))
+    start = trainer.model.restorer.lora_state_dict()
+    assert all(torch.equal(start[k], v) for k, v in lora.items())
+
+    summary = trainer.run()
+    last = summary["last"]
+    for name in ("mse", "ea_dists", "identity", "mfa", "adversarial", "total", "discriminator"):
+        assert math.isfinite(last[f"loss/{name}"]) and last[f"loss/{name}"] > 0, name
+    # FAN in the aligned box: the 2 x 2 LQ faces (Eq. 6 and MFA) and the references, no miss
+    assert trainer.landmark_misses == 0 and trainer.landmark_faces >= 8 + len(trainer._reference_cache)
+    assert Path(summary["export"]).is_file()
 
 
 def test_reexporting_a_finished_run_keeps_its_summary_and_history(celeba_subset, tmp_path, caplog):

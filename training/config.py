@@ -106,6 +106,14 @@ class LoopSection:
     ``"bf16"`` (autocast; trainable weights and optimiser states stay float32).
     ``checkpoint_every`` / ``val_every`` / ``log_every`` are in optimiser steps (0 = never);
     the last step always writes a checkpoint and the export.
+
+    ``max_landmark_miss_rate``: every face a landmark backend looks at (the LQ for Eq. 6
+    and for the MFA heatmaps, each new reference) is counted, and so is every face whose
+    landmarks were not found (its MFA mask is zero and Eq. 6 falls back to the first
+    reference); the counts of the main process go to TensorBoard (``landmarks/missed``,
+    ``landmarks/faces``, ``landmarks/miss_rate``). Once ``landmark_miss_min_faces`` faces were looked at,
+    training stops with an error when the share of misses exceeds this limit. On aligned
+    crops (``data.aligned_faces``) no detector runs and nothing is missed.
     """
 
     max_steps: int = 60_000
@@ -128,6 +136,8 @@ class LoopSection:
     #: ("none", "wavelet", "adain"); empty keeps the model's. Training never applies it.
     export_color_correction: str = ""
     cpu: bool = False
+    max_landmark_miss_rate: float = 0.05
+    landmark_miss_min_faces: int = 100
     #: CPU threads of torch per process (0 = torch's default). 1 is much faster on a
     #: busy or small CPU; GPU runs do not care.
     num_threads: int = 0
@@ -140,6 +150,8 @@ class LoopSection:
                               f"got '{self.export_color_correction}'")
         if self.export_dtype not in ("float32", "float16", "bfloat16"):
             raise ConfigError(f"train.export_dtype must be float32, float16 or bfloat16, got '{self.export_dtype}'")
+        if not 0.0 <= float(self.max_landmark_miss_rate) <= 1.0:
+            raise ConfigError(f"train.max_landmark_miss_rate must lie in [0, 1], got {self.max_landmark_miss_rate}")
         for name in ("max_steps", "batch_size", "gradient_accumulation"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"train.{name} must be >= 1")

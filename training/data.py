@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from honestface.degradation import DegradationConfig, degrade
+from honestface.degradation import DegradationConfig, degrade_pair
 from honestface.errors import ConfigError, ImageError
 from honestface.image_io import IMAGE_SUFFIXES, load_image, resize_to
 
@@ -49,6 +49,11 @@ class DataConfig:
         split_seed: seed of the identity split.
         horizontal_flip: flip GT (and its LQ) with probability 0.5.
         degradation: ranges of the synthetic LQ (VQFR defaults).
+        aligned_faces: the images are FFHQ-style aligned crops (CelebRef-HQ, Reface-HQ,
+            ``prepare-dataset``), so landmarks and heatmaps (Eq. 6, MFA, validation) are
+            fitted in the known aligned face box and no face detector runs. ``False``
+            detects the face in every image (for data that is not aligned); the trainer
+            then counts the misses (see ``train.max_landmark_miss_rate``).
     """
 
     roots: list[str] = field(default_factory=list)
@@ -61,6 +66,7 @@ class DataConfig:
     split_seed: int = 0
     horizontal_flip: bool = True
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
+    aligned_faces: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.roots, (str, Path)):
@@ -188,7 +194,8 @@ class IdentityFaceDataset(torch.utils.data.Dataset):
 
         if self.augment and self.config.horizontal_flip and rng.random() < 0.5:
             gt = gt.flip(-1)
-        lq = degrade(gt, self.config.degradation, generator=int(rng.integers(0, 2**62)))
+        # a grayscale LQ (VQFR's gray_prob) comes with a grayscale ground truth (gt_gray)
+        lq, gt, _ = degrade_pair(gt, self.config.degradation, generator=int(rng.integers(0, 2**62)))
 
         others = [i for i in range(len(identity.files)) if i != file_index]
         rng.shuffle(others)

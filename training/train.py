@@ -120,7 +120,8 @@ def build_model_from_files(section) -> HonestFaceModel:
     model = HonestFaceModel(config, sd.unet, sd.vae, vgg_state_dict=load_vgg16_state_dict(vgg_path), lora=False)
     osdface = find_osdface_folder(section.osdface, models_dir) if section.osdface else None
     if section.init == "osdface":
-        load_osdface(model, osdface)
+        # the release file decides which modules carry LoRA (and its rank), as at inference
+        load_osdface(model, osdface, strict=False)
     else:
         if osdface is not None:
             load_osdface(model, osdface, parts=("vq",))
@@ -214,8 +215,13 @@ class Trainer:
         self.model = build_model(config.model, config.seed).to(self.device)
         self.objective = TrainingObjective.build(
             config.losses, self.model.unet, self.model.restorer.alphas_cumprod.float(),
-            models_dir=config.model.models_dir, device=self.device)
-        self.landmarks = self._backend("landmark", config.model.landmarks, config.model.landmark_options)
+            models_dir=config.model.models_dir, device=self.device,
+            heatmap_options=self._aligned_options(config.losses.mfa_landmarks))
+        #: faces looked at by a landmark backend, and those without landmarks (this process)
+        self.landmark_faces = self.landmark_misses = 0
+        self.landmarks = self._backend("landmark", config.model.landmarks,
+                                       {**config.model.landmark_options,
+                                        **self._aligned_options(config.model.landmarks)})
         self.identity = self._backend("identity", config.model.identity, config.model.identity_options)
         if self.identity is not None and int(self.identity.embedding_dim) != self.model.config.ide.identity_dim:
             raise ConfigError(f"model.identity '{config.model.identity}' gives {self.identity.embedding_dim}-d "
@@ -257,6 +263,22 @@ class Trainer:
         self.history: list[dict[str, float]] = []
 
     # ---------------------------------------------------------------- backends
+    def _aligned_options(self, landmark_backend: str) -> dict[str, Any]:
+        """Options that make a landmark backend fit the aligned face box instead of detecting."""
+        if self.config.data.aligned_faces and landmark_backend in ("dlib", "fan"):
+            return {"detect": False}
+        return {}
+
+    def _count_landmarks(self, found: Sequence[bool]) -> None:
+        self.landmark_faces += len(found)
+        self.landmark_misses += sum(1 for flag in found if not flag)
+
+    def _miss_rate_exceeded(self) -> bool:
+        loop = self.config.train
+        if self.landmark_faces < max(1, loop.landmark_miss_min_faces):
+            return False
+        return self.landmark_misses / self.landmark_faces > loop.max_landmark_miss_rate
+
     def _backend(self, kind: str, name: str, options: dict[str, Any]):
         if not name or name == "none":
             return None
@@ -395,6 +417,8 @@ class Trainer:
         if todo:
             chosen = images[todo]
             points = self.landmarks.landmarks(chosen).float().cpu() if self.landmarks is not None else None
+            if points is not None:
+                self._count_landmarks(torch.isfinite(points).flatten(1).all(dim=1).tolist())
             vectors = (self.identity.embed(chosen.to(self.device)).float().cpu()
                        if self.identity is not None else None)
             fresh = {}
@@ -421,6 +445,7 @@ class Trainer:
             points, vectors = self._reference_features(flat[real], real_paths)
             if self.landmarks is not None:
                 lq_landmarks = self.landmarks.landmarks(batch["lq"]).float()
+                self._count_landmarks(torch.isfinite(lq_landmarks).flatten(1).all(dim=1).tolist())
                 all_points = torch.full((flat.shape[0], 68, 2), float("nan"))
                 all_points[real] = points
                 ref_landmarks = all_points.view(refs.shape[0], refs.shape[1], 68, 2)
@@ -452,7 +477,9 @@ class Trainer:
             gt = batch["gt"].to(self.device)
             output = self._model_forward(batch)
             mfa_on = self.objective.lpips is not None and self.config.losses.active("mfa", self.step)
-            mask = self.objective.mfa_masks(batch["lq"].to(self.device)) if mfa_on else None
+            found: list[bool] = []
+            mask = self.objective.mfa_masks(batch["lq"].to(self.device), found) if mfa_on else None
+            self._count_landmarks(found)
             with self.accelerator.autocast():
                 terms = self.objective.generator_losses(output.image, gt, output.latent_restored, mask,
                                                        step=self.step)
@@ -485,6 +512,9 @@ class Trainer:
             self.opt_d.step()
             self.sched_d.step()
             self.opt_d.zero_grad(set_to_none=True)
+        logged["landmarks/faces"] = float(self.landmark_faces)
+        logged["landmarks/missed"] = float(self.landmark_misses)
+        logged["landmarks/miss_rate"] = self.landmark_misses / max(1, self.landmark_faces)
         logged["lr/generator"] = self.sched_g.get_last_lr()[0]
         if self.sched_d is not None:
             logged["lr/discriminator"] = self.sched_d.get_last_lr()[0]
@@ -535,7 +565,9 @@ class Trainer:
         if not hasattr(self, attribute):
             loop = self.config.train
             name = loop.val_landmarks if kind == "landmark" else loop.val_identity
-            options = {"aligned_fallback": True} if name == "dlib" and kind == "landmark" else {}
+            options = {}
+            if kind == "landmark":
+                options = self._aligned_options(name) or ({"aligned_fallback": True} if name == "dlib" else {})
             setattr(self, attribute, self._backend(kind, name, options))
         return getattr(self, attribute)
 
@@ -613,6 +645,13 @@ class Trainer:
             if self._any_rank(bool(bad)):  # every rank stops together, none hangs in a collective
                 raise HonestFaceError(f"non-finite {bad or 'loss on another rank'} at step {self.step}: "
                                       "training diverged")
+            if self._any_rank(self._miss_rate_exceeded()):
+                raise HonestFaceError(
+                    f"landmarks were not found in {self.landmark_misses} of {self.landmark_faces} faces "
+                    f"({100 * self.landmark_misses / max(1, self.landmark_faces):.1f}%, limit "
+                    f"{100 * loop.max_landmark_miss_rate:.1f}%) by step {self.step}: their MFA masks are "
+                    "zero and Eq. 6 falls back to the first reference. Use aligned crops "
+                    "(data.aligned_faces: true) or raise train.max_landmark_miss_rate")
             if self.is_main:
                 self.history.append({"step": self.step, **{k: v for k, v in last.items() if k.startswith("loss/")}})
             if loop.log_every and self.step % loop.log_every == 0:

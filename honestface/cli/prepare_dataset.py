@@ -10,6 +10,17 @@ photos without a face and unreadable files. ``OUT/prepare_report.csv`` lists eve
 source file with its status (ok / noface / small / unreadable) and face size, and
 ``OUT/prepare_report.json`` the totals. Identities left with fewer than ``--min-images``
 faces are removed (references need other photos of the same person).
+
+CelebRef-HQ (the paper's Sec. 4.1): its archive unpacks to one folder per person inside a
+single top folder (``CelebRef-HQ/<identity>/*.png``, 1,005 identities, 512x512 faces that are
+already aligned). A SRC holding nothing but one such top folder is read through it.
+``--split celebref-hq`` applies the paper's split: the first ``--test-identities`` (100)
+identities, in natural order of their folder names (``2`` before ``10``), go to
+``OUT/test/<identity>``, the other 905 to ``OUT/train/<identity>`` (train on ``OUT/train``;
+``split.json`` lists both). The split is made on the source folders, before any
+identity is dropped, so it does not depend on detection. ``--aligned`` skips detection
+and alignment and only resizes each image to ``--size`` (the paper: "All images are
+resized to 512 x 512"); use it for sets that are aligned already, like CelebRef-HQ.
 """
 
 from __future__ import annotations
@@ -17,10 +28,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -29,6 +41,9 @@ from ..image_io import IMAGE_SUFFIXES, load_image, save_image
 from ..progress import ProgressCallback, report
 
 STATUSES = ("ok", "noface", "small", "unreadable", "few_images")
+SPLITS = ("none", "celebref-hq")
+#: The paper's CelebRef-HQ split: the first 100 identities are the test set.
+CELEBREF_TEST_IDENTITIES = 100
 
 
 @dataclass
@@ -38,6 +53,7 @@ class PreparedFace:
     status: str
     face_px: float
     output: str = ""
+    split: str = ""
 
 
 def face_extent(landmarks: torch.Tensor) -> float:
@@ -48,15 +64,32 @@ def face_extent(landmarks: torch.Tensor) -> float:
     return float((quad[3] - quad[0]).norm())
 
 
+def natural_key(name: str) -> list:
+    """Sort key that orders digit runs by value: ``id2`` before ``id10``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", name) if part]
+
+
+def dataset_root(source: Path) -> Path:
+    """SRC, or its only sub-folder when SRC holds nothing else and that folder holds only
+    folders (an archive's top folder, like ``CelebRef-HQ/``)."""
+    entries = [p for p in source.iterdir() if not p.name.startswith(".")]
+    if len(entries) == 1 and entries[0].is_dir():
+        inner = [p for p in entries[0].iterdir() if not p.name.startswith(".")]
+        if inner and all(p.is_dir() for p in inner):
+            return entries[0]
+    return source
+
+
 def identity_sources(source: Path) -> list[tuple[str, list[Path]]]:
-    """(identity, image files) pairs of SRC, sorted."""
+    """(identity, image files) pairs of SRC, identities in natural order of their names."""
     if not source.is_dir():
         raise HonestFaceError(f"source folder not found: {source}")
+    source = dataset_root(source)
     groups = []
     loose = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if loose:
         groups.append((source.name, loose))
-    for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+    for folder in sorted((p for p in source.iterdir() if p.is_dir()), key=lambda p: natural_key(p.name)):
         files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if files:
             groups.append((folder.name, files))
@@ -65,9 +98,24 @@ def identity_sources(source: Path) -> list[tuple[str, list[Path]]]:
     return groups
 
 
+def split_identities(names: Sequence[str], split: str, test_identities: int = CELEBREF_TEST_IDENTITIES
+                     ) -> dict[str, str]:
+    """identity -> "train" / "test" ("" without a split); ``names`` in source order."""
+    if split not in SPLITS:
+        raise HonestFaceError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
+    if split == "none":
+        return {name: "" for name in names}
+    if len(names) <= test_identities:
+        raise HonestFaceError(f"the {split} split puts the first {test_identities} identities in the test set, "
+                              f"but the source has only {len(names)}")
+    return {name: "test" if index < test_identities else "train" for index, name in enumerate(names)}
+
+
 def prepare_dataset(source: str | Path, output: str | Path, size: int = 512, min_face: float = 64.0,
                     min_images: int = 1, max_per_identity: int | None = None, detector=None,
-                    image_format: str = "png", progress: ProgressCallback | None = None) -> dict:
+                    image_format: str = "png", progress: ProgressCallback | None = None,
+                    split: str = "none", test_identities: int = CELEBREF_TEST_IDENTITIES,
+                    aligned: bool = False) -> dict:
     """Detect, align and write identity folders; returns the report's totals.
 
     Args:
@@ -79,16 +127,20 @@ def prepare_dataset(source: str | Path, output: str | Path, size: int = 512, min
         detector: a :class:`~honestface.face.base.FaceDetector` returning 68 landmarks
             (default: dlib HOG).
         image_format: ``"png"`` (lossless, default) or ``"jpg"`` (quality 95).
+        split: ``"none"`` or ``"celebref-hq"`` (first ``test_identities`` identities ->
+            ``output/test``, the rest -> ``output/train``; see the module doc).
+        aligned: the images are aligned faces already: resize them to ``size`` (bicubic,
+            antialiased), no detection.
     """
-    from ..face.align import align_face
-
     if image_format not in ("png", "jpg"):
         raise HonestFaceError(f"image format must be png or jpg, got '{image_format}'")
     if size < 16:
         raise HonestFaceError(f"size must be at least 16, got {size}")
     source, output = Path(source), Path(output)
     groups = identity_sources(source)
-    if detector is None:
+    source = dataset_root(source)
+    splits = split_identities([identity for identity, _ in groups], split, test_identities)
+    if detector is None and not aligned:
         from ..face import load_face_detector
 
         detector = load_face_detector("dlib")
@@ -99,31 +151,23 @@ def prepare_dataset(source: str | Path, output: str | Path, size: int = 512, min
     for identity, files in groups:
         if max_per_identity:
             files = files[:max_per_identity]
-        target = output / identity
+        target = output / splits[identity] / identity
         if target.exists():
             shutil.rmtree(target)
         kept = []
         for path in files:
-            row = PreparedFace(str(path.relative_to(source)), identity, "ok", 0.0)
+            row = PreparedFace(str(path.relative_to(source)), identity, "ok", 0.0, split=splits[identity])
             try:
                 image = load_image(path)
             except ImageError:
                 row.status = "unreadable"
             else:
-                faces = [f for f in detector.detect(image) if f.landmarks is not None]
-                if not faces:
-                    row.status = "noface"
-                else:
-                    largest = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-                    row.face_px = face_extent(largest.landmarks)
-                    if row.face_px < min_face:
-                        row.status = "small"
-                    else:
-                        crop, _ = align_face(image, torch.as_tensor(largest.landmarks, dtype=torch.float32), size)
-                        written = target / f"{path.stem}.{image_format}"
-                        _save(crop, written, image_format)
-                        row.output = str(written.relative_to(output))
-                        kept.append(row)
+                crop = _training_face(image, row, aligned, detector, size, min_face)
+                if crop is not None:
+                    written = target / f"{path.stem}.{image_format}"
+                    _save(crop, written, image_format)
+                    row.output = str(written.relative_to(output))
+                    kept.append(row)
             rows.append(row)
             done += 1
             report(progress, done, total)
@@ -133,7 +177,33 @@ def prepare_dataset(source: str | Path, output: str | Path, size: int = 512, min
                 row.output = ""
             if target.exists():
                 shutil.rmtree(target)
+    if split != "none":
+        with open(output / "split.json", "w", encoding="utf-8") as handle:
+            json.dump({"split": split, "test_identities": test_identities,
+                       "test": [name for name, part in splits.items() if part == "test"],
+                       "train": [name for name, part in splits.items() if part == "train"]}, handle, indent=1)
     return _write_report(output, rows, size, min_face, min_images)
+
+
+def _training_face(image: torch.Tensor, row: PreparedFace, aligned: bool, detector, size: int,
+                   min_face: float) -> torch.Tensor | None:
+    """The (3, size, size) face of one photo, or None with ``row.status`` saying why not."""
+    from ..face.align import align_face
+    from ..image_io import resize_to
+
+    if aligned:
+        row.face_px = float(min(image.shape[-2:]))
+        return resize_to(image[None], size)[0]
+    faces = [f for f in detector.detect(image) if f.landmarks is not None]
+    if not faces:
+        row.status = "noface"
+        return None
+    largest = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+    row.face_px = face_extent(largest.landmarks)
+    if row.face_px < min_face:
+        row.status = "small"
+        return None
+    return align_face(image, torch.as_tensor(largest.landmarks, dtype=torch.float32), size)[0]
 
 
 def _save(crop: torch.Tensor, path: Path, image_format: str) -> None:
@@ -150,15 +220,19 @@ def _save(crop: torch.Tensor, path: Path, image_format: str) -> None:
 def _write_report(output: Path, rows: Sequence[PreparedFace], size: int, min_face: float, min_images: int) -> dict:
     with open(output / "prepare_report.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "identity", "status", "face_px", "output"])
+        writer.writerow(["file", "identity", "status", "face_px", "output", "split"])
         for row in rows:
-            writer.writerow([row.source, row.identity, row.status, f"{row.face_px:.1f}", row.output])
+            writer.writerow([row.source, row.identity, row.status, f"{row.face_px:.1f}", row.output, row.split])
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.status] = counts.get(row.status, 0) + 1
     identities = sorted({row.identity for row in rows if row.status == "ok"})
     totals = {"files": len(rows), "counts": counts, "identities": len(identities),
               "faces": counts.get("ok", 0), "size": size, "min_face": min_face, "min_images": min_images}
+    if any(row.split for row in rows):
+        totals["split"] = {part: {"identities": len({r.identity for r in rows if r.split == part and r.status == "ok"}),
+                                  "faces": sum(1 for r in rows if r.split == part and r.status == "ok")}
+                           for part in ("train", "test")}
     with open(output / "prepare_report.json", "w", encoding="utf-8") as handle:
         json.dump(totals, handle, indent=1)
     return totals
@@ -167,7 +241,7 @@ def _write_report(output: Path, rows: Sequence[PreparedFace], size: int, min_fac
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "prepare-dataset", help="align faces of identity folders into a training set",
-        description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
+        description="\n\n".join(__doc__.split("\n\n")[:3]),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="folder of identity folders (SRC/<identity>/*.jpg)")
     parser.add_argument("output", help="output folder (OUT/<identity>/*.png and the reports)")
@@ -179,6 +253,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-per-identity", type=int, default=None, help="use at most this many photos each")
     parser.add_argument("--detector", default="hog", choices=("hog", "mmod"), help="dlib detector (default hog)")
     parser.add_argument("--format", dest="image_format", default="png", choices=("png", "jpg"))
+    parser.add_argument("--split", default="none", choices=SPLITS,
+                        help="celebref-hq: the paper's split, the first --test-identities identities (natural "
+                             "order of the folder names) to OUT/test, the rest to OUT/train (default none)")
+    parser.add_argument("--test-identities", type=int, default=CELEBREF_TEST_IDENTITIES,
+                        help=f"identities in the test part of the split (default {CELEBREF_TEST_IDENTITIES})")
+    parser.add_argument("--aligned", action="store_true",
+                        help="the photos are aligned faces already (CelebRef-HQ): only resize them to --size")
     parser.add_argument("--models-dir", default=None, help="models folder (for the mmod detector file)")
     parser.set_defaults(func=run)
 
@@ -187,16 +268,29 @@ def run(args: argparse.Namespace) -> int:
     from ..face import load_face_detector
     from ..progress import tqdm_progress
 
-    detector = load_face_detector("dlib", models_dir=args.models_dir, model=args.detector)
+    detector = None if args.aligned else load_face_detector("dlib", models_dir=args.models_dir, model=args.detector)
     progress, close = tqdm_progress("prepare-dataset", total=0)
     try:
         totals = prepare_dataset(args.source, args.output, size=args.size, min_face=args.min_face,
                                  min_images=args.min_images, max_per_identity=args.max_per_identity,
-                                 detector=detector, image_format=args.image_format, progress=progress)
+                                 detector=detector, image_format=args.image_format, progress=progress,
+                                 split=args.split, test_identities=args.test_identities, aligned=args.aligned)
     finally:
         close()
     print(json.dumps(totals))
     return 0 if totals["faces"] else 1
 
 
-__all__: list[str] = ["PreparedFace", "STATUSES", "add_parser", "face_extent", "identity_sources", "prepare_dataset"]
+__all__: list[str] = [
+    "CELEBREF_TEST_IDENTITIES",
+    "SPLITS",
+    "STATUSES",
+    "PreparedFace",
+    "add_parser",
+    "dataset_root",
+    "face_extent",
+    "identity_sources",
+    "natural_key",
+    "prepare_dataset",
+    "split_identities",
+]

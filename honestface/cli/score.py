@@ -19,10 +19,13 @@ def add_metric_options(parser: argparse.ArgumentParser, default_metrics: str) ->
     """Options shared by ``score`` and ``evaluate``."""
     parser.add_argument("--metrics", default=None, metavar="LIST",
                         help=f"comma-separated metric keys or column names, 'table1' or 'all' (default: {default_metrics})")
-    parser.add_argument("--landmarks", default="dlib", metavar="NAME",
-                        help="landmark backend for L2-LD / A-LD: dlib (offline) or fan (default: dlib)")
-    parser.add_argument("--identity", default="dlib", metavar="NAME",
-                        help="identity backend for Deg.: dlib, arcface-onnx, arcface-torch, adaface (default: dlib)")
+    parser.add_argument("--landmarks", default="auto", metavar="NAME",
+                        help="landmark backend for L2-LD / A-LD: auto, dlib (offline) or fan (default: auto = fan "
+                             "when its file is in the models folder, else dlib); named in the columns: L2-LD(dlib)")
+    parser.add_argument("--identity", default="auto", metavar="NAME",
+                        help="identity backend for Deg.: auto, dlib, arcface-onnx, arcface-torch, adaface (default: "
+                             "auto = ArcFace, the paper's, when insightface/models/buffalo_l/w600k_r50.onnx is in the "
+                             "models folder, else dlib, then shown as Deg.(dlib))")
     parser.add_argument("--models-dir", default=None, metavar="DIR",
                         help="models root (ComfyUI layout; default: $HONESTFACE_MODELS); pyiqa weights in DIR/pyiqa")
     parser.add_argument("--device", default="cpu", help="torch device for the networks (default: cpu)")

@@ -1,7 +1,7 @@
 """Face analysis: landmarks and heatmaps, identity embeddings, detection and alignment.
 
 Backends are picked by name through three factories; heavy optional libraries (dlib,
-onnxruntime, face_alignment) are imported only when a backend that needs them is built.
+insightface, face_alignment) are imported only when a backend that needs them is built.
 Model files are found in the ComfyUI-style models folder (:mod:`honestface.paths`);
 a missing file raises :class:`~honestface.errors.MissingModelFileError`.
 """
@@ -19,7 +19,9 @@ from .base import (
     LandmarkBackend,
     require_landmarks,
 )
-from .photo import PhotoFace, restore_faces_in_photo
+from .input_kind import ALIGNED_TOLERANCE, InputKind, classify_input
+from .photo import FaceSelection, PasteMask, PhotoFace, detect_photo_faces, paste_mask, restore_faces_in_photo
+from .references import ReferencePhotos, align_reference_photos
 
 LANDMARK_BACKENDS = ("dlib", "fan")
 IDENTITY_BACKENDS = ("dlib", "dlib-torch", "arcface-onnx", "arcface-torch", "adaface")
@@ -57,8 +59,8 @@ def load_identity_backend(name: str = "dlib", models_dir: str | Path | None = No
         "dlib": dlib's 128-d descriptor (offline), run by dlib with its own alignment.
         "dlib-torch": the same network in PyTorch (offline, batched, differentiable);
             FFHQ-aligned crops are cut to dlib's chip with one fixed transform.
-        "arcface-onnx": insightface ArcFace ONNX (``<models>/insightface/models/<pack>/``)
-            run with onnxruntime.
+        "arcface-onnx": an ArcFace ONNX file (``<models>/insightface/models/<pack>/``)
+            run by insightface's ``ArcFaceONNX``.
         "arcface-torch": the same network in PyTorch (differentiable), from an insightface
             ONNX file or an arcface_torch ``.pth``.
         "adaface": AdaFace IR-50/IR-101 from its ``.ckpt`` (differentiable).
@@ -70,7 +72,7 @@ def load_identity_backend(name: str = "dlib", models_dir: str | Path | None = No
         from .dlib_resnet import load_dlib_identity_torch
         return load_dlib_identity_torch(models_dir=models_dir, device=device, **kw)
     if name == "arcface-onnx":
-        from .arcface import load_arcface_onnx
+        from .insightface_models import load_arcface_onnx
         return load_arcface_onnx(models_dir=models_dir, device=device, **kw)
     if name == "arcface-torch":
         from .arcface import load_arcface_torch
@@ -87,8 +89,9 @@ def load_face_detector(name: str = "dlib", models_dir: str | Path | None = None,
 
     Names:
         "dlib": HOG (``model="hog"``, default) or MMOD CNN (``model="mmod"``); 68 landmarks.
-        "insightface": SCRFD/RetinaFace ONNX from ``<models>/insightface/models/``
-            (``model="buffalo_l/det_10g.onnx"`` by default); 5 landmarks.
+        "insightface": insightface's SCRFD/RetinaFace on an ONNX file from
+            ``<models>/insightface/models/`` (``model="buffalo_l/det_10g.onnx"`` by default);
+            5 landmarks.
     """
     if name == "dlib":
         from .dlib_backend import DlibFaceDetector
@@ -96,25 +99,34 @@ def load_face_detector(name: str = "dlib", models_dir: str | Path | None = None,
             kw.pop("model", None)
         return DlibFaceDetector(models_dir=models_dir, **kw)
     if name == "insightface":
-        from .insightface_detector import load_insightface_detector
+        from .insightface_models import load_insightface_detector
         return load_insightface_detector(models_dir=models_dir, device=device, **kw)
     raise _unknown("face detector", name, FACE_DETECTORS)
 
 
 __all__ = [
+    "ALIGNED_TOLERANCE",
     "FACE_DETECTORS",
     "IDENTITY_BACKENDS",
     "LANDMARK_BACKENDS",
     "FaceDetection",
     "FaceDetector",
+    "FaceSelection",
     "IdentityBackend",
+    "InputKind",
     "LandmarkBackend",
+    "PasteMask",
     "PhotoFace",
+    "ReferencePhotos",
     "align_face",
+    "align_reference_photos",
+    "classify_input",
+    "detect_photo_faces",
     "load_face_detector",
     "load_identity_backend",
     "load_landmark_backend",
     "paste_back",
+    "paste_mask",
     "require_landmarks",
     "restore_faces_in_photo",
 ]

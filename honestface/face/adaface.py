@@ -15,7 +15,8 @@ Stages of (3, 4, 14, 3) blocks for IR-50 and (3, 13, 30, 3) for IR-101; the firs
 every stage has stride 2. Input: 112x112 face in the ArcFace 5-point layout, **BGR**,
 ``(pixel / 255 - 0.5) / 0.5``. The network returns the L2-normalised embedding (and its norm).
 
-Files live in ``<models>/facerestore_models/``; they are read with
+Files live in ``<models>/insightface/models/adaface/``, next to the other face recognisers
+ComfyUI users keep; they are read with
 ``torch.load(weights_only=True)`` or, when Lightning extras make it refuse, with the
 restricted unpickler of :mod:`honestface.loaders.safe_pickle` (never runs pickled code).
 """
@@ -33,7 +34,7 @@ from ..paths import find_model_file
 from .arcface import FrozenRecognizer
 
 ADAFACE_LAYERS = {"ir50": (3, 4, 14, 3), "ir101": (3, 13, 30, 3), "ir18": (2, 2, 2, 2), "ir34": (3, 4, 6, 3)}
-DEFAULT_CKPT = "adaface_ir50_ms1mv2.ckpt"
+DEFAULT_CKPT = "adaface/adaface_ir50_ms1mv2.ckpt"
 STAGE_WIDTHS = (64, 128, 256, 512)
 
 
@@ -159,6 +160,6 @@ class AdaFace(FrozenRecognizer):
 
 def load_adaface(models_dir: str | Path | None = None, device: str = "cpu", model: str | Path = DEFAULT_CKPT,
                  **kw) -> AdaFace:
-    """AdaFace backend from ``<models>/facerestore_models/<model>`` (or a path)."""
+    """AdaFace backend from ``<models>/insightface/models/<model>`` (or a path)."""
     path = find_model_file("face_recognition", model, models_dir, what="AdaFace weights")
     return AdaFace(read_adaface(path), **kw).to(device)

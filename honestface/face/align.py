@@ -216,13 +216,34 @@ def paste_back(image: torch.Tensor, crops: torch.Tensor, affines: torch.Tensor, 
     size = crops.shape[-1]
     if mask is None:
         mask = feathered_mask(size, feather, device=crops.device, dtype=crops.dtype)
-    mask = mask.to(crops.device, crops.dtype)
-    masks = mask.expand(crops.shape[0], size, size) if mask.dim() == 2 else mask
+    return paste_faces(image, crops, affines, mask, blend)[0]
+
+
+def paste_faces(image: torch.Tensor, crops: torch.Tensor, affines: torch.Tensor, masks: torch.Tensor,
+                blend: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`paste_back` with explicit crop-space masks, also returning where it pasted.
+
+    Args:
+        image: (3, H, W) photo; crops: (K, 3, S, S); affines: (K, 2, 3) photo -> crop;
+        masks: (S, S) or (K, S, S) crop-space masks in [0, 1].
+
+    Returns:
+        ``(result (3, H, W), alpha (H, W))``: alpha is the combined weight of the pasted
+        crops at each photo pixel (``1 - prod(1 - alpha_k)``), 0 where the photo is kept.
+    """
+    photo = check_image_batch(image, "image")
+    crops = check_image_batch(crops, "crops")
+    affines = affines.unsqueeze(0) if affines.dim() == 2 else affines
+    size = crops.shape[-1]
+    masks = masks.to(crops.device, crops.dtype)
+    masks = masks.expand(crops.shape[0], size, size) if masks.dim() == 2 else masks
     height, width = photo.shape[-2:]
     inverse = invert_affine(affines.to(crops.device, crops.dtype))
     warped = warp(torch.cat([crops, masks[:, None]], dim=1), inverse, (height, width), padding_mode="zeros")
     result = photo[0].to(crops.dtype)
+    kept = torch.ones(height, width, dtype=crops.dtype, device=crops.device)
     for face in warped:
         alpha = (face[3:4] * blend).clamp(0, 1)
         result = result * (1 - alpha) + face[:3] * alpha
-    return result.clamp(0, 1)
+        kept = kept * (1 - alpha[0])
+    return result.clamp(0, 1), 1 - kept

@@ -1,9 +1,14 @@
-"""ArcFace identity embeddings: insightface ONNX files run with onnxruntime, or the same
-network in PyTorch (differentiable) loaded from those ONNX files or arcface_torch ``.pth``.
+"""ArcFace in PyTorch (differentiable, for the identity loss), loaded from insightface's
+ONNX files or arcface_torch ``.pth`` state dicts; the crop every recogniser shares.
+
+insightface has no PyTorch inference path: it runs these files with ONNX Runtime (see
+:mod:`~honestface.face.insightface_models`, the ``arcface-onnx`` backend), which gives no
+gradients. The same network is therefore rebuilt here (:class:`~honestface.face.iresnet.IResNet`)
+and filled from the ONNX file; the tests check both give the same embeddings.
 
 Files: ``<models>/insightface/models/<pack>/w600k_r50.onnx`` (buffalo_l, IResNet-50) or
 ``.../antelopev2/glintr100.onnx`` (IResNet-100), where ComfyUI users keep them; arcface_torch
-``.pth`` state dicts in ``<models>/facerestore_models/``.
+``.pth`` state dicts next to them (e.g. ``<models>/insightface/models/arcface_torch/``).
 
 Input convention (insightface's ``ArcFaceONNX``): a 112x112 face aligned to the ArcFace
 5-point template, RGB, ``(pixel - 127.5) / 127.5`` -- i.e. ``2 x - 1`` for x in [0, 1].
@@ -416,51 +421,15 @@ class ArcFaceTorch(FrozenRecognizer):
         return F.normalize(features, dim=-1) if self.normalize else features
 
 
-class ArcFaceOnnx:
-    """ArcFace through onnxruntime (insightface's own files; not differentiable)."""
-
-    name = "arcface-onnx"
-
-    def __init__(self, path: str | Path, device: str = "cpu", input_alignment: str = "ffhq",
-                 normalize: bool = True) -> None:
-        from .onnx_session import open_onnx_session
-
-        self.path = Path(path)
-        self.session = open_onnx_session(self.path, device, "the 'arcface-onnx' backend")
-        inputs = self.session.get_inputs()
-        self.input_name = inputs[0].name
-        shape = inputs[0].shape
-        self.input_size = int(shape[2]) if isinstance(shape[2], int) else 112
-        output = self.session.get_outputs()[0]
-        self.output_name = output.name
-        self.embedding_dim = int(output.shape[1]) if isinstance(output.shape[1], int) else 512
-        self.input_alignment = input_alignment
-        self.normalize = normalize
-
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) aligned faces in [0, 1] -> (B, D)."""
-        crops = recognition_crop(images.detach().float(), self.input_alignment, self.input_size)
-        blob = (crops * 2.0 - 1.0).cpu().numpy().astype(np.float32)
-        output = self.session.run([self.output_name], {self.input_name: blob})[0]
-        features = torch.from_numpy(np.asarray(output, dtype=np.float32)).to(images.device)
-        return F.normalize(features, dim=-1) if self.normalize else features
-
-
 def _find_recognition_file(name: str | Path, models_dir) -> Path:
     kind = "insightface" if str(name).lower().endswith(".onnx") else "face_recognition"
     return find_model_file(kind, name, models_dir, what="ArcFace weights")
 
 
-def load_arcface_onnx(models_dir: str | Path | None = None, device: str = "cpu", model: str | Path = DEFAULT_ONNX,
-                      **kw) -> ArcFaceOnnx:
-    """ArcFace ONNX backend from ``<models>/insightface/models/<model>`` (or a path)."""
-    return ArcFaceOnnx(_find_recognition_file(model, models_dir), device=device, **kw)
-
-
 def load_arcface_torch(models_dir: str | Path | None = None, device: str = "cpu", model: str | Path = DEFAULT_ONNX,
                        **kw) -> ArcFaceTorch:
-    """PyTorch ArcFace from an insightface ``.onnx`` (insightface folder) or arcface_torch
-    ``.pth`` (``<models>/facerestore_models/``)."""
+    """PyTorch ArcFace from an insightface ``.onnx`` or an arcface_torch ``.pth``, both
+    relative to ``<models>/insightface/models/`` (or a path)."""
     path = _find_recognition_file(model, models_dir)
     network = iresnet_from_onnx(path) if path.suffix.lower() == ".onnx" else iresnet_from_pth(path)
     return ArcFaceTorch(network, **kw).to(device)

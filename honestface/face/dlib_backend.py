@@ -4,7 +4,8 @@ The model files come with the ``face_recognition_models`` package (pip), so thes
 backends work offline without anything the user has to place. That package imports
 ``pkg_resources`` at import time, which recent setuptools no longer provides, so its
 folder is located with :func:`importlib.util.find_spec` and never imported. The same
-files may also be put in ``<models>/facerestore_models/``.
+files may also be put in ``<models>/dlib/`` (where cubiq's FaceAnalysis and LivePortrait
+keep them).
 
 dlib works on uint8 RGB arrays; coordinates are dlib's integer pixel positions.
 """
@@ -67,7 +68,7 @@ def dlib_model_file(filename: str, models_dir: str | Path | None = None) -> Path
     packaged = packaged_models_folder()
     extra = [packaged] if packaged is not None else []
     try:
-        return find_model_file("face_recognition", filename, models_dir=models_dir, extra=extra,
+        return find_model_file("dlib", filename, models_dir=models_dir, extra=extra,
                                what="dlib face model")
     except MissingModelFileError as error:
         raise MissingModelFileError(

@@ -373,7 +373,7 @@ class DlibIdentityTorch(FrozenRecognizer):
 def load_dlib_identity_torch(models_dir: str | Path | None = None, device: str = "cpu",
                              **kw) -> DlibIdentityTorch:
     """dlib's descriptor network from ``dlib_face_recognition_resnet_model_v1.dat`` (the
-    ``face_recognition_models`` package, or ``<models>/facerestore_models/``)."""
+    ``face_recognition_models`` package, or ``<models>/dlib/``)."""
     from .dlib_backend import DESCRIPTOR_FILE, dlib_model_file
 
     network = load_dlib_face_resnet(dlib_model_file(DESCRIPTOR_FILE, models_dir))

@@ -1,36 +1,38 @@
 """face-alignment's 2D FAN (Bulat & Tzimiropoulos): 68 heatmaps and landmarks, offline.
 
-The ``face_alignment`` package downloads its weights on first use; HonestFace never does.
-The network is built here (module names as in the package, so its files load directly)
-and filled from a file the user places in ``<models>/face_alignment/``:
+The network and the landmark decoding are face-alignment's own (``face_alignment.models.FAN``,
+``face_alignment.utils.get_preds_fromhm`` and ``flip``; face-alignment >= 1.5). What stays
+here is what the package lacks:
 
-- ``2DFAN4-11f355bf06.pth.tar`` -- what face_alignment 1.4+/1.5 downloads: a plain state dict;
-- ``2DFAN4-cd938726ad.zip`` -- the TorchScript archive older releases used (only its
-  tensors are taken, through ``state_dict()``).
+- loading without a download: ``FaceAlignment`` fetches its weights on first use, so the
+  network is built directly and filled from a file the user placed in
+  ``<models>/face_alignment/`` or that face-alignment already downloaded into the torch hub
+  cache (``<torch hub dir>/checkpoints/``). Accepted files: ``2DFAN4-11f355bf06.pth.tar``
+  (what face-alignment 1.4+ downloads, a plain state dict) and ``2DFAN4-cd938726ad.zip``
+  (the TorchScript archive of older releases; only its tensors are taken);
+- a differentiable crop: face-alignment cuts the 256x256 input with integer indexing and
+  ``cv2.resize``; here the same crop (centre = box centre moved up by 0.12 box heights,
+  side = 200 * (box width + height) / 195 pixels) is one affine warp, so heatmaps of a
+  fixed box can be back-propagated to the image; points are mapped back to the photo
+  through the inverse of that warp (sub-pixel; face-alignment rounds them to integers);
+- heatmaps in the photo frame (:func:`heatmaps_to_photo`), for the MFA masks.
 
 FAN-4 stacks four hourglasses; each predicts 68 heatmaps at 64x64 from a 256x256 RGB
-crop in [0, 1]; the last stack's heatmaps are used. The crop is face_alignment's: centre
-= box centre moved up by 0.12 box heights, side = 200 * (box width + height) / 195 pixels.
-Points are the heatmap maxima refined by a quarter pixel towards the higher neighbour,
-mapped back to the photo (``image = centre + (4 p - 126) * side / 256``).
-
-The crop is taken with a differentiable warp, so heatmaps and points of a fixed box can
-be back-propagated to the image.
+crop in [0, 1]; the last stack's heatmaps are used.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError, MissingModelFileError
+from ..errors import CheckpointError, HonestFaceError, MissingModelFileError
 from ..image_io import check_image_batch
 from ..paths import find_model_file, model_folders
 from .align import invert_affine, warp
-from .heatmaps import heatmaps_to_points
 
 FAN_FILES = ("2DFAN4-11f355bf06.pth.tar", "2DFAN4-cd938726ad.zip", "2DFAN4.pth.tar", "2DFAN4.pth", "2DFAN4.zip")
 CROP_SIZE = 256
@@ -38,113 +40,50 @@ HEATMAP_SIZE = 64
 REFERENCE_SCALE = 195.0
 CENTER_Y_OFFSET = 0.12
 
-#: Index of each point's mirror image in the 68-point iBUG scheme (left <-> right).
-MIRROR_68 = (
-    list(range(16, -1, -1))                      # jaw 0-16
-    + list(range(26, 21, -1)) + list(range(21, 16, -1))  # brows 17-21 <-> 22-26
-    + [27, 28, 29, 30] + [35, 34, 33, 32, 31]    # nose bridge, nostrils
-    + [45, 44, 43, 42, 47, 46] + [39, 38, 37, 36, 41, 40]  # eyes
-    + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55]     # outer lips
-    + [64, 63, 62, 61, 60, 67, 66, 65]           # inner lips
-)
+
+def import_face_alignment():
+    """face-alignment's network class, heatmap decoding and flip (a clear error without them)."""
+    from .opencv import require_opencv
+
+    require_opencv("face-alignment's FAN")
+    try:
+        from face_alignment import utils
+        from face_alignment.models import FAN
+    except ImportError as error:
+        raise HonestFaceError(f"the 'fan' landmark backend needs face-alignment >= 1.5 "
+                              f"(pip install 'face-alignment>=1.5'): {error}") from error
+    return FAN, _heatmap_decoder(utils), utils.flip
 
 
-class FanConvBlock(nn.Module):
-    """Pre-activation block whose three convolutions (C/2, C/4, C/4) are concatenated."""
+def _heatmap_decoder(utils):
+    """face-alignment's ``get_preds_fromhm`` as a function of (B, N, 64, 64) heatmaps ->
+    (B, N, 2) points in heatmap units (pixel edges at integers).
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        half, quarter = out_channels // 2, out_channels // 4
-        self.bn1 = nn.BatchNorm2d(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, half, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(half)
-        self.conv2 = nn.Conv2d(half, quarter, 3, 1, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(quarter)
-        self.conv3 = nn.Conv2d(quarter, quarter, 3, 1, 1, bias=False)
-        self.downsample = None
-        if in_channels != out_channels:
-            self.downsample = nn.Sequential(nn.BatchNorm2d(in_channels), nn.ReLU(True),
-                                            nn.Conv2d(in_channels, out_channels, 1, 1, bias=False))
+    Its per-point loop is compiled by numba on first use, which takes longer than the loop
+    itself (tens of seconds on a busy CPU, once per process); the same function's plain
+    Python body (numba's ``py_func``) is run instead when available.
+    """
+    core = getattr(utils, "_get_preds_fromhm", None)
+    python_body = getattr(core, "py_func", None)
+    if python_body is None:
+        return lambda heatmaps: utils.get_preds_fromhm(heatmaps)[0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out1 = self.conv1(F.relu(self.bn1(x)))
-        out2 = self.conv2(F.relu(self.bn2(out1)))
-        out3 = self.conv3(F.relu(self.bn3(out2)))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return torch.cat([out1, out2, out3], dim=1) + shortcut
+    def decode(heatmaps: np.ndarray) -> np.ndarray:
+        batch, count, height, width = heatmaps.shape
+        peaks = np.argmax(heatmaps.reshape(batch, count, height * width), axis=-1)
+        return python_body(heatmaps, peaks, None, None)[0]
+
+    return decode
 
 
-class FanHourglass(nn.Module):
-    """Recursive hourglass of ``depth`` levels; modules b1_L, b2_L, b3_L and b2_plus_1."""
-
-    def __init__(self, depth: int, channels: int) -> None:
-        super().__init__()
-        self.depth = depth
-        for level in range(depth, 0, -1):
-            self.add_module(f"b1_{level}", FanConvBlock(channels, channels))
-            self.add_module(f"b2_{level}", FanConvBlock(channels, channels))
-            if level == 1:
-                self.add_module("b2_plus_1", FanConvBlock(channels, channels))
-            self.add_module(f"b3_{level}", FanConvBlock(channels, channels))
-
-    def _level(self, level: int, x: torch.Tensor) -> torch.Tensor:
-        upper = self._modules[f"b1_{level}"](x)
-        lower = self._modules[f"b2_{level}"](F.avg_pool2d(x, 2, stride=2))
-        lower = self._level(level - 1, lower) if level > 1 else self._modules["b2_plus_1"](lower)
-        lower = self._modules[f"b3_{level}"](lower)
-        return upper + F.interpolate(lower, scale_factor=2, mode="nearest")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._level(self.depth, x)
+def torch_hub_checkpoints() -> Path:
+    """Where face-alignment stores the weights it downloads (``<torch hub dir>/checkpoints``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-class FAN(nn.Module):
-    """(B, 3, 256, 256) RGB in [0, 1] -> list of (B, 68, 64, 64) heatmaps, one per stack."""
-
-    def __init__(self, num_modules: int = 4, hourglass_depth: int = 4, channels: int = 256,
-                 num_landmarks: int = 68) -> None:
-        super().__init__()
-        self.num_modules = num_modules
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.conv2 = FanConvBlock(64, 128)
-        self.conv3 = FanConvBlock(128, 128)
-        self.conv4 = FanConvBlock(128, channels)
-        for i in range(num_modules):
-            self.add_module(f"m{i}", FanHourglass(hourglass_depth, channels))
-            self.add_module(f"top_m_{i}", FanConvBlock(channels, channels))
-            self.add_module(f"conv_last{i}", nn.Conv2d(channels, channels, 1))
-            self.add_module(f"bn_end{i}", nn.BatchNorm2d(channels))
-            self.add_module(f"l{i}", nn.Conv2d(channels, num_landmarks, 1))
-            if i < num_modules - 1:
-                self.add_module(f"bl{i}", nn.Conv2d(channels, channels, 1))
-                self.add_module(f"al{i}", nn.Conv2d(num_landmarks, channels, 1))
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = self.conv4(self.conv3(F.avg_pool2d(self.conv2(x), 2, stride=2)))
-        previous, outputs = x, []
-        for i in range(self.num_modules):
-            features = self._modules[f"top_m_{i}"](self._modules[f"m{i}"](previous))
-            features = F.relu(self._modules[f"bn_end{i}"](self._modules[f"conv_last{i}"](features)))
-            heatmaps = self._modules[f"l{i}"](features)
-            outputs.append(heatmaps)
-            if i < self.num_modules - 1:
-                previous = previous + self._modules[f"bl{i}"](features) + self._modules[f"al{i}"](heatmaps)
-        return outputs
-
-
-def _fan_config(state: dict[str, torch.Tensor], path: Path) -> dict:
-    if "conv1.weight" not in state or "l0.weight" not in state:
-        raise CheckpointError(path, "no FAN keys (conv1.weight, l0.weight, m0.*)", "a face-alignment 2DFAN4 file")
-    num_modules = len({k.split(".")[0] for k in state if k.startswith("l") and k[1:].split(".")[0].isdigit()})
-    levels = {int(k.split(".")[1].split("_")[1]) for k in state if k.startswith("m0.b1_")}
-    return {"num_modules": num_modules, "hourglass_depth": max(levels) if levels else 4,
-            "channels": int(state["conv4.conv1.weight"].shape[0] * 2), "num_landmarks": int(state["l0.weight"].shape[0])}
-
-
-def read_fan(path: str | Path) -> FAN:
-    """A :class:`FAN` with the weights of a face-alignment file (state dict or TorchScript)."""
+def read_fan(path: str | Path) -> nn.Module:
+    """face-alignment's ``FAN`` with the weights of a file (state dict or TorchScript archive)."""
+    FAN, _, _ = import_face_alignment()
     path = Path(path)
     if not path.is_file():
         raise MissingModelFileError(path.name, path.parent, "FAN landmark weights")
@@ -158,16 +97,14 @@ def read_fan(path: str | Path) -> FAN:
         from ..loaders.safe_pickle import load_tensors
         state = load_tensors(path, what="FAN landmark weights", state_key="state_dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    network = FAN(**_fan_config(state, path))
-    expected = network.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        raise CheckpointError(path, f"keys do not match FAN: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise CheckpointError(path, f"'{key}' has shape {tuple(value.shape)}, FAN needs {tuple(expected[key].shape)}")
-    network.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}, strict=False)
+    stacks = len({k.split(".")[0] for k in state if k[:1] == "l" and k[1:].split(".")[0].isdigit()})
+    if "conv1.weight" not in state or not stacks:
+        raise CheckpointError(path, "no FAN keys (conv1.weight, l0.weight, m0.*)", "a face-alignment 2DFAN4 file")
+    network = FAN(stacks)
+    try:
+        network.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in state.items()})
+    except RuntimeError as error:  # missing, unexpected or mis-shaped keys
+        raise CheckpointError(path, f"weights do not fit face-alignment's FAN({stacks}): {error}") from error
     return network.eval()
 
 
@@ -183,7 +120,7 @@ def fan_crop_affine(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def heatmap_to_crop_affine(device=None, dtype=torch.float32) -> torch.Tensor:
-    """(2, 3) 64x64 heatmap pixel -> 256x256 crop pixel transform (``crop = 4 p + 1.5``)."""
+    """(2, 3) 64x64 heatmap pixel -> 256x256 crop pixel transform (``crop = 4 p + 1.5``, centres at integers)."""
     factor = CROP_SIZE / HEATMAP_SIZE
     shift = (factor - 1) / 2
     return torch.tensor([[factor, 0.0, shift], [0.0, factor, shift]], device=device, dtype=dtype)
@@ -194,21 +131,27 @@ class FanLandmarks(nn.Module):
 
     Boxes come from ``detector`` (dlib HOG by default; largest face per image); images
     without a detected face get NaN points and zero heatmaps, unless ``aligned_fallback``
-    is on, which uses the box where a face sits in an FFHQ-aligned crop. With
+    is on, which uses the box where a face sits in an FFHQ-aligned crop. ``detect=False``
+    uses that aligned face box for every image and runs no detector: for FFHQ-style
+    aligned crops (training), where the face's place is known and a detector on degraded
+    faces only adds misses. With
     ``flip_input`` (face-alignment's default) the heatmaps of the mirrored crop, mirrored
-    back with left/right points swapped, are averaged with the direct ones.
+    back with left/right points swapped (face-alignment's ``flip``), are averaged with the
+    direct ones (face-alignment sums them; the average keeps the heatmaps' scale).
     """
 
     name = "fan"
 
-    def __init__(self, network: FAN, detector=None, aligned_fallback: bool = False,
-                 flip_input: bool = True) -> None:
+    def __init__(self, network: nn.Module, detector=None, aligned_fallback: bool = False,
+                 flip_input: bool = True, detect: bool = True) -> None:
         super().__init__()
+        _, self._decode, self._flip = import_face_alignment()
         self.network = network.eval()
         self.requires_grad_(False)
         self._detector = detector
         self.aligned_fallback = aligned_fallback
         self.flip_input = flip_input
+        self.detect = detect
 
     def train(self, mode: bool = True) -> FanLandmarks:
         return super().train(False)
@@ -226,10 +169,10 @@ class FanLandmarks(nn.Module):
 
         boxes = []
         for image in images:
-            faces = self.detector.detect(image.detach())
+            faces = self.detector.detect(image.detach()) if self.detect else []
             if faces:
                 boxes.append(list(faces[0].box))
-            elif self.aligned_fallback:
+            elif self.aligned_fallback or not self.detect:
                 height, width = image.shape[-2:]
                 x0, y0, x1, y1 = ALIGNED_FACE_BOX
                 boxes.append([x0 * width, y0 * height, x1 * width, y1 * height])
@@ -258,11 +201,12 @@ class FanLandmarks(nn.Module):
         affine = fan_crop_affine(safe_boxes)
         crops = warp(images, affine, (CROP_SIZE, CROP_SIZE), padding_mode="zeros")
         heatmaps = self.network(crops)[-1]
-        if self.flip_input and heatmaps.shape[1] == len(MIRROR_68):
-            mirrored = self.network(crops.flip(-1))[-1].flip(-1)[:, list(MIRROR_68)]
-            heatmaps = (heatmaps + mirrored) / 2
-        heat_points = heatmaps_to_points(heatmaps.detach())
-        crop_points = heat_points * (CROP_SIZE / HEATMAP_SIZE) + ((CROP_SIZE / HEATMAP_SIZE) - 1) / 2
+        if self.flip_input:
+            heatmaps = (heatmaps + self._flip(self.network(self._flip(crops))[-1], is_label=True)) / 2
+        # face-alignment's decoding: argmax, a quarter pixel towards the higher neighbour,
+        # in heatmap units with pixel edges at integers; 4 p - 0.5 is the crop pixel (centres at integers).
+        heat_points = self._decode(heatmaps.detach().float().cpu().numpy())
+        crop_points = torch.from_numpy(np.ascontiguousarray(heat_points)).to(images.device) * (CROP_SIZE / HEATMAP_SIZE) - 0.5
         inverse = invert_affine(affine)
         points = crop_points @ inverse[:, :, :2].transpose(1, 2) + inverse[:, None, :, 2]
         nan = torch.tensor(float("nan"), device=points.device)
@@ -303,21 +247,29 @@ def heatmaps_to_photo(heatmaps: torch.Tensor, affine: torch.Tensor, height: int,
 
 
 def find_fan_file(models_dir: str | Path | None = None, model: str | Path | None = None) -> Path:
-    """The FAN weight file: ``model`` if given, else the first of :data:`FAN_FILES` present."""
+    """The FAN weight file: ``model`` if given (a path, or a name in the face_alignment
+    folders or the torch hub cache), else the first of :data:`FAN_FILES` present there.
+
+    The models folders come first; the torch hub cache is where face-alignment put the file
+    if it ever downloaded it on this machine.
+    """
+    folders = model_folders("face_alignment", models_dir)
     if model is not None:
-        return find_model_file("face_alignment", model, models_dir, what="FAN landmark weights")
+        return find_model_file("face_alignment", model, models_dir, extra=[torch_hub_checkpoints()],
+                               what="FAN landmark weights")
     for name in FAN_FILES:
-        for folder in model_folders("face_alignment", models_dir):
+        for folder in [*folders, torch_hub_checkpoints()]:
             if (folder / name).is_file():
                 return folder / name
-    folders = model_folders("face_alignment", models_dir)
     folder = folders[-1] if folders else Path("<models>/face_alignment")
     raise MissingModelFileError(FAN_FILES[0], folder, "FAN landmark weights",
-                                f"Download it once from face-alignment's release list (also accepted: {', '.join(FAN_FILES[1:])}).")
+                                f"Nothing is downloaded: get it once from face-alignment's release list and put it "
+                                f"there, or in {torch_hub_checkpoints()} (also accepted: {', '.join(FAN_FILES[1:])}).")
 
 
 def load_fan_landmarks(models_dir: str | Path | None = None, device: str = "cpu", model: str | Path | None = None,
-                       detector=None, aligned_fallback: bool = False, flip_input: bool = True) -> FanLandmarks:
-    """FAN landmark backend from ``<models>/face_alignment/`` (never downloads)."""
+                       detector=None, aligned_fallback: bool = False, flip_input: bool = True,
+                       detect: bool = True) -> FanLandmarks:
+    """FAN landmark backend from ``<models>/face_alignment/`` or the torch hub cache (never downloads)."""
     return FanLandmarks(read_fan(find_fan_file(models_dir, model)), detector=detector,
-                        aligned_fallback=aligned_fallback, flip_input=flip_input).to(device)
+                        aligned_fallback=aligned_fallback, flip_input=flip_input, detect=detect).to(device)

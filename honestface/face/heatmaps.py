@@ -1,7 +1,8 @@
-"""Landmark heatmaps: Gaussians rendered at points, and points read back from heatmaps.
+"""Landmark heatmaps rendered as Gaussians at points (the dlib backend's heatmaps).
 
-Both functions are batched, vectorised torch code (no Python loop over points), so they
-run on any device and the rendering is differentiable with respect to the points.
+Batched, vectorised torch code (no Python loop over points): it runs on any device and is
+differentiable with respect to the points. Reading points back from FAN's heatmaps is
+face-alignment's own decoding (:mod:`~honestface.face.fan`).
 """
 
 from __future__ import annotations
@@ -43,34 +44,3 @@ def render_gaussian_heatmaps(points: torch.Tensor, height: int, width: int,
     gy = torch.exp(-((ys - safe[..., 1:2]) ** 2) / (2.0 * sigma**2))  # (B, N, H)
     maps = gy[..., :, None] * gx[..., None, :]
     return maps * valid[..., None, None].to(dtype)
-
-
-def heatmaps_to_points(heatmaps: torch.Tensor, subpixel: bool = True) -> torch.Tensor:
-    """Peak location of each heatmap.
-
-    Args:
-        heatmaps: (B, N, H, W).
-        subpixel: shift the argmax by a quarter pixel towards the higher neighbour, the
-            refinement FAN's reference decoder uses.
-
-    Returns:
-        (B, N, 2) pixel coordinates (x, y) on the heatmap grid (pixel centres at integers).
-    """
-    if heatmaps.dim() != 4:
-        raise ValueError(f"heatmaps must have shape (B, N, H, W), got {tuple(heatmaps.shape)}")
-    batch, count, height, width = heatmaps.shape
-    flat = heatmaps.reshape(batch, count, height * width)
-    index = flat.argmax(dim=-1)
-    px = (index % width).to(heatmaps.dtype)
-    py = torch.div(index, width, rounding_mode="floor").to(heatmaps.dtype)
-    if subpixel:
-        xi, yi = px.long(), py.long()
-        def value(dx: int, dy: int) -> torch.Tensor:
-            x = (xi + dx).clamp(0, width - 1)
-            y = (yi + dy).clamp(0, height - 1)
-            return flat.gather(-1, (y * width + x).unsqueeze(-1)).squeeze(-1)
-        inside_x = (xi > 0) & (xi < width - 1)
-        inside_y = (yi > 0) & (yi < height - 1)
-        px = px + 0.25 * torch.sign(value(1, 0) - value(-1, 0)) * inside_x
-        py = py + 0.25 * torch.sign(value(0, 1) - value(0, -1)) * inside_y
-    return torch.stack([px, py], dim=-1)

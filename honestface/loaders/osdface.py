@@ -132,8 +132,10 @@ def load_lora(restorer, path: str | Path, config: LoRAConfig, strict: bool = Tru
     Without an adapter on the UNet yet, one is added on exactly the file's modules (rank
     from the file, alpha from ``config``). With ``strict`` those modules must be the ones
     ``config.target_modules`` selects; without, a difference is logged as a warning (the
-    file's modules must still be linear/conv layers of the UNet, each with both factors).
-    With an adapter already present, the file must match it key for key.
+    file's modules must still be linear/conv layers of the UNet, each with both factors)
+    and the adapter's config names the file's modules, so a checkpoint saved from this
+    model rebuilds the same adapter. With an adapter already present, the file must match
+    it key for key.
     """
     from ..models.restorer import LORA_KEY_PREFIX, lora_module_names, lora_targets_from_state
 
@@ -163,6 +165,8 @@ def load_lora(restorer, path: str | Path, config: LoRAConfig, strict: bool = Tru
                 raise CheckpointError(path, problem, f"LoRA on the {len(expected)} UNet modules matching "
                                       f"{list(config.target_modules)} (or load with strict=False)")
             logger.warning("%s: %s; using the file's modules", path.name, problem)
+            # full module names select exactly these modules under peft's suffix rule
+            config = replace(config, target_modules=tuple(modules))
         restorer.add_lora(replace(config, rank=rank), target_modules=modules)
     loaded = restorer.load_lora_state_dict(lora, source=str(path))
     ignored, examples = _ignored(state, set(lora))
@@ -184,7 +188,8 @@ def load_osdface(model, folder: str | Path, strict: bool = True, parts=("vq", "p
     """Load an OSDFace release folder into a :class:`~honestface.models.HonestFaceModel`.
 
     ``parts`` picks the files (a HonestFace checkpoint brings its own projection and LoRA
-    and needs only ``("vq",)``).
+    and needs only ``("vq",)``). With ``strict=False`` the LoRA file decides which UNet
+    modules carry the adapter and its rank; ``model.config.lora`` is updated to match.
     """
     folder = Path(folder)
     report = LoadReport()
@@ -194,6 +199,7 @@ def load_osdface(model, folder: str | Path, strict: bool = True, parts=("vq", "p
         report.files.append(load_projection(model.vre, _need(folder, PROJECTION_FILE)))
     if "lora" in parts:
         report.files.append(load_lora(model.restorer, _need(folder, LORA_FILE), model.config.lora, strict))
+        model.config.lora = model.restorer.lora_config
     return report
 
 

@@ -54,6 +54,8 @@ class LossConfig:
             :func:`honestface.face.load_identity_backend`).
         mfa_landmarks: landmark backend whose heatmaps of x_L build the MFA mask.
         mfa_k: sharpening constant of Eq. 11 (10 in the paper).
+        mfa_normalize_raw: divide M_raw by its per-image maximum before Eq. 11 (not in the
+            paper, off by default; see :func:`honestface.mfa.mfa_mask`).
         vgg_file, dists_file, lpips_file: weight files in ``<models>/honestface``.
         discriminator: :class:`DiscriminatorConfig` of the latent discriminator.
         backend_options: extra keyword arguments per backend name (e.g. model file names).
@@ -73,6 +75,7 @@ class LossConfig:
     identity_backends: tuple[str, ...] = ("arcface-torch", "adaface")
     mfa_landmarks: str = "fan"
     mfa_k: float = DEFAULT_K
+    mfa_normalize_raw: bool = False
     vgg_file: str = VGG16_FILE
     dists_file: str = DISTS_FILE
     lpips_file: str = LPIPS_FILE
@@ -188,8 +191,13 @@ class TrainingObjective(nn.Module):
 
     @classmethod
     def build(cls, config: LossConfig, unet: nn.Module, alphas_cumprod: torch.Tensor,
-              models_dir: str | Path | None = None, device: str | torch.device = "cpu") -> "TrainingObjective":
-        """Build the networks of every enabled loss (``unet``: the generator's, for the discriminator)."""
+              models_dir: str | Path | None = None, device: str | torch.device = "cpu",
+              heatmap_options: dict[str, Any] | None = None) -> "TrainingObjective":
+        """Build the networks of every enabled loss (``unet``: the generator's, for the discriminator).
+
+        ``heatmap_options`` are added to the MFA landmark backend's options (the trainer
+        passes ``{"detect": False}`` for aligned crops).
+        """
         vgg = None
         if config.enabled("ea_dists") or config.enabled("mfa"):
             vgg = build_vgg16(config.pretrained, models_dir, config.vgg_file)
@@ -198,8 +206,8 @@ class TrainingObjective(nn.Module):
             ea_dists = EdgeAwareDISTS(build_dists(config.pretrained, models_dir, config.dists_file, vgg=vgg))
         if config.enabled("mfa"):
             lpips = build_lpips(config.pretrained, models_dir, config.lpips_file, vgg=vgg)
-            heatmaps = build_landmark_backend(config.mfa_landmarks, models_dir, device,
-                                              config.backend_options.get(config.mfa_landmarks))
+            options = {**(config.backend_options.get(config.mfa_landmarks) or {}), **(heatmap_options or {})}
+            heatmaps = build_landmark_backend(config.mfa_landmarks, models_dir, device, options)
         if config.enabled("identity"):
             identity = IdentityLoss([
                 build_identity_backend(name, config.pretrained, models_dir, device, config.backend_options.get(name))
@@ -217,14 +225,23 @@ class TrainingObjective(nn.Module):
         return self
 
     # ------------------------------------------------------------------ masks
-    def mfa_masks(self, lq: torch.Tensor) -> torch.Tensor | None:
-        """(B, 1, H, W) MFA masks from the heatmaps of the LQ faces (no gradient)."""
+    def mfa_masks(self, lq: torch.Tensor, found: list[bool] | None = None) -> torch.Tensor | None:
+        """(B, 1, H, W) MFA masks from the heatmaps of the LQ faces (no gradient).
+
+        A face whose landmarks were not found has all-zero heatmaps, so its mask is zero
+        and its L_MFA term vanishes; when ``found`` is a list, one flag per face (False
+        for such a face) is appended to it, so the caller can count the misses.
+        """
         if self.heatmap_backend is None:
             return None
         with torch.no_grad():
             heatmaps = self.heatmap_backend.heatmaps(lq.detach().float().clamp(0, 1))
-        heatmaps = torch.nan_to_num(heatmaps.to(lq.device, torch.float32), nan=0.0)
-        return mfa_mask(heatmaps, k=self.config.mfa_k, size=lq.shape[-2:])
+        heatmaps = heatmaps.to(lq.device, torch.float32)
+        if found is not None:
+            finite = torch.isfinite(heatmaps).flatten(1).all(dim=1)
+            found.extend((finite & (heatmaps.abs().flatten(1).amax(dim=1) > 0)).tolist())
+        heatmaps = torch.nan_to_num(heatmaps, nan=0.0)
+        return mfa_mask(heatmaps, k=self.config.mfa_k, size=lq.shape[-2:], normalize_raw=self.config.mfa_normalize_raw)
 
     # ----------------------------------------------------------------- losses
     def _random_timesteps(self, batch: int, device: torch.device) -> torch.Tensor:

@@ -49,15 +49,26 @@ def load_weight_file(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     return load_tensors(path, what=what)
 
 
-def sobel_edges(images: torch.Tensor) -> torch.Tensor:
-    """Sobel gradient magnitude per channel (kornia), (B, C, H, W) -> (B, C, H, W).
+#: Added under the square root of the Sobel magnitude (keeps its gradient finite on flat areas).
+SOBEL_EPS = 1e-6
 
-    Normalised so that edges of [0, 1] images stay roughly in [0, 1] (kornia's
-    normalised Sobel kernels); used for the edge branch of EA-DISTS.
+
+def sobel_edges(images: torch.Tensor, eps: float = SOBEL_EPS) -> torch.Tensor:
+    """Edge map of EA-DISTS as the OSDFace release computes it, (B, C, H, W) -> (B, 3, H, W).
+
+    The grayscale image (mean over the channels) is filtered with the unnormalised Sobel
+    kernels ``[[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]`` and its transpose (zero padding of
+    one pixel), and the magnitude ``sqrt(gx^2 + gy^2 + eps)`` is repeated to three
+    channels, as DISTS takes RGB. On [0, 1] images the magnitude lies in
+    [sqrt(eps), 4 sqrt(2)].
     """
-    import kornia
-
-    return kornia.filters.sobel(images, normalized=True, eps=1e-6)
+    gray = images.mean(dim=1, keepdim=True)
+    kernel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]],
+                            dtype=gray.dtype, device=gray.device)
+    kernels = torch.stack([kernel_x, kernel_x.T])[:, None]  # (2, 1, 3, 3): x and y
+    gradients = F.conv2d(gray, kernels, padding=1)
+    magnitude = (gradients.pow(2).sum(dim=1, keepdim=True) + eps).sqrt()
+    return magnitude.expand(-1, 3, -1, -1)
 
 
 class L2Pooling(nn.Module):

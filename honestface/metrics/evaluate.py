@@ -8,7 +8,13 @@
 - faces where the landmark backend finds no face are counted and named; their landmark
   metrics are left empty and the means are taken over the remaining faces (the count of
   each mean is reported);
-- files present in only one of the folders are listed.
+- files present in only one of the folders are listed;
+- the backends behind backend-dependent metrics are named. The paper's Deg. is the
+  ArcFace angle: by default (``"auto"``) ArcFace is used when its ONNX file is in the
+  models folder, else dlib's descriptor, and then the column reads ``Deg.(dlib)`` and the
+  JSON/CSV key ``deg(dlib)``. The paper names no landmark detector, so L2-LD and A-LD
+  always carry theirs (``L2-LD(fan)``, ``ald_e(dlib)``); ``"auto"`` takes FAN when its
+  file is there, else dlib.
 
 Images are (3, H, W) RGB in [0, 1] read with :func:`honestface.image_io.load_image`; a
 restored image whose size differs from its ground truth is resized to it (noted).
@@ -163,12 +169,16 @@ class EvaluationReport:
             result[key] = {"mean": mean, "count": len(values)}
         return result
 
+    def output_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A row with metric keys replaced by their output keys (``deg`` -> ``deg(dlib)``)."""
+        return {self.statuses[k].output_key if k in self.statuses else k: v for k, v in row.items()}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "metrics": [
                 {**self.statuses[k].to_dict(), **self.summary().get(k, {"mean": None, "count": 0})} for k in self.metrics
             ],
-            "images": self.rows,
+            "images": [self.output_row(row) for row in self.rows],
             "num_pairs": len(self.rows),
             "missing_landmarks": self.missing_landmarks,
             "missing_identity": self.missing_identity,
@@ -193,7 +203,7 @@ class EvaluationReport:
         summary = self.summary()
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["name"] + keys)
+            writer.writerow(["name"] + [self.statuses[k].output_key for k in keys])
             for row in self.rows:
                 writer.writerow([row["name"]] + ["" if row.get(k) is None else repr(row[k]) for k in keys])
             writer.writerow(["mean"] + ["" if summary[k]["mean"] is None else repr(summary[k]["mean"]) for k in keys])
@@ -203,7 +213,7 @@ class EvaluationReport:
         """The scores as a text table (paper column names), then what is missing and why."""
         keys = self.available_metrics
         summary = self.summary()
-        header = ["image"] + [METRICS[k].header for k in keys]
+        header = ["image"] + [self.statuses[k].header for k in keys]
         body: list[list[str]] = []
         if per_image:
             for row in self.rows:
@@ -216,7 +226,8 @@ class EvaluationReport:
         lines.insert(1, "  ".join("-" * w for w in widths))
         partial = [k for k in keys if not METRICS[k].set_level and summary[k]["count"] < len(self.rows)]
         if partial:
-            lines.append("means over fewer images: " + ", ".join(f"{METRICS[k].column} ({summary[k]['count']})" for k in partial))
+            lines.append("means over fewer images: " + ", ".join(f"{self.statuses[k].column} ({summary[k]['count']})"
+                                                                for k in partial))
         if self.unavailable:
             lines.append("")
             lines.append("Unavailable metrics:")
@@ -244,10 +255,13 @@ class Evaluator:
 
     Args:
         metrics: metric keys (see :data:`honestface.metrics.registry.METRICS`).
-        landmark_backend: a :class:`LandmarkBackend` or a name for
-            :func:`honestface.face.load_landmark_backend` ("dlib", "fan").
-        identity_backend: an :class:`IdentityBackend` or a name for
-            :func:`honestface.face.load_identity_backend` ("dlib", "arcface-onnx", ...).
+        landmark_backend: a :class:`LandmarkBackend`, a name for
+            :func:`honestface.face.load_landmark_backend` ("dlib", "fan"), or "auto": FAN
+            when its file is in the models folder, else dlib.
+        identity_backend: an :class:`IdentityBackend`, a name for
+            :func:`honestface.face.load_identity_backend` ("dlib", "arcface-onnx", ...), or
+            "auto": ArcFace (ONNX, the paper's Deg.) when its file is in the models folder,
+            else dlib. Which one ran is named in the report (columns, keys, notes).
         models_dir: models root (``--models-dir``).
         device: torch device for the networks.
         y_channel: PSNR/SSIM on the luma channel instead of RGB.
@@ -257,8 +271,8 @@ class Evaluator:
     def __init__(
         self,
         metrics: Sequence[str] = EVALUATE_METRICS,
-        landmark_backend: Any = "dlib",
-        identity_backend: Any = "dlib",
+        landmark_backend: Any = "auto",
+        identity_backend: Any = "auto",
         models_dir: str | Path | None = None,
         device: str | torch.device = "cpu",
         y_channel: bool = False,
@@ -276,6 +290,7 @@ class Evaluator:
         self._pyiqa: dict[str, PyiqaMetric] = {}
         self.landmark_backend = None
         self.identity_backend = None
+        self.notes: list[str] = []
 
         kinds = {METRICS[k].kind for k in self.metrics}
         landmark_error = identity_error = ""
@@ -283,14 +298,16 @@ class Evaluator:
             self.landmark_backend, landmark_error = self._backend(landmark_backend, "landmark")
         if kinds & {"identity", "reference-identity"}:
             self.identity_backend, identity_error = self._backend(identity_backend, "identity")
+        landmark_name = getattr(self.landmark_backend, "name", "")
+        identity_name = getattr(self.identity_backend, "name", "")
         for key in self.metrics:
             kind = METRICS[key].kind
             if kind in ("pixel", "color"):
                 self.statuses[key] = MetricStatus(key, True)
             elif kind == "landmark":
-                self.statuses[key] = MetricStatus(key, self.landmark_backend is not None, landmark_error)
+                self.statuses[key] = MetricStatus(key, self.landmark_backend is not None, landmark_error, landmark_name)
             elif kind in ("identity", "reference-identity"):
-                self.statuses[key] = MetricStatus(key, self.identity_backend is not None, identity_error)
+                self.statuses[key] = MetricStatus(key, self.identity_backend is not None, identity_error, identity_name)
             elif kind == "pyiqa":
                 self.statuses[key] = self._load_pyiqa(key)
         self.settings = {
@@ -307,10 +324,29 @@ class Evaluator:
         from .. import face
 
         factory = face.load_landmark_backend if role == "landmark" else face.load_identity_backend
+        if backend == "auto":
+            return self._auto_backend(role, factory)
         try:
             return factory(backend, models_dir=self.models_dir, device=str(self.device)), ""
         except (HonestFaceError, ImportError, OSError, RuntimeError) as error:
             return None, f"{role} backend '{backend}' could not be loaded: {describe_error(error)}"
+
+    def _auto_backend(self, role: str, factory):
+        """The paper's backend when its file is there (ArcFace; FAN for landmarks), else dlib, with a note."""
+        from ..errors import MissingModelFileError
+
+        preferred = "fan" if role == "landmark" else "arcface-onnx"
+        what = "L2-LD / A-LD" if role == "landmark" else "Deg."
+        try:
+            return factory(preferred, models_dir=self.models_dir, device=str(self.device)), ""
+        except (MissingModelFileError, ImportError) as error:
+            reason = describe_error(error).split(". ")[0]
+            self.notes.append(f"{what}: {role} backend '{preferred}' not available ({reason}); dlib was used "
+                              f"instead, and the columns say so")
+        except (HonestFaceError, OSError, RuntimeError) as error:
+            self.notes.append(f"{what}: {role} backend '{preferred}' could not be loaded "
+                              f"({describe_error(error)}); dlib was used instead, and the columns say so")
+        return self._backend("dlib", role)
 
     def _load_pyiqa(self, key: str) -> MetricStatus:
         availability = check_pyiqa_metric(key, self.models_dir)
@@ -401,7 +437,8 @@ class Evaluator:
     ) -> EvaluationReport:
         """Score every pair (one at a time, so sizes may differ between pairs)."""
         statuses = dict(self.statuses)
-        result = EvaluationReport(self.metrics, statuses, unpaired=dict(unpaired or {}), settings=dict(self.settings))
+        result = EvaluationReport(self.metrics, statuses, unpaired=dict(unpaired or {}), settings=dict(self.settings),
+                                  notes=list(self.notes))
         resized = []
         total = len(pairs)
         report(progress, 0, total)

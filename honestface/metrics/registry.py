@@ -21,6 +21,21 @@ class MetricSpec:
     kind: str
     description: str
     set_level: bool = False
+    #: Backends that compute the metric the way the paper does; with any other backend its
+    #: name is added to the column ("Deg.(dlib)") and to the JSON/CSV keys ("deg(dlib)").
+    #: Empty for backend-dependent metrics whose backend the paper does not name (landmarks):
+    #: then the backend is always named.
+    paper_backends: tuple[str, ...] = ()
+
+    @property
+    def needs_backend(self) -> bool:
+        return self.kind in ("landmark", "identity", "reference-identity")
+
+    def qualifier(self, backend: str | None) -> str:
+        """``"(dlib)"`` when ``backend`` must be named next to this metric, else ``""``."""
+        if not self.needs_backend or not backend or backend in self.paper_backends:
+            return ""
+        return f"({backend})"
 
     @property
     def arrow(self) -> str:
@@ -47,8 +62,10 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("musiq", "MUSIQ", False, "pyiqa", "MUSIQ (KonIQ) no-reference quality of the restored image"),
         MetricSpec("fid", "FID", True, "pyiqa", "Frechet inception distance, restored set vs ground-truth set", True),
         MetricSpec("msswd", "MS-SWD", True, "color", "multiscale sliced Wasserstein colour distance"),
-        MetricSpec("deg", "Deg.", True, "identity", "angle in degrees between identity embeddings"),
-        MetricSpec("deg_ref", "Deg.-ref", True, "reference-identity", "mean identity angle to the reference photos"),
+        MetricSpec("deg", "Deg.", True, "identity", "angle in degrees between identity embeddings (the paper: ArcFace)",
+                   paper_backends=("arcface-onnx", "arcface-torch")),
+        MetricSpec("deg_ref", "Deg.-ref", True, "reference-identity", "mean identity angle to the reference photos",
+                   paper_backends=("arcface-onnx", "arcface-torch")),
         MetricSpec("l2ld", "L2-LD", True, "landmark", "mean Euclidean distance of 68 landmarks (pixels)"),
         MetricSpec("ald_e", "ALD-e", True, "landmark", "A-LD on eyes and brows (17-26, 36-47)"),
         MetricSpec("ald_m", "ALD-m", True, "landmark", "A-LD on the outer lip contour (48-59)"),
@@ -72,20 +89,39 @@ class MetricStatus:
     key: str
     available: bool
     reason: str = ""
+    backend: str = ""  # the landmark / identity backend that computed it
 
     @property
     def spec(self) -> MetricSpec:
         return METRICS[self.key]
 
+    @property
+    def column(self) -> str:
+        """Table column: the paper's name, plus the backend where it is not the paper's."""
+        return self.spec.column + self.spec.qualifier(self.backend)
+
+    @property
+    def header(self) -> str:
+        return f"{self.column}{self.spec.arrow}"
+
+    @property
+    def output_key(self) -> str:
+        """Key in JSON rows and CSV columns: ``deg``, or ``deg(dlib)`` with another recogniser."""
+        return self.key + self.spec.qualifier(self.backend)
+
     def to_dict(self) -> dict:
         spec = self.spec
-        return {
+        data = {
             "key": self.key,
-            "name": spec.column,
+            "output_key": self.output_key,
+            "name": self.column,
             "direction": spec.direction,
             "available": self.available,
             "reason": self.reason,
         }
+        if spec.needs_backend:
+            data["backend"] = self.backend or None
+        return data
 
 
 def parse_metric_list(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:

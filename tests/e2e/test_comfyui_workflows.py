@@ -75,6 +75,11 @@ def test_restore_with_references(comfyui_server, inputs, tiny_choices):
     assert min(distances) < 0.03, distances
     [eyes] = saved_images(comfyui_server, entry, "13")
     assert eyes.shape[1] == 2 * eyes.shape[0]  # left and right eye side by side
+    # The embedder shows the same two pictures on the node itself.
+    on_node = saved_images(comfyui_server, entry, "9")
+    assert len(on_node) == 2
+    np.testing.assert_allclose(on_node[0], chosen, atol=1.5 / 255)
+    np.testing.assert_allclose(on_node[1], eyes, atol=1.5 / 255)
 
 
 def test_restore_with_the_built_in_nano_model(comfyui_server, inputs, tiny_choices):
@@ -115,7 +120,74 @@ def test_restore_whole_photo(comfyui_server, inputs, tiny_choices):
     [photo_refs] = saved_images(comfyui_server, entry, "5")
     assert_restored(photo_refs, source)
     assert np.abs(photo_refs - photo).mean() > 1e-4
-    assert "restored [0]" in entry["outputs"]["7"]["text"][0]
+    report = entry["outputs"]["7"]["text"][0]
+    assert "restored [0]" in report
+    # One selected face: it gets the references (ref_match "identity" decides between several).
+    assert "face 0 with references, identity distance" in report, report
+
+    # The raw photo itself as the reference, encoded once by the Identity Embedder (which
+    # previews the aligned reference and its eye patches on the node): the face matches.
+    same_person = copy.deepcopy(prompt)
+    same_person["2"]["inputs"]["weights"] = tiny_choices["honestface"]
+    same_person["31"] = {"class_type": "HonestFaceIdentityEmbedder", "inputs": {
+        "model": ["2", 0], "face_analysis": ["3", 0], "references": ["1", 0]}}
+    same_person["4"]["inputs"].update(identity=["31", 0], face_indices="0")
+    entry = run(comfyui_server, "honestface_restore_whole_photo (raw photo reference via identity)", same_person)
+    report = entry["outputs"]["7"]["text"][0]
+    assert "face 0 with references, identity distance" in report, report
+    previews = entry["outputs"]["31"]["images"]
+    assert [p["type"] for p in previews] == ["temp", "temp"], previews
+    aligned_ref, eyes = saved_images(comfyui_server, entry, "31")
+    assert aligned_ref.shape[0] == aligned_ref.shape[1] and eyes.shape[1] == 2 * eyes.shape[0]
+
+
+def test_whole_photo_batch_with_a_no_face_frame(comfyui_server, inputs, tiny_choices):
+    """A batch of frames, one without a face: that frame passes through unchanged, the others
+    are restored, and the MASK output says where faces were pasted."""
+    prompt = with_tiny_models(load_workflow(API_WORKFLOWS / "honestface_restore_whole_photo.json"), tiny_choices)
+    prompt["40"] = {"class_type": "LoadImage", "inputs": {"image": "honestface_blank.png"}}
+    prompt["41"] = {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["40", 0]}}
+    prompt["4"]["inputs"]["image"] = ["41", 0]
+    entry = run(comfyui_server, "whole photo: batch with a no-face frame", prompt)
+    photo, frame = saved_images(comfyui_server, entry, "5")
+    source = input_array(inputs["honestface_photo.png"])
+    assert_restored(photo, source)
+    np.testing.assert_allclose(frame, 128 / 255, atol=1.5 / 255)  # the gray frame, untouched
+    report = entry["outputs"]["7"]["text"][0]
+    assert "photo 1: no face found, passed through unchanged" in report, report
+    face_mask, empty_mask = (m[..., 0] for m in saved_images(comfyui_server, entry, "8"))
+    assert face_mask.shape == photo.shape[:2] and empty_mask.max() == 0.0
+    assert 0.005 < (face_mask > 0.5).mean() < 0.5 and face_mask.max() > 0.99
+    changed = np.abs(photo - source).max(axis=-1) > 1.5 / 255
+    assert face_mask[changed].min() > 0.0  # nothing changed outside the mask
+    assert (changed & (face_mask > 0.5)).sum() > 0.5 * (face_mask > 0.5).sum()
+
+    # A MASK input limits pasting: only the left half of the photo may change.
+    height, width = source.shape[:2]
+    limited = copy.deepcopy(prompt)
+    limited["4"]["inputs"]["image"] = ["1", 0]
+    limited["42"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": width, "height": height}}
+    limited["43"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": width // 2, "height": height}}
+    limited["44"] = {"class_type": "MaskComposite", "inputs": {"destination": ["42", 0], "source": ["43", 0],
+                                                               "x": 0, "y": 0, "operation": "add"}}
+    limited["4"]["inputs"]["mask"] = ["44", 0]
+    entry = run(comfyui_server, "whole photo: limited to the left half", limited)
+    [half] = saved_images(comfyui_server, entry, "5")
+    [half_mask] = (m[..., 0] for m in saved_images(comfyui_server, entry, "8"))
+    right = slice(width // 2 + 1, None)
+    np.testing.assert_allclose(half[:, right], source[:, right], atol=1.5 / 255)
+    assert half_mask[:, right].max() == 0.0
+    face_left = face_mask[:, : width // 2] > 0.5
+    if face_left.any():  # the face (or part of it) lies in the allowed half: restored there
+        assert np.abs(half - source)[:, : width // 2][face_left].mean() > 1e-3
+
+    # on_no_face "error": the run stops and names the frame.
+    strict = copy.deepcopy(prompt)
+    strict["4"]["inputs"]["on_no_face"] = "error"
+    entry, _ = comfyui_server.run_prompt(strict)
+    error = execution_error(entry)
+    assert error is not None and error["node_type"] == "HonestFaceRestorePhoto", error
+    assert error["exception_type"].endswith("NoFaceError") and "photo 1" in error["exception_message"], error
 
 
 def test_mfa_mask(comfyui_server, inputs, tiny_choices):
@@ -286,6 +358,8 @@ def test_align_face_and_reference_selector(comfyui_server, inputs, tiny_choices)
     assert len(distances) == 3 and index == int(np.argmin(distances))
     [best] = saved_images(comfyui_server, entry, "12")
     np.testing.assert_allclose(best, input_array(inputs[f"honestface_reference_{index + 1}.png"]), atol=1 / 255)
+    [on_node] = saved_images(comfyui_server, entry, "11")  # the preview on the selector itself
+    np.testing.assert_allclose(on_node, best, atol=1.5 / 255)
 
     # A photo without a face: the alignment node says which image has none.
     prompt["2"] = load("honestface_blank.png")
