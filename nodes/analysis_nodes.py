@@ -1,4 +1,9 @@
-"""Face-analysis nodes: the backend loader, face alignment, MFA mask preview, A-LD scores."""
+"""Face-analysis nodes: the backend loader, face alignment, MFA mask preview, A-LD scores.
+
+MFA Mask and A-LD Score show their overlay on the node itself (``ui.images``, like Preview
+Image) besides returning it, so they are output nodes: they run, and show it, even when
+nothing is connected to them.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from honestface.face import IDENTITY_BACKENDS, LANDMARK_BACKENDS, require_landma
 from honestface.visualize import GREEN, RED, draw_points
 
 from .comfy_io import (DEVICE_CHOICES, comfy_progress, comfy_to_images, images_to_comfy, masks_to_comfy,
-                       resolve_device)
+                       resolve_device, save_previews)
 from .handles import MODEL_CACHE, FaceAnalysis, unload_all
 from .model_folders import LEGACY_RECOGNISER_FOLDER, list_files_with, models_root_for
 
@@ -165,13 +170,15 @@ class HonestFaceAlignFace:
 class HonestFaceMFAMask:
     DESCRIPTION = ("Masked face alignment (MFA, paper Eq. 10-11): averages the landmark heatmaps of each face, "
                    "sharpens them with 1 - exp(-k M) and min-max normalises, giving the mask of the regions "
-                   "(eyes, brows, nose, mouth, contour) the MFA loss attends to. Outputs the MASK and an overlay preview.")
+                   "(eyes, brows, nose, mouth, contour) the MFA loss attends to. Outputs the MASK and an overlay, "
+                   "which the node also shows.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MASK", "IMAGE")
     RETURN_NAMES = ("mask", "overlay")
     OUTPUT_TOOLTIPS = ("MFA attention mask in [0, 1], same size as the faces.",
-                       "The faces tinted where the mask is high.")
+                       "The faces tinted where the mask is high (also shown on the node).")
     FUNCTION = "mask"
+    OUTPUT_NODE = True
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -195,7 +202,8 @@ class HonestFaceMFAMask:
             progress(i + 1, faces.shape[0])
         mask = torch.cat(masks).float()
         overlay = mask_overlay(faces, mask, alpha=overlay_strength)
-        return (masks_to_comfy(mask), images_to_comfy(overlay))
+        previews = save_previews(overlay, "HonestFace/mfa_mask")
+        return {"ui": {"images": previews}, "result": (masks_to_comfy(mask), images_to_comfy(overlay))}
 
 
 def _landmarks(face_analysis: FaceAnalysis, images: torch.Tensor, what: str) -> torch.Tensor:
@@ -208,7 +216,8 @@ class HonestFaceALDScore:
     DESCRIPTION = ("Scores restored faces against ground truth or a reference of the same person: "
                    "ALD-e and ALD-m (affine landmark distance, paper Eq. 14-15, on eyes+brows and the outer lip), "
                    "L2-LD (mean landmark distance in pixels of the restored image) and Deg. (angle between identity "
-                   "embeddings). Lower is better for all four. With batches the values are means over the batch.")
+                   "embeddings). Lower is better for all four. With batches the values are means over the batch. "
+                   "The node shows the landmarks: restored (green) and reference (red).")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("FLOAT", "FLOAT", "FLOAT", "FLOAT", "IMAGE", "STRING")
     RETURN_NAMES = ("ALD_e", "ALD_m", "L2_LD", "Deg", "landmarks_overlay", "report")
@@ -216,9 +225,11 @@ class HonestFaceALDScore:
                        "A-LD on the outer lip contour (landmarks 48-59).",
                        "Mean Euclidean landmark distance in pixels of the restored image.",
                        "Angle in degrees between the identity embeddings.",
-                       "The restored faces with their landmarks (green) and the reference's (red).",
+                       "The restored faces with their landmarks (green) and the reference's (red); also shown "
+                       "on the node.",
                        "The four values as text, one line per image.")
     FUNCTION = "score"
+    OUTPUT_NODE = True
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -264,7 +275,8 @@ class HonestFaceALDScore:
         for name, value in zip(("ALD-e", "ALD-m", "L2-LD", "Deg."), values):
             if not math.isfinite(value):
                 raise NoFaceError(f"{name} is not finite: a landmark or identity backend failed on a face")
-        return (*values, images_to_comfy(overlay), "\n".join(lines))
+        previews = save_previews(overlay, "HonestFace/ald_landmarks")
+        return {"ui": {"images": previews}, "result": (*values, images_to_comfy(overlay), "\n".join(lines))}
 
 
 class HonestFaceUnloadModels:

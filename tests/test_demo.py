@@ -7,7 +7,7 @@ import json
 import pytest
 
 from honestface.cli import main
-from honestface.visualize import contact_sheet, draw_points
+from honestface.visualize import contact_sheet, draw_points, wrap_text
 
 
 def test_contact_sheet_layout() -> None:
@@ -19,6 +19,34 @@ def test_contact_sheet_layout() -> None:
     assert sheet[:, 2:18, 2:18].max() == 0  # first tile black
     assert torch.allclose(sheet[:, 20:36, 2:18], torch.tensor(0.5))
     assert sheet[:, 20:36, 20:36].min() == 1  # missing tile stays background
+
+
+def test_contact_sheet_captions_and_row_titles() -> None:
+    import torch
+
+    rows = [[torch.zeros(3, 8, 8), torch.zeros(3, 8, 8)]]
+    plain = contact_sheet(rows, size=64, gap=2)
+    labelled = contact_sheet(rows, size=64, gap=2, labels=[["LQ (input)", "restored, refs"]],
+                             row_titles=["person 1"], font_size=12)
+    line = round(12 * 1.25)
+    title, caption = line + 6, 2 * line + 6
+    assert plain.shape == (3, 64 + 4, 2 * 64 + 6)
+    assert labelled.shape == (3, title + 64 + caption + 4, 2 * 64 + 6)
+    assert labelled[:, 2:2 + title, 2:60].min() < 0.5  # the row title is written
+    for column in range(2):
+        x = 2 + column * 66
+        assert labelled[:, 2 + title:2 + title + 64, x:x + 64].max() == 0  # the tile itself
+        strip = labelled[:, 2 + title + 64:2 + title + 64 + caption, x:x + 64]
+        assert strip.min() < 0.5 and strip.mean() > 0.7  # dark letters on the white caption strip
+    from PIL import ImageFont
+
+    font = ImageFont.load_default(size=12)
+    text = "landmarks: GT green, restored red"
+    lines = wrap_text(text, 130, 12, max_lines=5)
+    assert len(lines) > 1 and " ".join(lines) == text
+    assert all(font.getlength(line) <= 130 for line in lines)
+    shortened = wrap_text(text, 60, 12, max_lines=2)
+    assert len(shortened) == 2 and shortened[-1].endswith("…")
 
 
 def test_draw_points_marks_only_finite_points() -> None:
@@ -43,6 +71,15 @@ def test_demo_analysis_only_on_real_faces(shared_data, tmp_path) -> None:
     assert 15 < row["PSNR"] < 40 and 0 < row["SSIM"] < 1
     assert row["ALD-e"] >= 0 and row["L2-LD"] >= 0 and row["ID dist"] > 0
     assert (out / "contact_sheet.png").stat().st_size > 10_000
+    # Every picture of the report has its caption in the same grid cell, in a page that fits
+    # a 1400 px window (no fixed width above it).
+    import re
+
+    figures = re.findall(r"<figure><img src='([^']+)'[^>]*><figcaption>([^<]+)</figcaption></figure>", page)
+    assert len(figures) == page.count("<img src=") and len(figures) >= 2 * 5
+    assert all((out / file).is_file() for file, _ in figures)
+    assert {"LQ (input)", "ground truth", "MFA mask (from LQ)"} <= {caption for _, caption in figures}
+    assert all(int(width) <= 1400 for width in re.findall(r"width:(\d+)px", page))
 
 
 def test_demo_with_the_shipped_model(shared_data, tmp_path) -> None:

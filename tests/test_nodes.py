@@ -163,19 +163,69 @@ def test_face_indices_parsing(pack):
             restore.parse_indices(bad)
 
 
-def test_mfa_mask_node_on_a_real_face(pack, io, shared_data):
+@pytest.fixture
+def temp_folder(pack, tmp_path):
+    """ComfyUI's temp folder (where previews go) in the test's own folder."""
+    import folder_paths
+
+    previous = folder_paths.get_temp_directory()
+    folder_paths.set_temp_directory(str(tmp_path / "temp"))
+    yield tmp_path / "temp"
+    folder_paths.set_temp_directory(previous)
+
+
+def preview_pixels(temp_folder: Path, ui: dict) -> list[torch.Tensor]:
+    """The pictures a node shows (``ui.images``), read back as (H, W, 3) in [0, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    pictures = []
+    for entry in ui["images"]:
+        assert entry["type"] == "temp"
+        picture = Image.open(temp_folder / entry["subfolder"] / entry["filename"]).convert("RGB")
+        pictures.append(torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0))
+    return pictures
+
+
+def test_mfa_mask_node_on_a_real_face(pack, io, shared_data, temp_folder):
     from honestface.image_io import load_image
 
     face = load_image(sorted((shared_data / "real_lq" / "reference_sets" / "obama" / "refs").iterdir())[0])
     face = torch.nn.functional.interpolate(face[None], size=(128, 128), mode="bilinear", antialias=True)
     (analysis,) = pack.HonestFaceAnalysisLoader().load("dlib", "dlib", "default", "dlib-hog", "cpu")
-    mask, overlay = pack.HonestFaceMFAMask().mask(analysis, io.images_to_comfy(face), 10.0, 0.6)
+    output = pack.HonestFaceMFAMask().mask(analysis, io.images_to_comfy(face), 10.0, 0.6)
+    mask, overlay = output["result"]
+    # The node shows the overlay it returns (PNG: 8 bits).
+    [shown] = preview_pixels(temp_folder, output["ui"])
+    torch.testing.assert_close(shown, overlay[0].cpu(), atol=0.5 / 255 + 1e-6, rtol=0)
     assert mask.shape == (1, 128, 128) and overlay.shape == (1, 128, 128, 3)
     assert float(mask.min()) == pytest.approx(0.0, abs=1e-4) and float(mask.max()) == pytest.approx(1.0, abs=1e-3)
     # Overlay: unchanged where the mask is 0, tinted where it is high.
     untouched = mask[0] < 1e-3
     torch.testing.assert_close(overlay[0][untouched], io.images_to_comfy(face)[0][untouched], atol=1e-3, rtol=0)
     assert (overlay[0] - io.images_to_comfy(face)[0]).abs().sum(-1)[mask[0] > 0.9].min() > 0.01
+
+
+def test_ald_score_node_shows_the_landmarks(pack, io, shared_data, temp_folder):
+    from honestface.image_io import load_images
+
+    refs = sorted((shared_data / "real_lq" / "reference_sets" / "obama" / "refs").iterdir())
+    faces = load_images(refs[:2], size=128)
+    (analysis,) = pack.HonestFaceAnalysisLoader().load("dlib", "dlib", "default", "dlib-hog", "cpu")
+    output = pack.HonestFaceALDScore().score(analysis, io.images_to_comfy(faces), io.images_to_comfy(faces[:1]))
+    ald_e, ald_m, l2, degrees, overlay, report = output["result"]
+    assert ald_e > 0 and l2 > 0 and len(report.splitlines()) == 2
+    shown = preview_pixels(temp_folder, output["ui"])
+    assert len(shown) == 2
+    for i, (picture, returned, face) in enumerate(zip(shown, overlay.cpu(), faces)):
+        torch.testing.assert_close(picture, returned, atol=0.5 / 255 + 1e-6, rtol=0)
+        changed = (returned - face.permute(1, 2, 0)).abs().sum(-1) > 0.1
+        # 68 restored points in green over the reference's in red; face 0 is its own reference,
+        # so its green points hide the red ones.
+        green = changed & (returned[..., 1] > 0.6) & (returned[..., 0] < 0.4)
+        red = changed & (returned[..., 0] > 0.6) & (returned[..., 1] < 0.4)
+        assert green.sum() >= 68, int(green.sum())
+        assert (red.sum() == 0) if i == 0 else (red.sum() >= 20), int(red.sum())
 
 
 @pytest.mark.slow

@@ -247,33 +247,62 @@ def analyse(face: DemoFace, lq: torch.Tensor, landmark_backend, identity_backend
         face.metrics[name] = row
 
 
+#: The report fits a 1400 px wide window: one grid row of equal columns per face, each image
+#: scaled to its column with its caption centred under it.
+REPORT_STYLE = (
+    "body{font-family:sans-serif;max-width:1360px;margin:16px auto;padding:0 12px;box-sizing:border-box}"
+    ".faces{display:grid;gap:10px;margin:8px 0 12px}"
+    "figure{margin:0;min-width:0}"
+    "figure img{display:block;width:100%;height:auto}"
+    "figcaption{font-size:13px;line-height:1.3;text-align:center;margin-top:4px;overflow-wrap:anywhere}"
+    "table.metrics{border-collapse:collapse;margin-bottom:8px}"
+    ".metrics td,.metrics th{padding:3px 10px;text-align:right;border-bottom:1px solid #ddd}"
+    ".metrics th:first-child,.metrics td:first-child{text-align:left}"
+    "img.sheet{max-width:100%;height:auto}"
+)
+
+
+def _number(value: float) -> str:
+    """A metric for the report: 4 significant digits, and 0 for round-off (an image against itself)."""
+    return "0" if abs(value) < 1e-9 else f"{value:.4g}"
+
+
 def _write_report(faces: list[DemoFace], output: Path, header: list[str]) -> tuple[Path, Path]:
     from ..image_io import save_image
     from ..visualize import contact_sheet
 
     output.mkdir(parents=True, exist_ok=True)
-    sheet = contact_sheet([list(face.columns.values()) for face in faces], TILE)
+    sheet = contact_sheet([list(face.columns.values()) for face in faces], TILE,
+                          labels=[list(face.columns) for face in faces],
+                          row_titles=[f"{face.name}: {face.source}" for face in faces])
     sheet_path = save_image(sheet, output / "contact_sheet.png")
-    parts = ["<!doctype html><meta charset='utf-8'><title>HonestFace demo</title>",
-             "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 8px;text-align:right}"
-             "th:first-child,td:first-child{text-align:left}img{width:192px}</style>",
+    parts = ["<!doctype html><meta charset='utf-8'>",
+             "<meta name='viewport' content='width=device-width, initial-scale=1'><title>HonestFace demo</title>",
+             f"<style>{REPORT_STYLE}</style>",
              "<h1>HonestFace demo</h1>"] + [f"<p>{html.escape(line)}</p>" for line in header]
     for face in faces:
         parts.append(f"<h2>{html.escape(face.name)}</h2><p>source: {html.escape(face.source)}</p>")
-        parts.append("<table><tr>")
+        parts.append(f"<div class='faces' style='grid-template-columns:repeat({len(face.columns)},minmax(0,1fr))'>")
         for index, (name, image) in enumerate(face.columns.items()):
             file = f"{face.name}_{index}.png"
             save_image(image, output / file)
-            parts.append(f"<td><figure><img src='{file}'><figcaption>{html.escape(name)}</figcaption></figure></td>")
-        parts.append("</tr></table>")
+            caption = html.escape(name).replace("-", "&#8209;")  # "A-LD" stays on one line
+            parts.append(f"<figure><img src='{file}' alt='{html.escape(name, quote=True)}'>"
+                         f"<figcaption>{caption}</figcaption></figure>")
+        parts.append("</div>")
         parts.extend(f"<p><em>{html.escape(note)}</em></p>" for note in face.notes)
         columns = list(next(iter(face.metrics.values())).keys()) if face.metrics else []
-        parts.append("<table><tr><th>vs ground truth</th>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>")
+        reference = "vs ground truth" if face.gt is not None else "no ground truth"
+        parts.append(f"<table class='metrics'><tr><th>{reference}</th>"
+                     + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>")
         for name, row in face.metrics.items():
-            parts.append(f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{row[c]:.4g}</td>" for c in columns) + "</tr>")
+            parts.append(f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{_number(row[c])}</td>" for c in columns)
+                         + "</tr>")
         parts.append("</table>")
     parts.append("<p>PSNR/SSIM: higher is better. ALD-e/ALD-m (affine landmark distance, eyes/mouth), "
                  "L2-LD and ID dist (dlib descriptor distance): lower is better.</p>")
+    parts.append(f"<h2>Contact sheet</h2><p><a href='{sheet_path.name}'><img class='sheet' src='{sheet_path.name}' "
+                 "alt='all faces and columns in one picture'></a></p>")
     page = output / "report.html"
     page.write_text("\n".join(parts), encoding="utf-8")
     return page, sheet_path

@@ -175,3 +175,25 @@ class HeadlessComfyUI:
             "})()"
         )
         self.evaluate(script)
+
+    def missing_models_dialog(self, workflow: dict, timeout_ms: int = 15000) -> str:
+        """Load a UI-format workflow and return the text of the missing-models dialog the
+        frontend opens for it ('' if none opens). Dialogs left open before are closed first."""
+        script = (
+            "(async () => {"
+            "  const dialogs = () => [...document.querySelectorAll('.p-dialog')];"
+            "  for (const dialog of dialogs()) {"
+            "    dialog.querySelector('.p-dialog-close-button, .p-dialog-header-close')?.click();"
+            "  }"
+            "  for (let i = 0; i < 50 && dialogs().length; i++) await new Promise(r => setTimeout(r, 100));"
+            f"  const workflow = {json.dumps(workflow)};"
+            "  await window.app.loadGraphData(workflow, true, true, null);"
+            f"  for (let waited = 0; waited < {timeout_ms}; waited += 100) {{"
+            "    const text = dialogs().map(d => d.innerText).join('\\n');"
+            "    if (text.includes('Missing Models')) return text;"
+            "    await new Promise(r => setTimeout(r, 100));"
+            "  }"
+            "  return '';"
+            "})()"
+        )
+        return self.evaluate(script)

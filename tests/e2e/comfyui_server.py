@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO_ROOT / "example_workflows"
@@ -226,3 +228,64 @@ def with_tiny_models(prompt: dict, choices: dict[str, str]) -> dict:
             # The tiny checkpoint was trained (randomly) for this recogniser, the real one for ArcFace.
             inputs["identity_backend"] = choices["identity_backend"]
     return prompt
+
+
+#: Model folders the tests' ``extra_model_paths.yaml`` points at the tiny models.
+TINY_MODEL_FOLDERS = ("checkpoints", "diffusers", "honestface", "insightface", "face_alignment", "facerestore_models")
+
+
+def write_extra_model_paths(base_dir: Path, models_dir: Path) -> Path:
+    """An ``extra_model_paths.yaml`` (the way users add model folders) pointing at ``models_dir``."""
+    extra = Path(base_dir) / "extra_model_paths.yaml"
+    folders = "\n".join(f"    {kind}: {kind}" for kind in TINY_MODEL_FOLDERS)
+    extra.write_text(f"honestface_tests:\n    base_path: {models_dir}\n{folders}\n")
+    return extra
+
+
+def to_png(source: Path, target: Path, max_side: int | None = None) -> None:
+    image = Image.open(source).convert("RGB")
+    if max_side and max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.LANCZOS)
+    image.save(target)
+
+
+def write_workflow_inputs(input_dir: Path, shared_data: Path) -> dict[str, Path]:
+    """The input images the workflows name, from the real test data, in a server's input folder."""
+    obama = shared_data / "real_lq" / "reference_sets" / "obama"
+    pairs = shared_data / "real_lq" / "pairs"
+    first_pair = sorted((pairs / "lq").iterdir())[0].name
+    sources = {
+        "honestface_lq_face.png": sorted((obama / "lq_crop").iterdir())[0],
+        "honestface_reference_1.png": sorted((obama / "refs").iterdir())[0],
+        "honestface_reference_2.png": sorted((obama / "refs").iterdir())[1],
+        "honestface_reference_3.png": sorted((obama / "refs").iterdir())[2],
+        "honestface_photo.png": shared_data / "real_lq" / "whole" / "Blake_Lively.jpg",
+        "honestface_restored.png": pairs / "lq" / first_pair,
+        "honestface_ground_truth.png": pairs / "pseudo_hq" / first_pair,
+    }
+    input_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, source in sources.items():
+        to_png(source, input_dir / name, max_side=512)
+        written[name] = input_dir / name
+    Image.new("RGB", (256, 256), (128, 128, 128)).save(input_dir / "honestface_blank.png")
+    written["honestface_blank.png"] = input_dir / "honestface_blank.png"
+    return written
+
+
+def tiny_model_choices(server: ComfyUIServer) -> dict[str, str]:
+    """The tiny models' names as the server's loader nodes list them."""
+    from honestface.testing.make_tiny_models import TINY_IDENTITY_BACKEND
+
+    status, info = server.request("/object_info/HonestFaceModelLoader")
+    if status != 200:
+        raise ServerError(f"/object_info/HonestFaceModelLoader: HTTP {status}")
+    required = info["HonestFaceModelLoader"]["input"]["required"]
+    bases, weights = required["base_model"][0], required["weights"][0]
+    checkpoints = [w for w in weights if w.endswith(".safetensors")]
+    folders = [w for w in weights if not w.endswith(".safetensors")]
+    single_files = [b for b in bases if b.endswith((".safetensors", ".ckpt"))]
+    if not (single_files and checkpoints and folders):
+        raise ServerError(f"the tiny models are not listed: {bases}, {weights}")
+    return {"base_model": single_files[0], "honestface": checkpoints[0], "osdface": folders[0],
+            "identity_backend": TINY_IDENTITY_BACKEND}

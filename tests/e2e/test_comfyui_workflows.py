@@ -205,6 +205,10 @@ def test_mfa_mask(comfyui_server, inputs, tiny_choices):
     corners = np.mean([gray[:h // 8, :w // 8].mean(), gray[:h // 8, -w // 8:].mean()])
     assert centre > corners + 0.05, (centre, corners)
     assert_restored(overlay, source)
+    # The MFA node shows its overlay on itself (ui.images in ComfyUI's temp folder), like Preview Image.
+    [shown] = saved_images(comfyui_server, entry, "3")
+    assert entry["outputs"]["3"]["images"][0]["type"] == "temp"
+    np.testing.assert_allclose(shown, overlay, atol=1.5 / 255)
 
 
 def test_ald_score(comfyui_server, inputs, tiny_choices):
@@ -217,6 +221,9 @@ def test_ald_score(comfyui_server, inputs, tiny_choices):
     assert entry["outputs"]["10"]["text"][0].startswith("image 0: ALD-e")
     [overlay] = saved_images(comfyui_server, entry, "9")
     assert_restored(overlay, input_array(inputs["honestface_restored.png"]))
+    [shown] = saved_images(comfyui_server, entry, "4")  # the landmarks, shown on the A-LD node itself
+    assert entry["outputs"]["4"]["images"][0]["type"] == "temp"
+    np.testing.assert_allclose(shown, overlay, atol=1.5 / 255)
 
     # Scoring an image against itself gives zero distances and a zero angle.
     same = copy.deepcopy(prompt)

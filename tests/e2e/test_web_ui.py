@@ -14,6 +14,7 @@ import pytest
 
 from browser import HeadlessComfyUI, find_chromium
 from comfyui_server import API_WORKFLOWS, TIMINGS, WORKFLOWS, execution_error, load_workflow, with_tiny_models
+from workflow_format import model_hints
 
 pytestmark = pytest.mark.e2e
 
@@ -36,6 +37,55 @@ def web_ui(comfyui_server):
 def test_every_ui_workflow_has_an_api_twin():
     assert {p.name for p in UI_WORKFLOWS} == {p.name for p in API_WORKFLOWS.glob("*.json")}
     assert len(UI_WORKFLOWS) >= 5
+
+
+def declared_models(workflow: dict) -> list[dict]:
+    """The model hints of a UI workflow: on its nodes and at its top level."""
+    on_nodes = [model for node in workflow["nodes"] for model in node.get("properties", {}).get("models", [])]
+    return on_nodes + workflow.get("models", [])
+
+
+HINTED_WORKFLOWS = [p for p in UI_WORKFLOWS if declared_models(load_workflow(p))]
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=[p.stem for p in UI_WORKFLOWS])
+def test_ui_workflow_declares_the_model_files_of_its_api_twin(path):
+    """The hints are the ones workflow_format.py derives from the API twin (regenerated, not
+    hand-edited), each node's hints name one of its widget values, and the workflows that need
+    downloaded files say so."""
+    workflow, prompt = load_workflow(path), load_workflow(API_WORKFLOWS / path.name)
+    per_node, top_level = model_hints(prompt)
+    for node in workflow["nodes"]:
+        models = node.get("properties", {}).get("models", [])
+        assert models == per_node.get(str(node["id"]), []), (path.name, node["id"])
+        for model in models:
+            assert model["name"] in node["widgets_values"], model
+    assert workflow.get("models", []) == top_level
+    for model in declared_models(workflow):
+        assert set(model) == {"name", "url", "directory"} and model["url"].startswith("https://"), model
+    needs_files = any(node["class_type"] == "HonestFaceModelLoader" and node["inputs"]["base_model"] != "none"
+                      for node in prompt.values())
+    assert bool(declared_models(workflow)) == needs_files, path.name
+
+
+@pytest.mark.parametrize("path", HINTED_WORKFLOWS, ids=[p.stem for p in HINTED_WORKFLOWS])
+def test_missing_models_dialog_names_what_is_not_installed(web_ui, comfyui_server, path):
+    """The real frontend reads the hints: files the server lacks are listed as
+    "folder / file" (the test server has the tiny models: VGG16 and ArcFace under their real
+    names, no SD 2.1, HonestFace or OSDFace files of those names), installed ones are not."""
+    workflow = load_workflow(path)
+    models = declared_models(workflow)
+    installed = {}
+    for directory in {model["directory"] for model in models}:
+        status, files = comfyui_server.request(f"/experiment/models/{directory}")
+        assert status == 200, (directory, files)
+        installed[directory] = {entry["name"] for entry in files}
+    text = web_ui.missing_models_dialog(workflow)
+    assert "Missing Models" in text, f"no missing-models dialog for {path.name}"
+    assert "Invalid directory" not in text, text
+    for model in models:
+        label = f"{model['directory']} / {model['name']}"
+        assert (label in text) == (model["name"] not in installed[model["directory"]]), (label, text)
 
 
 @pytest.mark.parametrize("path", UI_WORKFLOWS, ids=[p.stem for p in UI_WORKFLOWS])
