@@ -130,12 +130,6 @@ def montage(shared_data):
     return torch.cat([left, right], dim=2)  # (3, 250, 500), one face in each half
 
 
-@pytest.fixture(scope="module")
-def detector():
-    from honestface.face import load_face_detector
-    return load_face_detector("dlib")
-
-
 def invert(crops: torch.Tensor) -> torch.Tensor:
     return 1.0 - crops
 

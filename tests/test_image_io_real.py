@@ -11,6 +11,8 @@ from PIL import Image
 from honestface.errors import ImageError, ImageTooSmallError
 from honestface.image_io import MIN_IMAGE_SIDE, check_image_size, load_image
 
+from conftest import nano_pipeline
+
 torch.set_num_threads(1)
 
 #: EXIF orientation 6: the stored pixels are the upright picture turned 90 degrees
@@ -68,19 +70,15 @@ def test_minimum_image_size_is_stated_and_checked():
 
 
 @pytest.mark.slow
-def test_exif_rotated_photo_restores_upright(shared_data, tmp_path):
+def test_exif_rotated_photo_restores_upright(shared_data, tmp_path, detector):
     """A phone-style JPEG stored sideways with orientation 6 restores like the upright file."""
-    from honestface.face import load_face_detector, load_landmark_backend
-    from honestface.pipeline import HonestFacePipeline, load_model
     from honestface.whole_photo import restore_whole_photos
 
     upright = Image.open(_lfw_photo(shared_data)).convert("RGB").crop((0, 20, 250, 230))  # 250 x 210
     plain, rotated = tmp_path / "upright.jpg", tmp_path / "phone.jpg"
     upright.save(plain, quality=98, subsampling=0)
     _write_rotated(upright, rotated, quality=98, subsampling=0)
-    pipeline = HonestFacePipeline(load_model(checkpoint="honestface-nano.safetensors"),
-                                  load_landmark_backend("dlib", aligned_fallback=True))
-    detector = load_face_detector("dlib")
+    pipeline = nano_pipeline(identity=False)
     sideways = torch.from_numpy(np.asarray(Image.open(rotated).convert("RGB"), np.float32) / 255).permute(2, 0, 1)
     reference, result, ignored = restore_whole_photos(
         pipeline, [load_image(plain), load_image(rotated), sideways], detector)

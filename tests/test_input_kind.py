@@ -12,13 +12,6 @@ from honestface.image_io import load_image
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def detector():
-    from honestface.face import load_face_detector
-
-    return load_face_detector("dlib")
-
-
 def _every(paths, step):
     return sorted(paths)[::step]
 

@@ -11,24 +11,14 @@ from honestface.face import align_reference_photos, classify_input
 from honestface.image_io import load_image
 from honestface.pipeline import IDENTITY_MATCH_THRESHOLD_DEG, ReferenceSet, identity_match_threshold
 
+from conftest import nano_pipeline
+
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def detector():
-    from honestface.face import load_face_detector
-
-    return load_face_detector("dlib")
-
-
-@pytest.fixture(scope="module")
 def pipeline():
-    from honestface.face import load_identity_backend, load_landmark_backend
-    from honestface.pipeline import HonestFacePipeline, load_model
-
-    model = load_model(checkpoint="honestface-nano.safetensors")
-    return HonestFacePipeline(model, load_landmark_backend("dlib", aligned_fallback=True),
-                              load_identity_backend(model.config.identity_backend), batch_size=4)
+    return nano_pipeline(batch_size=4)
 
 
 @pytest.fixture(scope="module")

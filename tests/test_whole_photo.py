@@ -13,6 +13,8 @@ from honestface.face import FaceSelection, PasteMask, align_reference_photos, de
 from honestface.image_io import load_image
 from honestface.whole_photo import restore_whole_photos
 
+from conftest import nano_pipeline
+
 torch.set_num_threads(1)
 
 
@@ -24,20 +26,8 @@ def lfw_people(shared_data):
 
 
 @pytest.fixture(scope="module")
-def detector():
-    from honestface.face import load_face_detector
-
-    return load_face_detector("dlib")
-
-
-@pytest.fixture(scope="module")
 def pipeline():
-    from honestface.face import load_identity_backend, load_landmark_backend
-    from honestface.pipeline import HonestFacePipeline, load_model
-
-    model = load_model(checkpoint="honestface-nano.safetensors")
-    return HonestFacePipeline(model, load_landmark_backend("dlib", aligned_fallback=True),
-                              load_identity_backend(model.config.identity_backend), batch_size=3)
+    return nano_pipeline(batch_size=3)
 
 
 @pytest.fixture(scope="module")
