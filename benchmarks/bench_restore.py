@@ -433,7 +433,32 @@ def summary(results: list[dict], args: argparse.Namespace) -> str:
     if best is not None and args.absolute:
         text.append(f"Best throughput: {best['faces_per_second']:.1f} faces/s ({best['resolved_dtype']}, batch "
                     f"{best['batch']}, levers {best['levers']}), peak {_gib(best['peak_bytes'])}.")
+    if args.absolute and args.suite == "gpu":
+        text.extend(target_lines(results))
     return "\n".join(text)
+
+
+#: The GPU targets at 512x512 in bf16/fp16: seconds per face at batch 1, faces/s at the best batch.
+TARGET_BATCH1_SECONDS = 0.025
+TARGET_FACES_PER_SECOND = 80.0
+
+
+def target_lines(results: list[dict]) -> list[str]:
+    """Pass/fail of the GPU targets by the best HonestFace rows (reduced precision only)."""
+    rows = [r for r in results if "error" not in r and r["kind"] == "honestface" and r["resolved_dtype"] != "float32"]
+    lines = []
+    single = [r for r in rows if r["batch"] == 1]
+    if single:
+        fastest = min(single, key=lambda r: r["face_seconds"])
+        verdict = "met" if fastest["face_seconds"] <= TARGET_BATCH1_SECONDS else "missed"
+        lines.append(f"Target batch 1 <= {TARGET_BATCH1_SECONDS * 1000:.0f} ms/face: {verdict} "
+                     f"({fastest['face_seconds'] * 1000:.1f} ms, {fastest['resolved_dtype']}, {fastest['levers']}).")
+    if rows:
+        best = max(rows, key=lambda r: r["faces_per_second"])
+        verdict = "met" if best["faces_per_second"] >= TARGET_FACES_PER_SECOND else "missed"
+        lines.append(f"Target >= {TARGET_FACES_PER_SECOND:.0f} faces/s: {verdict} ({best['faces_per_second']:.1f} "
+                     f"faces/s at batch {best['batch']}).")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -106,9 +106,21 @@ def test_comparisons_are_ratios_to_the_baseline_and_psnr_against_float32(bench, 
         counts = {line.count("|") for line in table.splitlines()}
         assert len(counts) == 1
 
-    args = argparse.Namespace(preset="sd21", faces=None, repeats=1, warmup=1, absolute=True)
+    args = argparse.Namespace(preset="sd21", faces=None, repeats=1, warmup=1, absolute=True,
+                              suite=None)
     text = bench.summary(results, args)
     assert "Best throughput: 2.0 faces/s (bfloat16, batch 1" in text and "2000.0 ms per face" in text
+    assert "Target" not in text  # targets are the GPU suite's
+    args.suite = "gpu"
+    text = bench.summary(results, args)
+    assert "Target batch 1 <= 25 ms/face: missed (500.0 ms, bfloat16, none)." in text
+    assert "Target >= 80 faces/s: missed (2.0 faces/s at batch 1)." in text
+    fast = [_row("baseline", "float32", 1, 0.1), _row("honestface", "float16", 1, 0.02),
+            _row("honestface", "float16", 32, 0.01)]
+    bench.add_comparisons(fast)
+    lines = bench.target_lines(fast)
+    assert lines[0].startswith("Target batch 1 <= 25 ms/face: met (20.0 ms")
+    assert lines[1].startswith("Target >= 80 faces/s: met (100.0 faces/s at batch 32)")
 
 
 def test_baseline_calls_compute_what_the_model_computes(bench):
@@ -125,3 +137,39 @@ def test_baseline_calls_compute_what_the_model_computes(bench):
         ours = model(lq, color_correction="none").image
     assert plain.shape == lq.shape
     torch.testing.assert_close(plain, ours, atol=1e-5, rtol=0)
+
+
+def _script_arguments(mode: str) -> list[str]:
+    """The bench_restore.py arguments bench_gpu.sh passes in ``mode`` (read from the script)."""
+    import re
+    import shlex
+
+    text = (REPO_ROOT / "benchmarks" / "bench_gpu.sh").read_text()
+    match = re.search(rf"^\s*{mode}\)\s+args=\((.*?)\)\s*;;", text, flags=re.S | re.M)
+    assert match, f"no '{mode})' case in bench_gpu.sh"
+    return shlex.split(match.group(1).replace("\\\n", " "))
+
+
+@pytest.mark.parametrize("mode", ["quick", "full"])
+def test_gpu_script_arguments_stay_valid(bench, mode):
+    argv = _script_arguments(mode) + ["--device", "cuda"]
+    args = _args(bench, *argv)
+    for levers in args.levers or []:
+        bench.parse_levers(levers)
+    specs = bench.plan(args)
+    assert specs[0]["kind"] == "baseline" and len(specs) > 5
+    if mode == "quick":
+        assert {s["dtype"] for s in specs[1:]} == {"bfloat16"}
+        assert {s["batch"] for s in specs} == {1, 16, 64}
+
+
+def test_gpu_script_refuses_without_cuda(tmp_path):
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    done = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "bench_gpu.sh")], capture_output=True, text=True,
+                          env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}, cwd=tmp_path, timeout=300)
+    assert done.returncode == 2
+    assert "no CUDA device" in done.stderr
