@@ -16,7 +16,9 @@ Every run has two kinds of rows:
 - **HonestFace**: :class:`~honestface.pipeline.HonestFacePipeline`'s model forward with
   ``--references`` references per face (and their identity embeddings), in each dtype
   (``auto`` = what :func:`honestface.loaders.sd21.resolve_dtype` picks for the device),
-  LoRA merged or not, with optional levers (channels-last, compile, ...).
+  LoRA merged or not, with optional levers (channels-last, compile, ...). "none" is the
+  pipeline as shipped, which already picks channels-last for bf16 on CPUs
+  (:mod:`honestface.acceleration`); the lever "contiguous" undoes that.
 
 Every figure is reported as the speed-up over the baseline of the same run (baseline
 seconds per face / seconds per face), so runs on a busy machine stay comparable; seconds
@@ -65,6 +67,7 @@ RESULT_TAG = "BENCH_RESULT "
 LEVERS = {
     "none": "library defaults",
     "channels-last": "UNet, VAE, VQ encoder and inputs in channels-last memory format",
+    "contiguous": "weights in NCHW even where the pipeline picks channels-last (bf16 on CPUs)",
     "classic-attention": "diffusers' non-SDPA attention processor (AttnProcessor), to measure what SDPA gives",
     "vae-slicing": "the VAE encodes/decodes one face at a time (memory of large batches)",
     "compile": "torch.compile of the UNet and the VAE encoder/decoder (mode 'default')",
@@ -146,6 +149,8 @@ def apply_levers(model, levers: list[str]) -> None:
         vae.set_attn_processor(AttnProcessor())
     if "channels-last" in levers:
         model.to(memory_format=torch.channels_last)
+    if "contiguous" in levers:
+        model.to(memory_format=torch.contiguous_format)
     if "vae-slicing" in levers:
         vae.enable_slicing()
     for lever in levers:
