@@ -30,6 +30,7 @@ from typing import Sequence
 
 import torch
 
+from .acceleration import apply_inference_layout
 from .config import HonestFaceConfig
 from .errors import ImageError
 from .image_io import resize_to, to_rgb
@@ -125,6 +126,7 @@ class HonestFacePipeline:
                                   f"embeddings but the model expects {model.config.ide.identity_dim}-d")
             warn_on_identity_mismatch(str(getattr(identity_backend, "name", "")), model.config.identity_backend)
         self.model.to(device=self.device, dtype=self.dtype)
+        apply_inference_layout(self.model, self.device, self.dtype)  # channels-last for bf16 on CPUs
         self.model.eval()
 
     @property

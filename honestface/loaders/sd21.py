@@ -80,17 +80,26 @@ _DTYPES = {
 }
 
 
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """A torch floating dtype from a name ("float32", "fp16", "bf16", ...) or a dtype."""
+def resolve_dtype(dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = None) -> torch.dtype:
+    """A torch floating dtype from a name ("auto", "float32", "fp16", "bf16", ...) or a dtype.
+
+    ``"auto"`` (also ``None``, the default) is the fastest precision ``device`` (default CPU)
+    computes natively: bfloat16 on CPUs with AVX512-BF16 or AMX, float32 on other CPUs,
+    bfloat16 (else float16) on CUDA GPUs; see :func:`honestface.cpu_features.auto_dtype`.
+    """
     if dtype is None:
-        return torch.float32
+        dtype = "auto"
     if isinstance(dtype, torch.dtype):
         if not dtype.is_floating_point:
             raise ConfigError(f"dtype must be a floating type, got {dtype}")
         return dtype
     name = str(dtype).lower().removeprefix("torch.")
+    if name == "auto":
+        from ..cpu_features import auto_dtype
+
+        return auto_dtype(device)
     if name not in _DTYPES:
-        raise ConfigError(f"unknown dtype '{dtype}'; use one of: float32, float16, bfloat16")
+        raise ConfigError(f"unknown dtype '{dtype}'; use one of: auto, float32, float16, bfloat16")
     return _DTYPES[name]
 
 

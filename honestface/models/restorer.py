@@ -93,7 +93,8 @@ class OneStepRestorer(nn.Module):
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """z_H (scaled) -> (B, 3, H, W) in [-1, 1] (clamped)."""
         image = self.vae.decode(latent.to(self.vae.dtype) / self.scaling_factor).sample
-        return image.clamp(-1.0, 1.0)
+        # NCHW even when the VAE runs channels-last (honestface.acceleration): callers index it
+        return image.clamp(-1.0, 1.0).contiguous()
 
     def forward(self, images: torch.Tensor, prompt: torch.Tensor,
                 generator: torch.Generator | None = None) -> RestorerOutput:
