@@ -11,7 +11,7 @@ from PIL import Image
 from honestface.errors import ImageError, ImageTooSmallError
 from honestface.image_io import MIN_IMAGE_SIDE, check_image_size, load_image
 
-from conftest import nano_pipeline
+from nano_helpers import nano_pipeline
 
 torch.set_num_threads(1)
 

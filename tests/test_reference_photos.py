@@ -11,7 +11,7 @@ from honestface.face import align_reference_photos, classify_input
 from honestface.image_io import load_image
 from honestface.pipeline import IDENTITY_MATCH_THRESHOLD_DEG, ReferenceSet, identity_match_threshold
 
-from conftest import nano_pipeline
+from nano_helpers import nano_pipeline
 
 torch.set_num_threads(1)
 

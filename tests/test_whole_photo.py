@@ -13,7 +13,7 @@ from honestface.face import FaceSelection, PasteMask, align_reference_photos, de
 from honestface.image_io import load_image
 from honestface.whole_photo import restore_whole_photos
 
-from conftest import nano_pipeline
+from nano_helpers import nano_pipeline
 
 torch.set_num_threads(1)
 
