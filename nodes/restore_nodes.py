@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-import folder_paths
 from honestface.errors import HonestFaceError, MissingModelFileError, NoFaceError
 from honestface.face.photo import MASK_SHAPES, PasteMask
 from honestface.face.photo import ORDERS as FACE_ORDERS
@@ -24,8 +23,6 @@ CATEGORY = "HonestFace"
 
 #: What marks an OSDFace release folder inside models/honestface.
 OSDFACE_MARKER = "pytorch_lora_weights.safetensors"
-#: The OSDFace file holding the VQ encoder of the visual tokens.
-OSDFACE_VQ_FILE = "associate_2.ckpt"
 NONE = "none"
 AUTO = "auto"
 
@@ -66,15 +63,13 @@ def resolve_base_model(name: str):
 
 
 def build_model(base_model: str, weights: str, osdface_folder: str, dtype: str, device: str) -> HonestFaceModel:
-    from honestface.loaders.checkpoint import config_from_checkpoint
+    from honestface.loaders import model_files
     from honestface.pipeline import HonestFacePipeline
 
     weights_path = resolve_weights(weights)
     is_osdface = weights_path.is_dir()
-    config = None if is_osdface else config_from_checkpoint(weights_path)
-    bundled = set() if config is None else set(config.bundled)
     # weights that bundle their UNet and VAE ignore the base model (the loader logs it)
-    sd21 = None if base_model == NONE or {"unet", "vae"} <= bundled else resolve_base_model(base_model)
+    sd21 = None if base_model == NONE else resolve_base_model(base_model)
     if osdface_folder == AUTO:
         if is_osdface:
             osdface_dir = weights_path
@@ -86,25 +81,15 @@ def build_model(base_model: str, weights: str, osdface_folder: str, dtype: str, 
     else:
         osdface_dir = find_in_folders("honestface", osdface_folder, "OSDFace folder (VQ encoder)")
     checkpoint = None if is_osdface else weights_path
-    vgg = None
-    if "vq" in bundled:
-        osdface_dir = None
-    elif checkpoint is not None and osdface_dir is None:
-        raise MissingModelFileError(OSDFACE_VQ_FILE, Path(folder_paths.get_folder_paths("honestface")[0]) / "OSDFace",
-                                    "OSDFace VQ encoder", "A HonestFace checkpoint uses the frozen VQ encoder of "
-                                    "the OSDFace release: put the release folder in models/honestface.")
-    if checkpoint is not None and "vgg" not in bundled:
-        # The facial feature extractor needs torchvision's VGG16 weights next to the checkpoint.
-        vgg = find_in_folders("honestface", config.ide.vgg_file,
-                              "VGG16 weights of the facial feature extractor")
+    files = model_files.resolve_model_files(sd21=sd21, checkpoint=checkpoint, osdface_dir=osdface_dir,
+                                            find=lambda name, what: find_in_folders("honestface", name, what))
     load_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, load_device)
-    pipeline = HonestFacePipeline.from_pretrained(sd21=sd21, checkpoint=checkpoint, osdface_dir=osdface_dir,
-                                                  vgg=vgg, device="cpu", dtype=torch_dtype)
+    pipeline = HonestFacePipeline(model_files.build_model(files), device="cpu", dtype=torch_dtype)
     kind = "OSDFace (no references)" if checkpoint is None else "HonestFace"
     return HonestFaceModel(pipeline=pipeline, module=pipeline.model, load_device=load_device,
                            offload_device=torch.device("cpu"), dtype=torch_dtype,
-                           description=f"{kind}: {weights}{'' if sd21 is None else ' on ' + base_model} "
+                           description=f"{kind}: {weights}{'' if files.sd21 is None else ' on ' + base_model} "
                                        f"({torch_dtype}, {load_device})")
 
 

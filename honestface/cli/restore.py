@@ -304,23 +304,20 @@ def build_pipeline(sd: str | Path | None, weights: str | Path, *, osdface: str |
     ``landmarks`` and ``identity`` or the checkpoint's backend) or an OSDFace folder (no
     backends: OSDFace ignores references). The load report is ``pipeline.model.load_report``.
     """
-    from ..loaders.osdface import DEFAULT_FOLDER, find_osdface_folder
+    from ..loaders.model_files import build_model, resolve_model_files
+    from ..loaders.osdface import DEFAULT_FOLDER
     from ..loaders.sd21 import resolve_dtype
-    from ..pipeline import HonestFacePipeline, load_model
+    from ..pipeline import HonestFacePipeline
 
     torch_dtype = resolve_dtype(dtype)
     weights_path = resolve_weights(weights, models_dir)
     if weights_path.is_dir():
-        model = load_model(sd21=sd, osdface_dir=find_osdface_folder(weights_path), models_dir=models_dir,
-                           merge_lora=merge_lora)
+        files = resolve_model_files(sd21=sd, osdface_dir=weights_path, models_dir=models_dir)
+        model = build_model(files, merge_lora=merge_lora)
         return HonestFacePipeline(model, device=device, dtype=torch_dtype, batch_size=batch_size)
-    from ..loaders.checkpoint import config_from_checkpoint
-
-    osdface_dir = None
-    if "vq" not in config_from_checkpoint(weights_path).bundled:
-        osdface_dir = find_osdface_folder(osdface if osdface is not None else DEFAULT_FOLDER, models_dir)
-    model = load_model(sd21=sd, checkpoint=weights_path, osdface_dir=osdface_dir, models_dir=models_dir,
-                       vgg=vgg, merge_lora=merge_lora)
+    files = resolve_model_files(sd21=sd, checkpoint=weights_path, models_dir=models_dir, vgg=vgg,
+                                osdface_dir=osdface if osdface is not None else DEFAULT_FOLDER)
+    model = build_model(files, merge_lora=merge_lora)
     landmark_backend = identity_backend = None
     from ..face import load_identity_backend, load_landmark_backend
 
