@@ -111,3 +111,14 @@ def test_osdface_roads_are_the_same(models):
     assert library.load_report == cli.load_report
     assert not library.accepts_references and not cli.accepts_references
     assert torch.equal(_restore(library), _restore(cli))
+
+
+def test_the_checkpoint_config_is_read_once_per_load(models, monkeypatch):
+    from honestface.loaders import checkpoint as checkpoint_module
+    from honestface.pipeline import load_model
+
+    reads = []
+    original = checkpoint_module.read_checkpoint_metadata
+    monkeypatch.setattr(checkpoint_module, "read_checkpoint_metadata", lambda path: reads.append(path) or original(path))
+    load_model(sd21=SD, checkpoint=CHECKPOINT, osdface_dir=OSDFACE, models_dir=models)
+    assert reads == [models / tiny.HONESTFACE_CHECKPOINT]
