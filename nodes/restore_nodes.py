@@ -16,7 +16,7 @@ from honestface.paths import NANO_WEIGHTS, PACKAGED_WEIGHTS_DIR
 
 from .comfy_io import (DEVICE_CHOICES, DTYPE_CHOICES, comfy_progress, comfy_to_images, images_to_comfy,
                        masks_for_images, masks_to_comfy, resolve_device, resolve_dtype, save_previews)
-from .handles import MODEL_CACHE, FaceAnalysis, HonestFaceModel
+from .handles import MODEL_CACHE, FaceAnalysis, ModelHandle
 from .model_folders import find_in_folders, list_files, list_subfolders
 
 CATEGORY = "HonestFace"
@@ -62,7 +62,7 @@ def resolve_base_model(name: str):
     return find_in_folders("diffusers", name, "SD 2.1-base diffusers folder")
 
 
-def build_model(base_model: str, weights: str, osdface_folder: str, dtype: str, device: str) -> HonestFaceModel:
+def build_model(base_model: str, weights: str, osdface_folder: str, dtype: str, device: str) -> ModelHandle:
     from honestface.loaders import model_files
     from honestface.pipeline import HonestFacePipeline
 
@@ -87,7 +87,7 @@ def build_model(base_model: str, weights: str, osdface_folder: str, dtype: str, 
     torch_dtype = resolve_dtype(dtype, load_device)
     pipeline = HonestFacePipeline(model_files.build_model(files), device="cpu", dtype=torch_dtype)
     kind = "OSDFace (no references)" if checkpoint is None else "HonestFace"
-    return HonestFaceModel(pipeline=pipeline, module=pipeline.model, load_device=load_device,
+    return ModelHandle(pipeline=pipeline, module=pipeline.model, load_device=load_device,
                            offload_device=torch.device("cpu"), dtype=torch_dtype,
                            description=f"{kind}: {weights}{'' if files.sd21 is None else ' on ' + base_model} "
                                        f"({torch_dtype}, {load_device})")
@@ -133,13 +133,13 @@ class HonestFaceModelLoader:
         return (model,)
 
 
-def require_references_support(model: HonestFaceModel) -> None:
+def require_references_support(model: ModelHandle) -> None:
     if not getattr(model.pipeline.model, "accepts_references", True):
         raise HonestFaceError(f"{model.description} restores without references; load a HonestFace checkpoint "
                               "(.safetensors in models/honestface) to use references")
 
 
-def make_pipeline(model: HonestFaceModel, face_analysis: FaceAnalysis | None, with_references: bool = False):
+def make_pipeline(model: ModelHandle, face_analysis: FaceAnalysis | None, with_references: bool = False):
     """The cached model, loaded onto its device, with this run's face-analysis backends.
 
     The face recogniser only matters with references (the FIE embeds them), so it is
