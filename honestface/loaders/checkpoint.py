@@ -29,7 +29,7 @@ import torch
 
 from ..config import FORMAT_VERSION, HonestFaceConfig
 from ..errors import CheckpointError, ConfigError, MissingModelFileError
-from .osdface import FileReport
+from .reports import FileReport
 
 logger = logging.getLogger("honestface.loaders")
 
