@@ -53,7 +53,7 @@ def by_hand(models, merge_lora: bool):
     from honestface.loaders.osdface import load_osdface
     from honestface.loaders.sd21 import load_sd21
     from honestface.models.honestface import HonestFaceModel
-    from honestface.models.ide import load_vgg16_state_dict
+    from honestface.models.vgg import load_vgg16_state_dict
 
     config, state = read_checkpoint(models / tiny.HONESTFACE_CHECKPOINT)
     sd = load_sd21(models / tiny.SD_CHECKPOINT)

@@ -141,7 +141,7 @@ def build_model(files: ModelFiles, merge_lora: bool = True):
     unless the VQ encoder is bundled (else it stays random, with a warning: tests only).
     """
     from ..models.honestface import HonestFaceModel, build_diffusers
-    from ..models.ide import load_vgg16_state_dict
+    from ..models.vgg import load_vgg16_state_dict
     from .checkpoint import load_checkpoint
     from .osdface import load_osdface
     from .sd21 import load_sd21
