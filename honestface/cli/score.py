@@ -38,7 +38,7 @@ def add_metric_options(parser: argparse.ArgumentParser, default_metrics: str) ->
 
 def build_evaluator(args: argparse.Namespace, default_metrics: tuple[str, ...]):
     from ..distributed import current_processes
-    from ..metrics.evaluate import Evaluator
+    from ..evaluation.evaluator import Evaluator
     from ..metrics.registry import parse_metric_list
 
     metrics = parse_metric_list(args.metrics, default_metrics)
@@ -76,7 +76,7 @@ def run_and_print(evaluator, pairs, unpaired, args: argparse.Namespace, per_imag
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..metrics.evaluate import ImagePair, pair_folders
+    from ..evaluation.evaluator import ImagePair, pair_folders
     from ..metrics.registry import SCORE_METRICS
 
     restored, ground_truth = Path(args.restored), Path(args.gt)

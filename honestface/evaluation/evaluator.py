@@ -35,13 +35,13 @@ import torch
 from ..distributed import Processes
 from ..errors import HonestFaceError, ImageError
 from ..image_io import list_images, load_image, resize_to
+from ..metrics.color import DEFAULT_SEED, ms_swd
+from ..metrics.identity import identity_angle_degrees
+from ..metrics.iqa import PyiqaMetric, check_pyiqa_metric
+from ..metrics.landmark import ALD_EYES, ALD_MOUTH, affine_landmark_distance, l2_landmark_distance
+from ..metrics.pixel import psnr, ssim
+from ..metrics.registry import EVALUATE_METRICS, METRICS, MetricStatus
 from ..progress import ProgressCallback, report
-from .color import DEFAULT_SEED, ms_swd
-from .identity import identity_angle_degrees
-from .iqa import PyiqaMetric, check_pyiqa_metric
-from .landmark import ALD_EYES, ALD_MOUTH, affine_landmark_distance, l2_landmark_distance
-from .pixel import psnr, ssim
-from .registry import EVALUATE_METRICS, METRICS, MetricStatus
 
 
 @dataclass
@@ -534,4 +534,4 @@ class Evaluator:
         return self.evaluate_pairs(pairs, unpaired, progress)
 
 
-__all__ = ["EvaluationReport", "Evaluator", "ImagePair", "pair_folders"]
+__all__ = ["EvaluationReport", "Evaluator", "ImagePair", "PairScore", "pair_folders"]

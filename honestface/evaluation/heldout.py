@@ -29,9 +29,9 @@ import torch
 from ..degradation import DegradationConfig, apply_degradation, bicubic_baseline, sample_degradation_params
 from ..errors import ConfigError, HonestFaceError
 from ..image_io import list_images, load_image, resize_to
+from ..metrics.landmark import ald_eyes, ald_mouth
+from ..metrics.pixel import psnr, ssim
 from ..progress import ProgressCallback, report
-from .landmark import ald_eyes, ald_mouth
-from .pixel import psnr, ssim
 
 #: Rows of the result, in table order.
 CONDITIONS = ("LQ, bicubic", "LQ, model input", "restored, no refs", "restored, refs")
