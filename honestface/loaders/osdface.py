@@ -87,7 +87,8 @@ def load_lora(restorer, path: str | Path, config: LoRAConfig, strict: bool = Tru
     model rebuilds the same adapter. With an adapter already present, the file must match
     it key for key.
     """
-    from ..models.restorer import LORA_KEY_PREFIX, lora_module_names, lora_targets_from_state
+    from ..models.restorer import lora_module_names
+    from .lora import LORA_KEY_PREFIX, lora_targets_from_state
 
     path = Path(path)
     state = load_tensors(path, "LoRA weights")
