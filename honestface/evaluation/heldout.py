@@ -168,7 +168,8 @@ def heldout_pipeline(checkpoint: str | Path, batch_size: int = 8):
     the results (dlib's own detection, alignment and descriptor).
     """
     from ..face import load_identity_backend, load_landmark_backend
-    from ..pipeline import HonestFacePipeline, load_model
+    from ..loaders.model_files import load_model
+    from ..pipeline import HonestFacePipeline
 
     model = load_model(checkpoint=checkpoint)
     landmarks = load_landmark_backend("dlib", aligned_fallback=True)

@@ -122,7 +122,7 @@ class HonestFaceModel(nn.Module):
         """Inverse of :meth:`trainable_state_dict` (strict: missing, unexpected or mis-shaped
         keys raise :class:`~honestface.errors.CheckpointError`). Returns the keys loaded."""
         from ..errors import CheckpointError
-        from ..loaders.osdface import load_state_into
+        from ..loaders.reports import load_state_into
 
         loaded, used = 0, set()
         if self.config.lora.rank > 0:
