@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from honestface.errors import HonestFaceError
-    from honestface.metrics.heldout import (
+    from honestface.evaluation.heldout import (
         evaluate_heldout,
         heldout_identities,
         heldout_pipeline,

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ConfigError
+
+ConfigT = TypeVar("ConfigT")
 
 #: Version of the checkpoint/config format written by this library.
 FORMAT_VERSION = 1
@@ -308,20 +311,10 @@ class HonestFaceConfig:
         version = int(data.get("format_version", FORMAT_VERSION))
         if version > FORMAT_VERSION:
             raise ConfigError(f"config format version {version} is newer than this library ({FORMAT_VERSION})")
-        sections = {"vre": VREConfig, "ide": IDEConfig, "fusion": FusionConfig,
-                    "lora": LoRAConfig, "diffusion": DiffusionConfig}
-        kwargs: dict[str, Any] = {}
-        known = {f.name for f in fields(cls)}
-        for key, value in data.items():
-            if key not in known:
-                raise ConfigError(f"unknown config key '{key}'")
-            if key in sections:
-                kwargs[key] = _section_from_dict(sections[key], value, key)
-            elif key == "bundled":
-                kwargs[key] = tuple(value)
-            else:
-                kwargs[key] = value
-        return cls(**kwargs).validate()
+        sections = {name: section_reader(section, f"config section '{name}'") for name, section in
+                    (("vre", VREConfig), ("ide", IDEConfig), ("fusion", FusionConfig), ("lora", LoRAConfig),
+                     ("diffusion", DiffusionConfig))}
+        return strict_from_dict(cls, data, "config", sections).validate()
 
     @classmethod
     def from_json(cls, text: str) -> "HonestFaceConfig":
@@ -332,14 +325,42 @@ class HonestFaceConfig:
         return cls.from_dict(data)
 
 
-def _section_from_dict(section_cls, value: Any, name: str):
-    if not isinstance(value, dict):
-        raise ConfigError(f"config section '{name}' must be a dict")
-    known = {f.name: f for f in fields(section_cls)}
-    kwargs = {}
-    for key, item in value.items():
-        if key not in known:
-            raise ConfigError(f"unknown key '{key}' in config section '{name}'")
-        default = getattr(section_cls(), key)
-        kwargs[key] = tuple(item) if isinstance(default, tuple) and isinstance(item, list) else item
-    return section_cls(**kwargs)
+def strict_from_dict(cls: type[ConfigT], data: Mapping[str, Any] | None, what: str,
+                     sections: Mapping[str, Callable[[Any], Any]] | None = None) -> ConfigT:
+    """A config dataclass from a plain dict (JSON, YAML), strictly.
+
+    Unknown keys raise :class:`ConfigError` naming them and the known ones; ``None`` gives
+    the defaults; a list becomes a tuple where the field's default is a tuple (JSON has no
+    tuples); ``sections`` builds nested configs from their values (``{"lora": ...}``).
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{what} must be a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = [key for key in data if key not in known]
+    if unknown:
+        names = ", ".join(repr(str(key)) for key in unknown)
+        raise ConfigError(f"unknown key {names} in {what}; known: {', '.join(sorted(known))}")
+    sections = sections or {}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in sections:
+            value = sections[key](value)
+        elif isinstance(value, list) and isinstance(_field_default(known[key]), tuple):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _field_default(item) -> Any:
+    if item.default is not MISSING:
+        return item.default
+    if item.default_factory is not MISSING:
+        return item.default_factory()
+    return None
+
+
+def section_reader(section_cls: type, what: str) -> Callable[[Any], Any]:
+    """``value -> section_cls`` for :func:`strict_from_dict`'s ``sections``."""
+    return lambda value: strict_from_dict(section_cls, value, what)

@@ -26,13 +26,14 @@ Images follow the library convention: (B, 3, H, W) float RGB in [0, 1].
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import strict_from_dict
 from .errors import ConfigError
 from .image_io import check_image_batch
 
@@ -131,12 +132,7 @@ class DegradationConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "DegradationConfig":
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown degradation option(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return strict_from_dict(cls, data, "the degradation options")
 
 
 #: Blur sigma 2.5 px at 128 px (10 px at 512), 4x down-sampling, noise sigma 5/255, JPEG 60.

@@ -1,6 +1,6 @@
 """What flows between HonestFace nodes, and the cache that keeps models between runs.
 
-``HONESTFACE_MODEL`` is a :class:`HonestFaceModel` (the pipeline, wrapped in a ComfyUI
+``HONESTFACE_MODEL`` is a :class:`ModelHandle` (the pipeline, wrapped in a ComfyUI
 ``ModelPatcher`` so ComfyUI's memory manager loads it onto the GPU when a node needs it and
 offloads it when another model needs the room). ``FACE_ANALYSIS`` is a
 :class:`FaceAnalysis` (landmarks, identity and detector backends). Loaded objects are cached
@@ -69,8 +69,9 @@ class FaceAnalysis:
 
 
 @dataclass
-class HonestFaceModel:
-    """A loaded HonestFace (or OSDFace) pipeline and its ComfyUI memory-management wrapper."""
+class ModelHandle:
+    """A loaded HonestFace (or OSDFace) pipeline and its ComfyUI memory-management wrapper
+    (the ``HONESTFACE_MODEL`` value; the torch model is ``pipeline.model``)."""
 
     pipeline: Any  # honestface.pipeline.HonestFacePipeline
     module: torch.nn.Module  # the torch module holding every weight of the pipeline

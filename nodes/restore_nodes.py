@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-import folder_paths
 from honestface.errors import HonestFaceError, MissingModelFileError, NoFaceError
 from honestface.face.photo import MASK_SHAPES, PasteMask
 from honestface.face.photo import ORDERS as FACE_ORDERS
@@ -17,15 +16,13 @@ from honestface.paths import NANO_WEIGHTS, PACKAGED_WEIGHTS_DIR
 
 from .comfy_io import (DEVICE_CHOICES, DTYPE_CHOICES, comfy_progress, comfy_to_images, images_to_comfy,
                        masks_for_images, masks_to_comfy, resolve_device, resolve_dtype, save_previews)
-from .handles import MODEL_CACHE, FaceAnalysis, HonestFaceModel
+from .handles import MODEL_CACHE, FaceAnalysis, ModelHandle
 from .model_folders import find_in_folders, list_files, list_subfolders
 
 CATEGORY = "HonestFace"
 
 #: What marks an OSDFace release folder inside models/honestface.
 OSDFACE_MARKER = "pytorch_lora_weights.safetensors"
-#: The OSDFace file holding the VQ encoder of the visual tokens.
-OSDFACE_VQ_FILE = "associate_2.ckpt"
 NONE = "none"
 AUTO = "auto"
 
@@ -65,16 +62,14 @@ def resolve_base_model(name: str):
     return find_in_folders("diffusers", name, "SD 2.1-base diffusers folder")
 
 
-def build_model(base_model: str, weights: str, osdface_folder: str, dtype: str, device: str) -> HonestFaceModel:
-    from honestface.loaders.checkpoint import config_from_checkpoint
+def build_model(base_model: str, weights: str, osdface_folder: str, dtype: str, device: str) -> ModelHandle:
+    from honestface.loaders import model_files
     from honestface.pipeline import HonestFacePipeline
 
     weights_path = resolve_weights(weights)
     is_osdface = weights_path.is_dir()
-    config = None if is_osdface else config_from_checkpoint(weights_path)
-    bundled = set() if config is None else set(config.bundled)
     # weights that bundle their UNet and VAE ignore the base model (the loader logs it)
-    sd21 = None if base_model == NONE or {"unet", "vae"} <= bundled else resolve_base_model(base_model)
+    sd21 = None if base_model == NONE else resolve_base_model(base_model)
     if osdface_folder == AUTO:
         if is_osdface:
             osdface_dir = weights_path
@@ -86,25 +81,15 @@ def build_model(base_model: str, weights: str, osdface_folder: str, dtype: str, 
     else:
         osdface_dir = find_in_folders("honestface", osdface_folder, "OSDFace folder (VQ encoder)")
     checkpoint = None if is_osdface else weights_path
-    vgg = None
-    if "vq" in bundled:
-        osdface_dir = None
-    elif checkpoint is not None and osdface_dir is None:
-        raise MissingModelFileError(OSDFACE_VQ_FILE, Path(folder_paths.get_folder_paths("honestface")[0]) / "OSDFace",
-                                    "OSDFace VQ encoder", "A HonestFace checkpoint uses the frozen VQ encoder of "
-                                    "the OSDFace release: put the release folder in models/honestface.")
-    if checkpoint is not None and "vgg" not in bundled:
-        # The facial feature extractor needs torchvision's VGG16 weights next to the checkpoint.
-        vgg = find_in_folders("honestface", config.ide.vgg_file,
-                              "VGG16 weights of the facial feature extractor")
+    files = model_files.resolve_model_files(sd21=sd21, checkpoint=checkpoint, osdface_dir=osdface_dir,
+                                            find=lambda name, what: find_in_folders("honestface", name, what))
     load_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, load_device)
-    pipeline = HonestFacePipeline.from_pretrained(sd21=sd21, checkpoint=checkpoint, osdface_dir=osdface_dir,
-                                                  vgg=vgg, device="cpu", dtype=torch_dtype)
+    pipeline = HonestFacePipeline(model_files.build_model(files), device="cpu", dtype=torch_dtype)
     kind = "OSDFace (no references)" if checkpoint is None else "HonestFace"
-    return HonestFaceModel(pipeline=pipeline, module=pipeline.model, load_device=load_device,
+    return ModelHandle(pipeline=pipeline, module=pipeline.model, load_device=load_device,
                            offload_device=torch.device("cpu"), dtype=torch_dtype,
-                           description=f"{kind}: {weights}{'' if sd21 is None else ' on ' + base_model} "
+                           description=f"{kind}: {weights}{'' if files.sd21 is None else ' on ' + base_model} "
                                        f"({torch_dtype}, {load_device})")
 
 
@@ -148,13 +133,13 @@ class HonestFaceModelLoader:
         return (model,)
 
 
-def require_references_support(model: HonestFaceModel) -> None:
+def require_references_support(model: ModelHandle) -> None:
     if not getattr(model.pipeline.model, "accepts_references", True):
         raise HonestFaceError(f"{model.description} restores without references; load a HonestFace checkpoint "
                               "(.safetensors in models/honestface) to use references")
 
 
-def make_pipeline(model: HonestFaceModel, face_analysis: FaceAnalysis | None, with_references: bool = False):
+def make_pipeline(model: ModelHandle, face_analysis: FaceAnalysis | None, with_references: bool = False):
     """The cached model, loaded onto its device, with this run's face-analysis backends.
 
     The face recogniser only matters with references (the FIE embeds them), so it is

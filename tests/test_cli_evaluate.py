@@ -95,7 +95,7 @@ def test_pairing_by_name_with_flat_and_folder_references(tmp_path):
     import torch
 
     from honestface.image_io import save_image
-    from honestface.metrics.evaluate import pair_folders
+    from honestface.evaluation.evaluator import pair_folders
 
     for folder, names in (("restored", ["a.png", "b.png", "c.png"]), ("gt", ["a.jpg", "b.png", "d.png"]), ("refs", ["a.png"])):
         (tmp_path / folder).mkdir()

@@ -8,8 +8,15 @@ import torch
 
 from honestface.config import HonestFaceConfig
 from honestface.metrics.landmark import affine_landmark_distance
-from honestface.models.ide import (FaceIdentityEncoder, FacialFeatureExtractor, IdentityEmbedder, VGG16Features,
-                                   crop_eye_patches, eye_boxes, select_reference)
+from honestface.models.ide import (
+    FaceIdentityEncoder,
+    FacialFeatureExtractor,
+    IdentityEmbedder,
+    crop_eye_patches,
+    eye_boxes,
+    select_reference,
+)
+from honestface.models.vgg import VGG16Features
 
 
 def face_landmarks(generator: torch.Generator, size: float = 64.0) -> torch.Tensor:

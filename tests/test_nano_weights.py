@@ -54,7 +54,7 @@ def test_quality_on_held_out_people_does_not_regress(shared_data):
     ALD-m 16 vs 32, dlib ID dist 0.583 vs 0.605, and 0.583 with references vs 0.592
     without). Floors sit a little below them so platform noise passes and a real
     regression fails; PSNR is held to the card's target itself (+1.5 dB)."""
-    from honestface.metrics.heldout import evaluate_heldout, heldout_identities, heldout_pipeline, load_heldout_faces
+    from honestface.evaluation.heldout import evaluate_heldout, heldout_identities, heldout_pipeline, load_heldout_faces
 
     pipeline, landmarks, identity = heldout_pipeline(WEIGHTS)
     faces = load_heldout_faces(shared_data, heldout_identities(WEIGHTS), pipeline.image_size, SUBSET_FACES)

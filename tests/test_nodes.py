@@ -272,6 +272,29 @@ def test_model_loader_and_restore_through_comfyui_model_management(pack, tmp_pat
     assert reloaded is not model
 
 
+def test_loader_node_builds_the_library_model(pack, tmp_path):
+    """The loader node's model is the library's ``load_model`` of the same files, weight for weight."""
+    import folder_paths
+
+    from honestface.pipeline import load_model
+    from honestface.testing.make_tiny_models import make_tiny_models
+
+    make_tiny_models(tmp_path)
+    for kind in ("checkpoints", "diffusers", "honestface"):
+        folder_paths.add_model_folder_path(kind, str(tmp_path / kind), is_default=True)
+    build_model = sys.modules["honestface_nodes.restore_nodes"].build_model
+    for weights, checkpoint in (("honestface-tiny.safetensors", "honestface-tiny.safetensors"), ("osdface-tiny", None)):
+        node = build_model("tiny-sd21-base.safetensors", weights, "osdface-tiny", "float32", "cpu").pipeline.model
+        library = load_model(sd21=tmp_path / "checkpoints" / "tiny-sd21-base.safetensors", checkpoint=checkpoint,
+                             osdface_dir="osdface-tiny", models_dir=tmp_path)
+        assert node.load_report == library.load_report
+        node_state, library_state = node.state_dict(), library.state_dict()
+        assert sorted(node_state) == sorted(library_state)
+        for key, value in node_state.items():
+            if checkpoint is not None or not key.startswith("ide."):  # OSDFace runs no IDE (random)
+                assert torch.equal(value, library_state[key]), key
+
+
 def test_model_loader_offers_the_built_in_nano_model(pack, tmp_path):
     """honestface-nano is listed without any models folder, loads with base model "none",
     and a checkpoint that needs SD 2.1-base says so when "none" is chosen."""

@@ -35,7 +35,7 @@ def test_json_round_trip(preset):
 
 def test_invalid_configs_are_config_errors():
     data = HonestFaceConfig.from_preset("tiny").to_dict()
-    with pytest.raises(ConfigError, match="unknown config key"):
+    with pytest.raises(ConfigError, match="unknown key .surprise. in config"):
         HonestFaceConfig.from_dict({**data, "surprise": 1})
     with pytest.raises(ConfigError, match="unknown key 'rnak'"):
         HonestFaceConfig.from_dict({**data, "lora": {"rnak": 3}})
@@ -65,3 +65,23 @@ def test_bfloat16_pipeline_runs_close_to_float32():
     assert float((low - full).abs().mean()) < 0.05
     # The schedule survives the dtype cast.
     assert model.restorer.alphas_cumprod.dtype == torch.float64
+
+
+def test_every_config_dataclass_reads_dicts_strictly():
+    """One rule for every config read from JSON/YAML: unknown keys are named, JSON lists
+    become the tuples the dataclass holds, nothing given means the defaults."""
+    from honestface.degradation import DegradationConfig
+    from honestface.losses import LossConfig
+    from training.config import TrainConfig
+    from training.data import DataConfig
+
+    for config_cls in (HonestFaceConfig, DegradationConfig, LossConfig, DataConfig, TrainConfig):
+        with pytest.raises(ConfigError, match="unknown key 'typo'.*known: "):
+            config_cls.from_dict({"typo": 1})
+    with pytest.raises(ConfigError, match="unknown key 'lr_typo' in config section 'optim'"):
+        TrainConfig.from_dict({"optim": {"lr_typo": 1.0}})
+    assert DegradationConfig.from_dict(None) == DegradationConfig()
+    random_tiny = {"init": "random", "preset": "tiny"}
+    assert TrainConfig.from_dict({"model": random_tiny, "optim": {"betas": [0.5, 0.9]}}).optim.betas == (0.5, 0.9)
+    assert HonestFaceConfig.from_dict({**HonestFaceConfig.from_preset("tiny").to_dict(),
+                                       "bundled": ["vgg"]}).bundled == ("vgg",)

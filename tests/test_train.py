@@ -332,7 +332,8 @@ def test_osdface_file_decides_the_lora_modules_for_training_and_inference(celeba
     from honestface.loaders.checkpoint import build_model_from_checkpoint
     from honestface.loaders.osdface import LORA_FILE
     from honestface.loaders.sd21 import load_sd21
-    from honestface.models.restorer import lora_module_names, lora_targets_from_state
+    from honestface.loaders.lora import lora_targets_from_state
+    from honestface.models.restorer import lora_module_names
     from honestface.testing.make_tiny_models import OSDFACE_FOLDER, make_tiny_models
 
     models = tmp_path / "models"

@@ -15,10 +15,11 @@ Overrides use dotted keys and YAML values: ``train.max_steps=100``,
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from honestface.config import section_reader, strict_from_dict
 from honestface.errors import ConfigError
 from honestface.losses import LossConfig
 
@@ -176,35 +177,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        data = dict(data or {})
-        sections = {"model": ModelSection, "optim": OptimSection, "train": LoopSection}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown config section(s) {unknown}; known: {sorted(known)}")
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key in sections:
-                kwargs[key] = _section(sections[key], value, key)
-            elif key == "data":
-                kwargs[key] = DataConfig.from_dict(value)
-            elif key == "losses":
-                kwargs[key] = LossConfig.from_dict(value)
-            else:
-                kwargs[key] = value
-        return cls(**kwargs)
-
-
-def _section(section_cls, value: Any, name: str):
-    if value is None:
-        return section_cls()
-    if not isinstance(value, dict):
-        raise ConfigError(f"config section '{name}' must be a mapping")
-    known = {f.name for f in fields(section_cls)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in section '{name}'; known: {sorted(known)}")
-    return section_cls(**value)
+        sections = {"model": section_reader(ModelSection, "config section 'model'"),
+                    "optim": section_reader(OptimSection, "config section 'optim'"),
+                    "train": section_reader(LoopSection, "config section 'train'"),
+                    "data": DataConfig.from_dict, "losses": LossConfig.from_dict}
+        return strict_from_dict(cls, data, "the training config", sections)
 
 
 def _yaml_loader():

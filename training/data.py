@@ -18,13 +18,14 @@ degradations and references, however many loader workers there are.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from honestface.config import strict_from_dict
 from honestface.degradation import DegradationConfig, degrade_pair
 from honestface.errors import ConfigError, ImageError
 from honestface.image_io import IMAGE_SUFFIXES, load_image, resize_to
@@ -86,12 +87,7 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "DataConfig":
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown data option(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return strict_from_dict(cls, data, "the data options")
 
 
 @dataclass(frozen=True)

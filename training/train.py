@@ -97,39 +97,32 @@ def build_model_from_files(section) -> HonestFaceModel:
     - ``init: checkpoint``: the config and trainable weights of a HonestFace checkpoint,
       the VQ encoder from ``model.osdface``.
     """
-    from honestface.loaders.checkpoint import config_from_checkpoint, load_checkpoint
-    from honestface.loaders.osdface import find_osdface_folder, load_osdface
-    from honestface.loaders.sd21 import load_sd21
-    from honestface.models.ide import load_vgg16_state_dict
-    from honestface.paths import find_model_file
+    from honestface.loaders import model_files
+    from honestface.loaders.osdface import find_osdface_folder
 
     models_dir = section.models_dir
-    sd = load_sd21(section.sd21, models_dir=models_dir)
+    osdface = find_osdface_folder(section.osdface, models_dir) if section.osdface else None
     if section.init == "checkpoint":
-        checkpoint = find_model_file("honestface", section.checkpoint, models_dir, what="HonestFace checkpoint")
-        config = config_from_checkpoint(checkpoint)
-    else:
+        files = model_files.resolve_model_files(sd21=section.sd21, checkpoint=section.checkpoint, osdface_dir=osdface,
+                                                models_dir=models_dir, vgg=section.vgg, require_vq=False)
+        return model_files.build_model(files, merge_lora=False)
+
+    def configured(unet_config: dict | None = None, vae_config: dict | None = None) -> HonestFaceConfig:
         config = HonestFaceConfig.from_preset(section.preset)
-        config.unet, config.vae = dict(sd.unet.config), dict(sd.vae.config)
-        config.token_dim = int(config.unet["cross_attention_dim"])
+        if unet_config is not None:
+            config.unet, config.vae = unet_config, vae_config
+            config.token_dim = int(unet_config["cross_attention_dim"])
         for key, value in section.overrides.items():
             _set_dotted(config, key, value)
-        config.validate()
-    vgg_path = find_model_file("honestface", section.vgg or config.ide.vgg_file, models_dir,
-                               what="VGG16 weights of the facial feature extractor")
-    model = HonestFaceModel(config, sd.unet, sd.vae, vgg_state_dict=load_vgg16_state_dict(vgg_path), lora=False)
-    osdface = find_osdface_folder(section.osdface, models_dir) if section.osdface else None
-    if section.init == "osdface":
-        # the release file decides which modules carry LoRA (and its rank), as at inference
-        load_osdface(model, osdface, strict=False)
-    else:
-        if osdface is not None:
-            load_osdface(model, osdface, parts=("vq",))
-        else:
-            logger.warning("no model.osdface given: the VRE's frozen VQ encoder stays random")
-        if section.init == "checkpoint":
-            load_checkpoint(model, checkpoint)
-    return model
+        return config
+
+    vgg = model_files.library_finder(models_dir)(section.vgg or configured().ide.vgg_file,
+                                                 "VGG16 weights of the facial feature extractor")
+    # init osdface: the release file decides which modules carry LoRA (and its rank), as at inference
+    files = model_files.ModelFiles(config=lambda unet, vae: configured(unet, vae).validate(), sd21=section.sd21,
+                                   osdface_dir=osdface, vgg=vgg, models_dir=models_dir,
+                                   osdface_parts=("vq", "projection", "lora") if section.init == "osdface" else ("vq",))
+    return model_files.build_model(files, merge_lora=False)
 
 
 def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from .score import add_metric_options, build_evaluator, run_and_print
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..metrics.evaluate import pair_folders
+    from ..evaluation.evaluator import pair_folders
     from ..metrics.registry import EVALUATE_METRICS
 
     for label, folder in (("--restored", args.restored), ("--gt", args.gt), ("--refs", args.refs)):

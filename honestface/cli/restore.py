@@ -304,23 +304,20 @@ def build_pipeline(sd: str | Path | None, weights: str | Path, *, osdface: str |
     ``landmarks`` and ``identity`` or the checkpoint's backend) or an OSDFace folder (no
     backends: OSDFace ignores references). The load report is ``pipeline.model.load_report``.
     """
-    from ..loaders.osdface import DEFAULT_FOLDER, find_osdface_folder
+    from ..loaders.model_files import build_model, resolve_model_files
+    from ..loaders.osdface import DEFAULT_FOLDER
     from ..loaders.sd21 import resolve_dtype
-    from ..pipeline import HonestFacePipeline, load_model
+    from ..pipeline import HonestFacePipeline
 
     torch_dtype = resolve_dtype(dtype)
     weights_path = resolve_weights(weights, models_dir)
     if weights_path.is_dir():
-        model = load_model(sd21=sd, osdface_dir=find_osdface_folder(weights_path), models_dir=models_dir,
-                           merge_lora=merge_lora)
+        files = resolve_model_files(sd21=sd, osdface_dir=weights_path, models_dir=models_dir)
+        model = build_model(files, merge_lora=merge_lora)
         return HonestFacePipeline(model, device=device, dtype=torch_dtype, batch_size=batch_size)
-    from ..loaders.checkpoint import config_from_checkpoint
-
-    osdface_dir = None
-    if "vq" not in config_from_checkpoint(weights_path).bundled:
-        osdface_dir = find_osdface_folder(osdface if osdface is not None else DEFAULT_FOLDER, models_dir)
-    model = load_model(sd21=sd, checkpoint=weights_path, osdface_dir=osdface_dir, models_dir=models_dir,
-                       vgg=vgg, merge_lora=merge_lora)
+    files = resolve_model_files(sd21=sd, checkpoint=weights_path, models_dir=models_dir, vgg=vgg,
+                                osdface_dir=osdface if osdface is not None else DEFAULT_FOLDER)
+    model = build_model(files, merge_lora=merge_lora)
     landmark_backend = identity_backend = None
     from ..face import load_identity_backend, load_landmark_backend
 
@@ -814,12 +811,23 @@ def _run(args: argparse.Namespace) -> int:
         raise HonestFaceError(f"--strength must be between 0 and 1, got {args.strength}")
     if args.ref_dir is not None and not args.ref_dir.is_dir():
         raise HonestFaceError(f"--ref-dir folder not found: {args.ref_dir}")
+    from ..distributed import current_processes
+
+    processes = current_processes()
+    try:
+        return _restore_inputs(args, processes)
+    finally:
+        processes.close()
+
+
+def _restore_inputs(args: argparse.Namespace, processes) -> int:
+    """Restore this process's share of the inputs; the main process prints the merged summary."""
     started = time.perf_counter()
-    console = Console(args.quiet, not args.no_progress)
+    console = Console(args.quiet, not args.no_progress and processes.is_main)
     inputs, outcomes = collect_inputs(args.inputs, args.output)
     if not inputs:
         raise HonestFaceError("no input found: " + ", ".join(str(i) for i in args.inputs))
-    for missing in outcomes:
+    for missing in outcomes if processes.is_main else ():
         console.note(f"{missing.name}: skipped, {missing.reason}")
     ref_paths = expand_images(args.ref, "reference image") if args.ref else []
     check_output_folder(args.output, args.inputs, inputs, ref_paths)
@@ -833,12 +841,12 @@ def _run(args: argparse.Namespace) -> int:
 
         require_av()  # before loading the model: a missing extra is a setup error
 
-    device = resolve_device(args.device)
+    device = processes.device(resolve_device(args.device))
     pipeline = build_pipeline(args.sd, args.weights, osdface=args.osdface, vgg=args.vgg,
                               models_dir=args.models_dir, device=device, dtype=args.dtype,
                               batch_size=args.batch_size, landmarks=args.landmarks, identity=args.identity,
                               merge_lora=not args.no_merge_lora)
-    if not args.quiet:
+    if not args.quiet and processes.is_main:
         for line in pipeline.model.load_report:
             print(line)
         print(f"device: {device}")
@@ -859,20 +867,39 @@ def _run(args: argparse.Namespace) -> int:
 
     args.output.mkdir(parents=True, exist_ok=True)
     references = References(pipeline, console, ref_paths, args.ref_dir, detector_factory, landmark_backend)
-    generator = torch.Generator(device=pipeline.device).manual_seed(args.seed)
-    restorer = Restorer(args, pipeline, console, references, detector_factory, landmark_backend, generator,
-                        outcomes)
+    generator = torch.Generator(device=pipeline.device)
+    restorer = Restorer(args, pipeline, console, references, detector_factory, landmark_backend, generator)
     images = [i for i in inputs if i.kind != "video"]
+    # Work units: blocks of images handed to the library together, then one video each. A
+    # unit's batches and seed depend on its index alone, so its files are the same whichever
+    # process restores it; units go round-robin over the processes of a multi-process launch.
+    block = max(PHOTOS_PER_CALL, args.batch_size)
+    units: list[tuple[str, list[InputFile]]] = [("images", images[i : i + block]) for i in range(0, len(images), block)]
+    units += [("video", [item]) for item in videos]
+    unit_outcomes: list[tuple[int, list[Outcome]]] = []
     try:
-        if images:
-            console.bar(len(images), "image", "restoring")
-            restorer.restore_images(images)
-            console.close_bar()
-        for item in videos:
-            restorer.restore_video(item)
+        owned_images = sum(len(items) for index, (kind, items) in enumerate(units)
+                           if kind == "images" and processes.owns(index))
+        if owned_images:
+            console.bar(owned_images, "image", "restoring")
+        for index, (kind, items) in enumerate(units):
+            if not processes.owns(index):
+                continue
+            if kind == "video":
+                console.close_bar()
+            generator.manual_seed(args.seed + index)
+            first = len(restorer.outcomes)
+            if kind == "images":
+                restorer.restore_images(items)
+            else:
+                restorer.restore_video(items[0])
+            unit_outcomes.append((index, restorer.outcomes[first:]))
     finally:
         console.close_bar()
-    lines, code = summarize(restorer.outcomes, time.perf_counter() - started, args.output)
-    for line in lines:
-        print(line)
+    merged = sorted((entry for share in processes.gather(unit_outcomes) for entry in share), key=lambda e: e[0])
+    outcomes = outcomes + [outcome for _, share in merged for outcome in share]
+    lines, code = summarize(outcomes, time.perf_counter() - started, args.output)
+    if processes.is_main:
+        for line in lines:
+            print(line)
     return code

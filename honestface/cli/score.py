@@ -37,33 +37,46 @@ def add_metric_options(parser: argparse.ArgumentParser, default_metrics: str) ->
 
 
 def build_evaluator(args: argparse.Namespace, default_metrics: tuple[str, ...]):
-    from ..metrics.evaluate import Evaluator
+    from ..distributed import current_processes
+    from ..evaluation.evaluator import Evaluator
     from ..metrics.registry import parse_metric_list
 
     metrics = parse_metric_list(args.metrics, default_metrics)
+    # under a multi-process launch, "cuda" is this process's GPU
     return Evaluator(metrics, landmark_backend=args.landmarks, identity_backend=args.identity,
-                     models_dir=args.models_dir, device=args.device, y_channel=args.y_channel,
+                     models_dir=args.models_dir, device=current_processes().device(args.device), y_channel=args.y_channel,
                      msswd_seed=args.msswd_seed)
 
 
 def run_and_print(evaluator, pairs, unpaired, args: argparse.Namespace, per_image: bool) -> int:
+    """Score the pairs and print/write the report.
+
+    Under a multi-process launch (``accelerate launch`` / ``torchrun``) every process scores
+    its share and the main process prints and writes the merged report.
+    """
+    from ..distributed import current_processes
     from ..progress import tqdm_progress
 
-    progress, close = tqdm_progress("scoring", len(pairs), disable=args.no_progress)
+    processes = current_processes()
     try:
-        report = evaluator.evaluate_pairs(pairs, unpaired, progress)
+        progress, close = tqdm_progress("scoring", len(pairs), disable=args.no_progress or not processes.is_main)
+        try:
+            report = evaluator.evaluate_pairs(pairs, unpaired, progress, processes=processes)
+        finally:
+            close()
+        if processes.is_main:
+            print(report.format_table(per_image=per_image))
+            if args.json is not None:
+                print(f"wrote {report.write_json(args.json)}")
+            if args.csv is not None:
+                print(f"wrote {report.write_csv(args.csv)}")
     finally:
-        close()
-    print(report.format_table(per_image=per_image))
-    if args.json is not None:
-        print(f"wrote {report.write_json(args.json)}")
-    if args.csv is not None:
-        print(f"wrote {report.write_csv(args.csv)}")
+        processes.close()
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..metrics.evaluate import ImagePair, pair_folders
+    from ..evaluation.evaluator import ImagePair, pair_folders
     from ..metrics.registry import SCORE_METRICS
 
     restored, ground_truth = Path(args.restored), Path(args.gt)

@@ -29,7 +29,7 @@ import torch
 
 from ..config import FORMAT_VERSION, HonestFaceConfig
 from ..errors import CheckpointError, ConfigError, MissingModelFileError
-from .osdface import FileReport
+from .reports import FileReport
 
 logger = logging.getLogger("honestface.loaders")
 
@@ -110,17 +110,20 @@ def config_from_checkpoint(path: str | Path) -> HonestFaceConfig:
         raise CheckpointError(path, f"stored config is invalid: {error}", EXPECTED) from error
 
 
-def read_checkpoint(path: str | Path) -> tuple[HonestFaceConfig, dict[str, torch.Tensor]]:
-    """(config, tensors) of a checkpoint."""
+def read_checkpoint_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint (its metadata is read by :func:`config_from_checkpoint`)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    config = config_from_checkpoint(path)
     try:
-        state = load_file(str(path))
+        return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(path, f"unreadable or truncated ({error})", EXPECTED) from error
-    return config, state
+
+
+def read_checkpoint(path: str | Path) -> tuple[HonestFaceConfig, dict[str, torch.Tensor]]:
+    """(config, tensors) of a checkpoint."""
+    return config_from_checkpoint(path), read_checkpoint_tensors(path)
 
 
 def _same_architecture(stored: HonestFaceConfig, current: HonestFaceConfig) -> list[str]:
@@ -150,14 +153,20 @@ def _plain(diffusers_config: dict) -> dict:
             if not k.startswith("_")}
 
 
-def load_checkpoint(model, path: str | Path) -> FileReport:
+def load_checkpoint(model, path: str | Path, stored: HonestFaceConfig | None = None) -> FileReport:
     """Load a checkpoint's trainable weights into ``model`` (adds the LoRA adapter if absent).
+
+    ``stored`` is the checkpoint's config when the caller has read it already (it is then
+    not read again).
 
     Raises :class:`CheckpointError` when the stored config does not describe ``model``,
     or on missing, unexpected or mis-shaped keys.
     """
     path = Path(path)
-    stored, state = read_checkpoint(path)
+    if stored is None:
+        stored, state = read_checkpoint(path)
+    else:
+        state = read_checkpoint_tensors(path)
     differences = _same_architecture(stored, model.config)
     if differences:
         raise CheckpointError(path, "was trained for another configuration: " + "; ".join(differences),
@@ -179,7 +188,7 @@ def build_model_from_checkpoint(path: str | Path, unet, vae, vgg_state_dict=None
 
     config = config_from_checkpoint(path)
     model = HonestFaceModel(config, unet, vae, vgg_state_dict=vgg_state_dict, lora=False)
-    load_checkpoint(model, path)
+    load_checkpoint(model, path, stored=config)
     return model
 
 

@@ -19,7 +19,7 @@ shape, or a LoRA key that names no UNet module raises :class:`CheckpointError`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from torch import nn
 from ..config import LoRAConfig
 from ..errors import CheckpointError, MissingModelFileError
 from ..paths import find_model_file
+from .reports import FileReport, LoadReport, load_state_into
 from .safe_pickle import load_tensors
 
 logger = logging.getLogger("honestface.loaders")
@@ -41,60 +42,9 @@ VQ_PREFIX = "vqvae_LQ."
 DEFAULT_FOLDER = "OSDFace"
 
 
-@dataclass
-class FileReport:
-    """How one file was used."""
-
-    path: Path
-    loaded: int
-    ignored: int
-    ignored_examples: list[str] = field(default_factory=list)
-
-    def line(self) -> str:
-        text = f"{self.path.name}: loaded {self.loaded} keys, ignored {self.ignored}"
-        if self.ignored_examples:
-            text += f" (e.g. {', '.join(self.ignored_examples)})"
-        return text
-
-
-@dataclass
-class LoadReport:
-    """Key counts of every file read by a loader."""
-
-    files: list[FileReport] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        return [f.line() for f in self.files]
-
-    def __str__(self) -> str:
-        return "\n".join(self.lines())
-
-    @property
-    def loaded(self) -> int:
-        return sum(f.loaded for f in self.files)
-
-
 def _log(report: FileReport) -> FileReport:
     logger.info(report.line())
     return report
-
-
-def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> int:
-    """Copy ``state`` into ``module`` requiring every parameter/buffer key with its shape.
-
-    Returns the number of keys loaded; extra keys in ``state`` are the caller's business.
-    """
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    if missing:
-        raise CheckpointError(path, f"{len(missing)} {what} keys missing, e.g. {missing[:3]}",
-                              f"{len(own)} keys of the {what}")
-    for key, value in own.items():
-        if tuple(state[key].shape) != tuple(value.shape):
-            raise CheckpointError(path, f"{what} key '{key}' has shape {tuple(state[key].shape)}",
-                                  f"shape {tuple(value.shape)} (does the config match these weights?)")
-    module.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, strict=True)
-    return len(own)
 
 
 def _ignored(state: dict, used: set[str]) -> tuple[int, list[str]]:
@@ -137,7 +87,8 @@ def load_lora(restorer, path: str | Path, config: LoRAConfig, strict: bool = Tru
     model rebuilds the same adapter. With an adapter already present, the file must match
     it key for key.
     """
-    from ..models.restorer import LORA_KEY_PREFIX, lora_module_names, lora_targets_from_state
+    from ..models.restorer import lora_module_names
+    from .lora import LORA_KEY_PREFIX, lora_targets_from_state
 
     path = Path(path)
     state = load_tensors(path, "LoRA weights")

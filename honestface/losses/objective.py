@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import strict_from_dict
 from ..errors import ConfigError
 from ..mfa import DEFAULT_K, mfa_loss, mfa_mask
 from ..models.discriminator import (
@@ -125,12 +126,7 @@ class LossConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "LossConfig":
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown loss option(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return strict_from_dict(cls, data, "the loss options")
 
 
 def build_identity_backend(name: str, pretrained: bool, models_dir: str | Path | None,

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
-from ..models.ide import VGG16_STAGE_CHANNELS, VGG16_STAGE_ENDS, VGG16Features
+from ..models.vgg import VGG16_STAGE_CHANNELS, VGG16_STAGE_ENDS, VGG16Features
 
 #: Default file names, looked up in ``<models>/honestface``.
 VGG16_FILE = "vgg16-397923af.pth"
@@ -91,7 +91,7 @@ class DISTS(nn.Module):
     """DISTS distance. ``forward(a, b) -> (B,)``, 0 for identical images.
 
     Args:
-        vgg: a :class:`~honestface.models.ide.VGG16Features` with all five stages (its
+        vgg: a :class:`~honestface.models.vgg.VGG16Features` with all five stages (its
             conv weights are shared; max-pooling is replaced by :class:`L2Pooling`).
         alpha, beta: (1475,) learned non-negative weights; ``None`` gives the authors'
             initialisation (normal(0.1, 0.01)), for tests only.
@@ -182,7 +182,7 @@ class LPIPS(nn.Module):
     """LPIPS (VGG). ``forward(a, b) -> (B,)`` for images in [0, 1].
 
     Args:
-        vgg: :class:`~honestface.models.ide.VGG16Features` with all five stages.
+        vgg: :class:`~honestface.models.vgg.VGG16Features` with all five stages.
         lin_weights: five (1, C_i, 1, 1) non-negative channel weights; ``None`` gives
             ones / C_i (plain mean of squared unit-feature differences), for tests only.
     """
@@ -228,7 +228,7 @@ def build_vgg16(pretrained: bool = True, models_dir: str | Path | None = None,
     """All five stages of the frozen ImageNet VGG16 (random weights if not ``pretrained``)."""
     state = None
     if pretrained:
-        from ..models.ide import load_vgg16_state_dict
+        from ..models.vgg import load_vgg16_state_dict
 
         state = load_vgg16_state_dict(_resolve(vgg_file, models_dir, "VGG16 (torchvision ImageNet weights)"))
     return VGG16Features(4, state)

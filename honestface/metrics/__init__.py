@@ -4,8 +4,11 @@
 - :mod:`.identity`: Deg., the angle between identity embeddings.
 - :mod:`.pixel`: PSNR, SSIM. :mod:`.color`: MS-SWD colour distance.
 - :mod:`.iqa`: LPIPS, DISTS, CLIP-IQA, MANIQA, MUSIQ, FID through pyiqa, offline only.
-- :mod:`.registry`: names, table columns and directions; :mod:`.evaluate`: scoring of
-  image pairs and folders with a report of what could not be computed and why.
+- :mod:`.registry`: names, table columns and directions.
+
+Pure functions on tensors and arrays: this package imports nothing of ``honestface`` but
+``errors`` and ``paths``. Scoring folders and test sets with the face backends and the
+pipeline lives above it, in :mod:`honestface.evaluation`.
 """
 
 from .color import ms_swd

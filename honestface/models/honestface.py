@@ -122,7 +122,7 @@ class HonestFaceModel(nn.Module):
         """Inverse of :meth:`trainable_state_dict` (strict: missing, unexpected or mis-shaped
         keys raise :class:`~honestface.errors.CheckpointError`). Returns the keys loaded."""
         from ..errors import CheckpointError
-        from ..loaders.osdface import load_state_into
+        from ..loaders.reports import load_state_into
 
         loaded, used = 0, set()
         if self.config.lora.rank > 0:
@@ -157,19 +157,27 @@ class HonestFaceModel(nn.Module):
         so does every element when ``accepts_references`` is False (OSDFace weights).
         Arguments as in :meth:`forward`.
         """
-        batch = lq.shape[0]
-        vre = self.vre(lq * 2.0 - 1.0)
+        return self._prompt(lq * 2.0 - 1.0, references, reference_mask, lq_landmarks, reference_landmarks,
+                            identity_embeddings)
+
+    def _prompt(self, lq_signed: torch.Tensor, references: torch.Tensor | None,
+                reference_mask: torch.Tensor | None, lq_landmarks: torch.Tensor | None,
+                reference_landmarks: torch.Tensor | None, identity_embeddings: torch.Tensor | None,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`prompt` of LQ faces already in [-1, 1], (B, 3, S, S)."""
+        batch = lq_signed.shape[0]
+        vre = self.vre(lq_signed)
         p_visual = vre.tokens
-        none_index = torch.full((batch,), -1, dtype=torch.long, device=lq.device)
+        none_index = torch.full((batch,), -1, dtype=torch.long, device=lq_signed.device)
         if references is None or references.shape[1] == 0 or not self.accepts_references:
             return p_visual, none_index, vre.valid
         if reference_mask is None:
-            reference_mask = torch.ones(references.shape[:2], dtype=torch.bool, device=lq.device)
-        reference_mask = reference_mask.to(device=lq.device, dtype=torch.bool)
+            reference_mask = torch.ones(references.shape[:2], dtype=torch.bool, device=lq_signed.device)
+        reference_mask = reference_mask.to(device=lq_signed.device, dtype=torch.bool)
         has_reference = reference_mask.any(dim=1)
         if not bool(has_reference.any()):
             return p_visual, none_index, vre.valid
-        ide = self.ide(references.to(lq.dtype), reference_mask, lq_landmarks, reference_landmarks,
+        ide = self.ide(references.to(lq_signed.dtype), reference_mask, lq_landmarks, reference_landmarks,
                        identity_embeddings)
         fused = self.fusion(ide.feature_tokens.to(p_visual.dtype), ide.identity_tokens.to(p_visual.dtype), p_visual)
         prompt = torch.where(has_reference[:, None, None], fused, p_visual[:, : fused.shape[1]])
@@ -202,13 +210,14 @@ class HonestFaceModel(nn.Module):
                                        or references.shape[2] != 3):
             raise ImageError(f"references must have shape (B, N, 3, H, W) with B = {lq.shape[0]}, "
                              f"got {tuple(references.shape)}")
-        prompt, index, valid = self.prompt(lq, references, reference_mask, lq_landmarks,
-                                           reference_landmarks, identity_embeddings)
-        restored = self.restorer(lq * 2.0 - 1.0, prompt, generator)
+        lq_signed = lq * 2.0 - 1.0  # the VRE, the VAE and the colour correction all work in [-1, 1]
+        prompt, index, valid = self._prompt(lq_signed, references, reference_mask, lq_landmarks,
+                                            reference_landmarks, identity_embeddings)
+        restored = self.restorer(lq_signed, prompt, generator)
         image = restored.image.to(lq.dtype)
         method = self.config.color_correction if color_correction is None else color_correction
         if method != "none":
-            image = color_correct(image, lq * 2.0 - 1.0, method).clamp(-1.0, 1.0)
+            image = color_correct(image, lq_signed, method).clamp(-1.0, 1.0)
         return HonestFaceOutput(image=(image + 1.0) / 2.0, latent_lq=restored.latent_lq,
                                 latent_restored=restored.latent_restored, noise_pred=restored.noise_pred,
                                 prompt=prompt, reference_index=index, vre_valid=valid)

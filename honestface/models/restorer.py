@@ -20,11 +20,7 @@ import torch
 from torch import nn
 
 from ..config import DiffusionConfig, LoRAConfig
-from ..errors import CheckpointError, ConfigError
-
-#: Prefix of UNet LoRA keys in the diffusers/OSDFace file format.
-LORA_KEY_PREFIX = "unet."
-
+from ..errors import ConfigError
 
 def training_alphas_cumprod(config: DiffusionConfig) -> torch.Tensor:
     """(num_train_timesteps,) float64 cumulative products of SD's training schedule."""
@@ -132,44 +128,15 @@ class OneStepRestorer(nn.Module):
 
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         """LoRA weights in the diffusers/OSDFace format ``unet.<module>.lora_A.weight``."""
-        state = {}
-        for name, module in self._lora_layers():
-            state[f"{LORA_KEY_PREFIX}{name}.lora_A.weight"] = module.lora_A["default"].weight.detach().clone()
-            state[f"{LORA_KEY_PREFIX}{name}.lora_B.weight"] = module.lora_B["default"].weight.detach().clone()
-        return state
+        from ..loaders.lora import unet_lora_state_dict
+
+        return unet_lora_state_dict(self.unet)
 
     def load_lora_state_dict(self, state: dict[str, torch.Tensor], source: str = "LoRA weights") -> int:
-        """Load ``unet.<module>.lora_{A,B}.weight`` keys; every adapter must get both.
+        """Load ``unet.<module>.lora_{A,B}.weight`` keys (see :mod:`honestface.loaders.lora`)."""
+        from ..loaders.lora import load_unet_lora_state_dict
 
-        Returns the number of keys loaded. Raises :class:`CheckpointError` on missing,
-        unexpected or mis-shaped keys (no silent partial load).
-        """
-        layers = dict(self._lora_layers())
-        if not layers:
-            raise ConfigError("the UNet has no LoRA adapter; call add_lora first")
-        expected = set()
-        for name in layers:
-            expected.add(f"{LORA_KEY_PREFIX}{name}.lora_A.weight")
-            expected.add(f"{LORA_KEY_PREFIX}{name}.lora_B.weight")
-        missing = sorted(expected - set(state))
-        unexpected = sorted(set(state) - expected)
-        if missing:
-            raise CheckpointError(source, f"{len(missing)} LoRA keys missing, e.g. {missing[:3]}",
-                                  f"{len(expected)} keys unet.<module>.lora_A/lora_B.weight")
-        if unexpected:
-            raise CheckpointError(source, f"{len(unexpected)} LoRA keys match no UNet module, e.g. {unexpected[:3]}",
-                                  "keys of the UNet's LoRA layers")
-        with torch.no_grad():
-            for name, module in layers.items():
-                for part in ("lora_A", "lora_B"):
-                    key = f"{LORA_KEY_PREFIX}{name}.{part}.weight"
-                    target = getattr(module, part)["default"].weight
-                    value = state[key]
-                    if tuple(value.shape) != tuple(target.shape):
-                        raise CheckpointError(source, f"{key} has shape {tuple(value.shape)}",
-                                              f"shape {tuple(target.shape)} (LoRA rank {self.lora_config.rank})")
-                    target.copy_(value.to(target.dtype))
-        return len(expected)
+        return load_unet_lora_state_dict(self.unet, state, source)
 
     def lora_parameters(self) -> list[nn.Parameter]:
         return [p for name, p in self.unet.named_parameters() if "lora_" in name]
@@ -199,18 +166,3 @@ def lora_module_names(unet: nn.Module, patterns: Iterable[str]) -> list[str]:
         if name in patterns or any(name.endswith("." + pattern) for pattern in patterns):
             names.append(name)
     return names
-
-
-def lora_targets_from_state(state: dict[str, torch.Tensor]) -> tuple[list[str], int]:
-    """UNet module names (without ``unet.``) and the LoRA rank found in a LoRA state dict."""
-    modules, ranks = set(), set()
-    for key, value in state.items():
-        for part in (".lora_A.weight", ".lora_B.weight"):
-            if key.endswith(part):
-                name = key[: -len(part)]
-                modules.add(name[len(LORA_KEY_PREFIX):] if name.startswith(LORA_KEY_PREFIX) else name)
-                if part == ".lora_A.weight":
-                    ranks.add(int(value.shape[0]))
-    if len(ranks) > 1:
-        raise CheckpointError("LoRA weights", f"mixed LoRA ranks {sorted(ranks)}", "one rank for all layers")
-    return sorted(modules), (ranks.pop() if ranks else 0)

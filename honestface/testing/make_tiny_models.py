@@ -108,7 +108,7 @@ def _randomize_lora(model, generator: torch.Generator) -> None:
 
 
 def _vgg16_state_dict(max_stage: int = 4) -> dict[str, torch.Tensor]:
-    from ..models.ide import VGG16Features
+    from ..models.vgg import VGG16Features
 
     features = VGG16Features(max_stage)
     return {f"features.{key}": value.detach().clone().contiguous()
@@ -122,7 +122,7 @@ def write_perceptual_files(root: Path, seed: int) -> dict[str, Path]:
     DISTS takes alpha/beta as they are and normalises by their sum).
     """
     from ..losses.perceptual import DISTS_CHANNELS
-    from ..models.ide import VGG16_STAGE_CHANNELS
+    from ..models.vgg import VGG16_STAGE_CHANNELS
 
     torch.manual_seed(seed)
     written = {}

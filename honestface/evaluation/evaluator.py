@@ -32,15 +32,16 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ..distributed import Processes
 from ..errors import HonestFaceError, ImageError
 from ..image_io import list_images, load_image, resize_to
+from ..metrics.color import DEFAULT_SEED, ms_swd
+from ..metrics.identity import identity_angle_degrees
+from ..metrics.iqa import PyiqaMetric, check_pyiqa_metric
+from ..metrics.landmark import ALD_EYES, ALD_MOUTH, affine_landmark_distance, l2_landmark_distance
+from ..metrics.pixel import psnr, ssim
+from ..metrics.registry import EVALUATE_METRICS, METRICS, MetricStatus
 from ..progress import ProgressCallback, report
-from .color import DEFAULT_SEED, ms_swd
-from .identity import identity_angle_degrees
-from .iqa import PyiqaMetric, check_pyiqa_metric
-from .landmark import ALD_EYES, ALD_MOUTH, affine_landmark_distance, l2_landmark_distance
-from .pixel import psnr, ssim
-from .registry import EVALUATE_METRICS, METRICS, MetricStatus
 
 
 @dataclass
@@ -250,6 +251,17 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
+@dataclass
+class PairScore:
+    """The scores of one pair and what was missing for it (what a process hands back)."""
+
+    row: dict[str, Any]
+    resized: bool = False
+    missing_references: bool = False
+    missing_landmarks: list[dict[str, Any]] = field(default_factory=list)
+    missing_identity: list[dict[str, Any]] = field(default_factory=list)
+
+
 class Evaluator:
     """Computes the requested metrics; backends and networks are built once.
 
@@ -434,43 +446,38 @@ class Evaluator:
         pairs: Sequence[ImagePair],
         unpaired: Optional[dict[str, list[str]]] = None,
         progress: Optional[ProgressCallback] = None,
+        processes: Optional[Processes] = None,
     ) -> EvaluationReport:
-        """Score every pair (one at a time, so sizes may differ between pairs)."""
+        """Score every pair (one at a time, so sizes may differ between pairs).
+
+        With ``processes`` (a multi-process launch) each process scores its share of the
+        pairs and the rows are merged back in the order of ``pairs``, so the report is the
+        one a single process writes; set-level metrics (FID) are computed by the main
+        process over all pairs (the other processes' reports leave them out).
+        """
+        processes = processes or Processes()
         statuses = dict(self.statuses)
         result = EvaluationReport(self.metrics, statuses, unpaired=dict(unpaired or {}), settings=dict(self.settings),
                                   notes=list(self.notes))
+        owned = [(index, pair) for index, pair in enumerate(pairs) if processes.owns(index)]
+        report(progress, 0, len(owned))
+        scored = []
+        for done, (index, pair) in enumerate(owned, start=1):
+            scored.append((index, self._score_pair(pair)))
+            report(progress, done, len(owned))
+        merged = sorted((entry for share in processes.gather(scored) for entry in share), key=lambda entry: entry[0])
         resized = []
-        total = len(pairs)
-        report(progress, 0, total)
-        for done, pair in enumerate(pairs, start=1):
-            restored = load_image(pair.restored).unsqueeze(0)
-            ground_truth = load_image(pair.ground_truth).unsqueeze(0)
-            if restored.shape != ground_truth.shape:
-                resized.append(pair.name)
-                restored = resize_to(restored, tuple(ground_truth.shape[-2:]))
-            references = None
-            if self._available("deg_ref"):
-                if pair.references:
-                    # Reference photos may have any size: bring them to the restored face's size.
-                    size = tuple(restored.shape[-2:])
-                    references = [torch.cat([resize_to(load_image(p).unsqueeze(0), size) for p in pair.references])]
-                else:
-                    result.missing_references.append(pair.name)
-            values, found = self.score_images(restored, ground_truth, references)
-            row: dict[str, Any] = {"name": pair.name, "restored": str(pair.restored), "ground_truth": str(pair.ground_truth)}
-            for key in self.metrics:
-                if key in values:
-                    row[key] = _clean(values[key][0])
-            result.rows.append(row)
-            for label, which in (("landmarks", result.missing_landmarks), ("identity", result.missing_identity)):
-                images = [name for name, flag in (("restored", f"restored_{label}"), ("ground truth", f"gt_{label}"))
-                          if flag in found and not bool(found[flag][0])]
-                if images:
-                    which.append({"name": pair.name, "images": images})
-            report(progress, done, total)
+        for _, pair_score in merged:
+            result.rows.append(pair_score.row)
+            result.missing_landmarks.extend(pair_score.missing_landmarks)
+            result.missing_identity.extend(pair_score.missing_identity)
+            if pair_score.missing_references:
+                result.missing_references.append(pair_score.row["name"])
+            if pair_score.resized:
+                resized.append(pair_score.row["name"])
 
         for key, metric in self._pyiqa.items():
-            if metric.spec.set_level:
+            if metric.spec.set_level and processes.is_main:
                 if len(pairs) < 2:
                     statuses[key] = MetricStatus(key, False, "needs a set of at least 2 image pairs (use evaluate on folders)")
                     continue
@@ -484,6 +491,34 @@ class Evaluator:
                 + ", ".join(resized[:10]) + (" ..." if len(resized) > 10 else "")
             )
         return result
+
+    def _score_pair(self, pair: ImagePair) -> "PairScore":
+        restored = load_image(pair.restored).unsqueeze(0)
+        ground_truth = load_image(pair.ground_truth).unsqueeze(0)
+        resized = restored.shape != ground_truth.shape
+        if resized:
+            restored = resize_to(restored, tuple(ground_truth.shape[-2:]))
+        references = None
+        missing_references = False
+        if self._available("deg_ref"):
+            if pair.references:
+                # Reference photos may have any size: bring them to the restored face's size.
+                size = tuple(restored.shape[-2:])
+                references = [torch.cat([resize_to(load_image(p).unsqueeze(0), size) for p in pair.references])]
+            else:
+                missing_references = True
+        values, found = self.score_images(restored, ground_truth, references)
+        row: dict[str, Any] = {"name": pair.name, "restored": str(pair.restored), "ground_truth": str(pair.ground_truth)}
+        for key in self.metrics:
+            if key in values:
+                row[key] = _clean(values[key][0])
+        score = PairScore(row, resized=resized, missing_references=missing_references)
+        for label, which in (("landmarks", score.missing_landmarks), ("identity", score.missing_identity)):
+            images = [name for name, flag in (("restored", f"restored_{label}"), ("ground truth", f"gt_{label}"))
+                      if flag in found and not bool(found[flag][0])]
+            if images:
+                which.append({"name": pair.name, "images": images})
+        return score
 
     def evaluate_folders(
         self,
@@ -499,4 +534,4 @@ class Evaluator:
         return self.evaluate_pairs(pairs, unpaired, progress)
 
 
-__all__ = ["EvaluationReport", "Evaluator", "ImagePair", "pair_folders"]
+__all__ = ["EvaluationReport", "Evaluator", "ImagePair", "PairScore", "pair_folders"]

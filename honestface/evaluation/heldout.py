@@ -29,9 +29,9 @@ import torch
 from ..degradation import DegradationConfig, apply_degradation, bicubic_baseline, sample_degradation_params
 from ..errors import ConfigError, HonestFaceError
 from ..image_io import list_images, load_image, resize_to
+from ..metrics.landmark import ald_eyes, ald_mouth
+from ..metrics.pixel import psnr, ssim
 from ..progress import ProgressCallback, report
-from .landmark import ald_eyes, ald_mouth
-from .pixel import psnr, ssim
 
 #: Rows of the result, in table order.
 CONDITIONS = ("LQ, bicubic", "LQ, model input", "restored, no refs", "restored, refs")
@@ -168,7 +168,8 @@ def heldout_pipeline(checkpoint: str | Path, batch_size: int = 8):
     the results (dlib's own detection, alignment and descriptor).
     """
     from ..face import load_identity_backend, load_landmark_backend
-    from ..pipeline import HonestFacePipeline, load_model
+    from ..loaders.model_files import load_model
+    from ..pipeline import HonestFacePipeline
 
     model = load_model(checkpoint=checkpoint)
     landmarks = load_landmark_backend("dlib", aligned_fallback=True)
