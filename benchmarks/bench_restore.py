@@ -239,7 +239,7 @@ def run_one(spec: dict) -> dict:
             if baseline:
                 image = baseline_forward(model, inputs["lq"].to(device))
             else:
-                image = pipeline.training_forward(inputs["lq"], inputs["references"], inputs["mask"], None, None,
+                image = pipeline.forward_prepared(inputs["lq"], inputs["references"], inputs["mask"], None, None,
                                                   inputs["embeddings"]).image
             return image.float().cpu()  # the result leaves the device, as in real use
 

@@ -16,8 +16,8 @@ Input conversions (documented once here):
 Two entry points:
 
 - :meth:`HonestFacePipeline.restore` for inference (no gradients, batched, progress);
-- :meth:`HonestFacePipeline.training_forward` for training: the differentiable model
-  forward on prepared tensors (padded references + masks, precomputed landmarks and
+- :meth:`HonestFacePipeline.forward_prepared`: the differentiable model forward on
+  prepared tensors (for scripts and tests; the trainer calls the model itself) (padded references + masks, precomputed landmarks and
   identity embeddings), returning the restored image and the latents.
 """
 
@@ -322,20 +322,20 @@ class HonestFacePipeline:
         lq_landmarks = None
         if refs is not None and refs.mask.any() and refs.landmarks is not None:
             lq_landmarks = self.detect_landmarks(lq)
-        return self.training_forward(
+        return self.forward_prepared(
             lq, None if refs is None else refs.images, None if refs is None else refs.mask,
             lq_landmarks, None if refs is None else refs.landmarks,
             None if refs is None else refs.embeddings, generator, color_correction)
 
-    # -------------------------------------------------------------- training
-    def training_forward(self, lq: torch.Tensor, references: torch.Tensor | None = None,
+    # ---------------------------------------------------------- differentiable
+    def forward_prepared(self, lq: torch.Tensor, references: torch.Tensor | None = None,
                          reference_mask: torch.Tensor | None = None,
                          lq_landmarks: torch.Tensor | None = None,
                          reference_landmarks: torch.Tensor | None = None,
                          identity_embeddings: torch.Tensor | None = None,
                          generator: torch.Generator | None = None,
                          color_correction: str | None = None) -> HonestFaceOutput:
-        """Differentiable forward on prepared tensors (the training entry point).
+        """Differentiable forward on prepared tensors.
 
         Args:
             lq: (B, 3, S, S) in [0, 1] at the model size.

@@ -116,12 +116,12 @@ def test_reference_choice_uses_landmarks(pipeline):
     batch = pipeline.prepare_references([refs])
     assert batch.mask.tolist() == [[True] * 4] and batch.landmarks.shape == (1, 4, 68, 2)
     assert batch.embeddings.shape == (1, 4, 16)
-    out = pipeline.training_forward(lq, batch.images, batch.mask, pipeline.detect_landmarks(lq), batch.landmarks,
+    out = pipeline.forward_prepared(lq, batch.images, batch.mask, pipeline.detect_landmarks(lq), batch.landmarks,
                                     batch.embeddings)
     assert out.reference_index.tolist() == [2]
     # Without a landmark backend the first reference is used (eyes at aligned-face positions).
     plain = HonestFacePipeline(pipeline.model, None, PooledIdentity())
-    assert plain.training_forward(lq, batch.images, batch.mask, None, None, batch.embeddings).reference_index.tolist() == [0]
+    assert plain.forward_prepared(lq, batch.images, batch.mask, None, None, batch.embeddings).reference_index.tolist() == [0]
 
 
 def test_input_conversions(pipeline):
@@ -181,7 +181,7 @@ def test_progress_reports_every_chunk(pipeline):
     assert calls == [(0, 3), (2, 3), (3, 3)]
 
 
-def test_training_forward_is_differentiable_in_the_trainable_parts():
+def test_forward_prepared_is_differentiable_in_the_trainable_parts():
     config = HonestFaceConfig.from_preset("tiny")
     unet, vae = build_diffusers(config, seed=0)
     model = HonestFaceModel(config, unet, vae)
@@ -191,7 +191,7 @@ def test_training_forward_is_differentiable_in_the_trainable_parts():
     lq = faces(2, 11)
     refs = faces(6, 12).view(2, 3, 3, 64, 64)
     mask = torch.tensor([[True, True, True], [True, False, False]])
-    out = pipe.training_forward(lq, refs, mask, None, None, torch.randn(2, 3, 16))
+    out = pipe.forward_prepared(lq, refs, mask, None, None, torch.randn(2, 3, 16))
     assert out.image.shape == (2, 3, 64, 64)
     assert out.latent_lq.shape == out.latent_restored.shape == (2, 4, 16, 16)
     (out.image.square().mean() + out.latent_restored.square().mean()).backward()

@@ -45,7 +45,7 @@ def test_real_faces_choose_the_reference_with_the_smallest_ald(obama):
     lq_marks = pipe.detect_landmarks(lq)
     assert torch.isfinite(lq_marks).all()
     with torch.no_grad():
-        out = pipe.training_forward(lq, batch.images, batch.mask, lq_marks, batch.landmarks, batch.embeddings)
+        out = pipe.forward_prepared(lq, batch.images, batch.mask, lq_marks, batch.landmarks, batch.embeddings)
     for b, count in enumerate((5, 2)):
         ald = affine_landmark_distance(batch.landmarks[b, :count].double(), lq_marks[b].double(), subset="eyes")
         assert int(out.reference_index[b]) == int(ald.argmin())
