@@ -17,8 +17,9 @@ Two entry points:
 
 - :meth:`HonestFacePipeline.restore` for inference (no gradients, batched, progress);
 - :meth:`HonestFacePipeline.forward_prepared`: the differentiable model forward on
-  prepared tensors (for scripts and tests; the trainer calls the model itself) (padded references + masks, precomputed landmarks and
-  identity embeddings), returning the restored image and the latents.
+  prepared tensors (padded references + masks, precomputed landmarks and identity
+  embeddings), returning the restored image and the latents; for scripts and tests (the
+  trainer calls the model itself).
 """
 
 from __future__ import annotations
