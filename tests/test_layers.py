@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -45,9 +46,9 @@ def test_metrics_import_nothing_above_them():
 
 
 def test_importing_the_metrics_loads_no_higher_module():
-    code = ("import sys, honestface.metrics, honestface.metrics.iqa, honestface.metrics.registry; "
-            "print(sorted(m for m in sys.modules if m.startswith('honestface')))")
-    loaded = eval(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+    code = ("import json, sys, honestface.metrics, honestface.metrics.iqa, honestface.metrics.registry; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('honestface'))))")
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                  cwd=Path(__file__).resolve().parents[1]).stdout)
     higher = [m for m in loaded if m != "honestface" and not m.startswith("honestface.metrics")
               and m not in METRICS_MAY_IMPORT]

@@ -29,6 +29,17 @@ PAPER = REPO_ROOT / "training" / "configs" / "paper.yaml"
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state that refuses a second set-up with other
+    settings (bf16 after "no"); each in-process training run here starts afresh."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def tiny_config(root: Path, output: Path, *overrides: str):
     return load_config(TINY, [f"data.roots=[{root}]", f"output_dir={output}", "train.log_every=0",
                               "data.val_fraction=0.25", *overrides])
@@ -393,6 +404,7 @@ def test_paper_config_runs_from_real_format_files(celeba_subset, tmp_path):
     for name in ("mse", "ea_dists", "identity", "mfa", "adversarial"):
         assert config.losses.enabled(name), name
     assert config.losses.pretrained and config.model.init == "osdface"
+    assert config.train.mixed_precision == "bf16"
     trainer = Trainer(config)
 
     # every network was read from its file
@@ -404,7 +416,7 @@ def test_paper_config_runs_from_real_format_files(celeba_subset, tmp_path):
     vgg = load_tensors(models / "honestface" / "vgg16-397923af.pth", what="VGG16")
     assert torch.equal(objective.lpips.vgg.features[28].weight, vgg["features.28.weight"])
     fan = load_tensors(models / tiny.FAN_WEIGHTS, what="FAN")
-    assert torch.equal(objective.heatmap_backend.network.l1.weight, fan["l1.weight"])
+    assert torch.equal(objective.heatmap_backend.network.l0.weight, fan["l0.weight"])  # one hourglass stack
     assert objective.heatmap_backend.detect is False and trainer.landmarks.detect is False
     adaface = load_tensors(models / tiny.ADAFACE_CKPT, what="AdaFace", state_key="state_dict")
     recognisers = objective.identity.recognisers

@@ -28,7 +28,10 @@ def _adapter_state(unet: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def unet_lora_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
-    """The UNet's LoRA weights as ``unet.<module>.lora_{A,B}.weight`` tensors (copies)."""
+    """The UNet's LoRA weights as ``unet.<module>.lora_{A,B}.weight`` tensors (copies);
+    empty for a UNet without an adapter (rank 0: a bundled UNet trained in full)."""
+    if ADAPTER not in getattr(unet, "peft_config", {}):
+        return {}
     return {f"{LORA_KEY_PREFIX}{key}": value.detach().clone() for key, value in _adapter_state(unet).items()}
 
 
