@@ -6,22 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from honestface.config import HonestFaceConfig
-from honestface.models import HonestFaceModel, build_diffusers
 from honestface.models.color import color_correct
+
+from nano_helpers import tiny_model
 
 
 @pytest.fixture(scope="module")
 def model():
-    config = HonestFaceConfig.from_preset("tiny")
-    unet, vae = build_diffusers(config, seed=0)
-    torch.manual_seed(0)
-    model = HonestFaceModel(config, unet, vae)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn_like(parameter) * 0.05)
-    return model.eval()
+    return tiny_model()
 
 
 def _faces(shape: tuple[int, ...], seed: int) -> torch.Tensor:

@@ -14,6 +14,8 @@ from honestface.image_io import resize_to
 from honestface.models import HonestFaceModel, build_diffusers
 from honestface.pipeline import HonestFacePipeline
 
+from nano_helpers import tiny_model
+
 
 class ContentLandmarks:
     """Deterministic 68-point landmarks that depend on the image: a face-like template whose
@@ -63,15 +65,7 @@ class PooledIdentity:
 
 @pytest.fixture(scope="module")
 def model():
-    config = HonestFaceConfig.from_preset("tiny")
-    unet, vae = build_diffusers(config, seed=0)
-    torch.manual_seed(0)
-    model = HonestFaceModel(config, unet, vae)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn_like(parameter) * 0.05)
-    return model.eval()
+    return tiny_model()
 
 
 @pytest.fixture(scope="module")

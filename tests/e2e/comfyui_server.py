@@ -242,6 +242,27 @@ def write_extra_model_paths(base_dir: Path, models_dir: Path) -> Path:
     return extra
 
 
+def start_node_pack_server(comfyui_dir: Path, base_dir: Path, node_pack: Path, models_dir: Path,
+                           python: str = sys.executable) -> ComfyUIServer:
+    """A started ComfyUI server in ``base_dir`` with ``node_pack`` as its HonestFace custom node
+    and the tiny models as extra model paths, once every node the example workflows use is
+    registered (``server.object_info`` holds its /object_info)."""
+    (base_dir / "custom_nodes").mkdir()
+    (base_dir / "custom_nodes" / "HonestFace").symlink_to(node_pack, target_is_directory=True)
+    server = ComfyUIServer(comfyui_dir=comfyui_dir, base_dir=base_dir,
+                           extra_model_paths=write_extra_model_paths(base_dir, models_dir), python=python)
+    server.start()
+    try:
+        expected = set(HONESTFACE_NODES)
+        for path in API_WORKFLOWS.glob("*.json"):
+            expected |= {node["class_type"] for node in load_workflow(path).values()}
+        server.object_info = server.wait_for_nodes(expected)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 def to_png(source: Path, target: Path, max_side: int | None = None) -> None:
     image = Image.open(source).convert("RGB")
     if max_side and max(image.size) > max_side:

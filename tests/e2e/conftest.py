@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_server import (API_WORKFLOWS, HONESTFACE_NODES, REPO_ROOT, TIMINGS, ComfyUIServer, comfyui_dir,
-                            load_workflow, tiny_model_choices, write_extra_model_paths, write_workflow_inputs)
+from comfyui_server import (REPO_ROOT, TIMINGS, comfyui_dir, start_node_pack_server, tiny_model_choices,
+                            write_workflow_inputs)
 
 
 @pytest.fixture(scope="session")
@@ -41,17 +41,9 @@ def tiny_models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def comfyui_server(comfyui_install, tiny_models_dir, tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfyui-base")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "HonestFace").symlink_to(REPO_ROOT, target_is_directory=True)
-    extra = write_extra_model_paths(base, tiny_models_dir)
-    server = ComfyUIServer(comfyui_dir=comfyui_install, base_dir=base, extra_model_paths=extra)
-    server.start()
+    server = start_node_pack_server(comfyui_install, tmp_path_factory.mktemp("comfyui-base"), REPO_ROOT,
+                                    tiny_models_dir)
     try:
-        expected = set(HONESTFACE_NODES)
-        for path in API_WORKFLOWS.glob("*.json"):
-            expected |= {node["class_type"] for node in load_workflow(path).values()}
-        server.object_info = server.wait_for_nodes(expected)
         yield server
     finally:
         server.stop()

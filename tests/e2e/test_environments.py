@@ -24,9 +24,9 @@ import pytest
 from PIL import Image
 
 from browser import HeadlessComfyUI, find_chromium
-from comfyui_server import (API_WORKFLOWS, HONESTFACE_NODES, REPO_ROOT, TIMINGS, WORKFLOWS, ComfyUIServer,
-                            execution_error, load_workflow, tiny_model_choices, with_tiny_models,
-                            write_extra_model_paths, write_workflow_inputs)
+from comfyui_server import (API_WORKFLOWS, REPO_ROOT, TIMINGS, WORKFLOWS, ComfyUIServer, execution_error,
+                            load_workflow, start_node_pack_server, tiny_model_choices, with_tiny_models,
+                            write_workflow_inputs)
 from node_archive import comfy_executable, extract_node_archive, pack_node_archive
 from workflow_format import FRONTEND_WIDGETS
 
@@ -76,17 +76,9 @@ def environment(request):
 @pytest.fixture(scope="module")
 def env_server(environment, comfyui_install, tiny_models_dir, node_pack_folder, shared_data, tmp_path_factory):
     name, python = environment
-    base = tmp_path_factory.mktemp(f"comfyui-{name}")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "HonestFace").symlink_to(node_pack_folder, target_is_directory=True)
-    server = ComfyUIServer(comfyui_dir=comfyui_install, base_dir=base,
-                           extra_model_paths=write_extra_model_paths(base, tiny_models_dir), python=python)
-    server.start()
+    server = start_node_pack_server(comfyui_install, tmp_path_factory.mktemp(f"comfyui-{name}"), node_pack_folder,
+                                    tiny_models_dir, python=python)
     try:
-        expected = set(HONESTFACE_NODES)
-        for path in API_WORKFLOWS.glob("*.json"):
-            expected |= {node["class_type"] for node in load_workflow(path).values()}
-        server.object_info = server.wait_for_nodes(expected)
         write_workflow_inputs(server.input_dir, shared_data)
         server.tiny_choices = tiny_model_choices(server)
         yield name, server
