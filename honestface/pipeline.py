@@ -25,7 +25,7 @@ Two entry points:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -37,6 +37,7 @@ from .errors import ImageError
 from .image_io import resize_to, to_rgb
 from .loaders.model_files import load_model  # public here too
 from .models.honestface import HonestFaceModel, HonestFaceOutput
+from .models.ide import IDEOutput, ReferenceTokens
 from .progress import ProgressCallback, report
 
 logger = logging.getLogger("honestface.pipeline")
@@ -64,12 +65,18 @@ def identity_match_threshold(backend_name: str) -> float:
 
 @dataclass
 class ReferenceSet:
-    """One person's references, prepared once (:meth:`HonestFacePipeline.encode_references`)
-    and shared by every face that uses them."""
+    """One person's references, encoded once (:meth:`HonestFacePipeline.encode_references`)
+    and shared by every face that uses them: the images, their landmarks and identity
+    embeddings, and the IDE tokens computed from them (:class:`~honestface.models.ide.ReferenceTokens`).
+    Which reference each face uses (Eq. 6) is decided per face, from the stored landmarks."""
 
     images: torch.Tensor  # (N, 3, S, S) in [0, 1] at the model size
     landmarks: torch.Tensor | None = None  # (N, 68, 2), NaN where no face; None without a landmark backend
     embeddings: torch.Tensor | None = None  # (N, D); None without an identity backend
+    #: IDE tokens of the set (B = 1, float32 on the CPU); None for OSDFace weights or before encoding.
+    tokens: ReferenceTokens | None = field(default=None, repr=False)
+    #: (model.encoding_stamp, dtype) the tokens were computed with; other weights encode again.
+    tokens_key: tuple | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -77,12 +84,14 @@ class ReferenceSet:
 
 @dataclass
 class ReferenceBatch:
-    """References of a batch, padded to the largest N."""
+    """References of a batch, padded to the largest N, and their encoded conditioning."""
 
     images: torch.Tensor  # (B, N, 3, S, S) in [0, 1]; zeros where padded
     mask: torch.Tensor  # (B, N) bool, True for real references
     landmarks: torch.Tensor | None  # (B, N, 68, 2), NaN where padded / no face
     embeddings: torch.Tensor | None  # (B, N, D), zeros where padded
+    #: IDE tokens of every row (None for OSDFace weights, which ignore references)
+    conditioning: ReferenceTokens | None = None
 
 
 def warn_on_identity_mismatch(backend: str, trained_with: str) -> None:
@@ -164,28 +173,61 @@ class HonestFacePipeline:
         """(N, 3, H, W) references of one person -> :class:`ReferenceSet`, computed once.
 
         Images are brought to the model size; landmarks and identity embeddings come from
-        the pipeline's backends (None without one). A :class:`ReferenceSet` is returned as
-        it is, with only its missing parts filled in. N = 0 gives an empty set.
+        the pipeline's backends (None without one), the IDE tokens from the model (none for
+        OSDFace weights). A :class:`ReferenceSet` is returned as it is when complete, else
+        with its missing or stale parts computed. N = 0 gives an empty set.
         """
         if isinstance(images, ReferenceSet):
             refs = images
             if len(refs) and tuple(refs.images.shape[-2:]) != (self.image_size, self.image_size):
                 return self.encode_references(refs.images, name)  # made for another model size
-            if len(refs) and refs.landmarks is None and self.landmark_backend is not None:
-                refs = ReferenceSet(refs.images, self.detect_landmarks(refs.images), refs.embeddings)
-            if len(refs) and refs.embeddings is None and self.identity_backend is not None:
-                refs = ReferenceSet(refs.images, refs.landmarks, self.embed_identities(refs.images))
-            return refs
+            if not len(refs):
+                return refs
+            landmarks, embeddings = refs.landmarks, refs.embeddings
+            if landmarks is None and self.landmark_backend is not None:
+                landmarks = self.detect_landmarks(refs.images)
+            if embeddings is None and self.identity_backend is not None:
+                embeddings = self.embed_identities(refs.images)
+            if landmarks is refs.landmarks and embeddings is refs.embeddings and self._tokens_current(refs):
+                return refs
+            return self._with_tokens(ReferenceSet(refs.images, landmarks, embeddings))
         if isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[0] == 0:
             size = self.image_size
             return ReferenceSet(torch.zeros(0, 3, size, size))
         prepared = self.prepare_images(images, name)
-        return ReferenceSet(prepared, self.detect_landmarks(prepared), self.embed_identities(prepared))
+        return self._with_tokens(ReferenceSet(prepared, self.detect_landmarks(prepared),
+                                              self.embed_identities(prepared)))
+
+    def _tokens_key(self) -> tuple:
+        return (self.model.encoding_stamp, self.dtype)
+
+    def _tokens_current(self, refs: ReferenceSet) -> bool:
+        """True when ``refs`` holds tokens of this model's weights in this precision (or
+        the model ignores references, so none are needed)."""
+        if not self.model.accepts_references:
+            return True
+        key = refs.tokens_key
+        return refs.tokens is not None and key is not None and key[0] is self.model.encoding_stamp \
+            and key[1] == self.dtype
+
+    @torch.no_grad()
+    def _with_tokens(self, refs: ReferenceSet) -> ReferenceSet:
+        """``refs`` with the model's IDE tokens of the set (B = 1)."""
+        if not self.model.accepts_references or not len(refs):
+            return refs
+        landmarks = None if refs.landmarks is None else refs.landmarks[None].to(self.device)
+        embeddings = None if refs.embeddings is None else refs.embeddings[None].to(self.device, self.dtype)
+        tokens = self.model.encode_references(refs.images[None].to(self.device, self.dtype),
+                                              None, landmarks, embeddings)
+        refs.tokens = tokens.to("cpu", torch.float32)
+        refs.tokens_key = self._tokens_key()
+        return refs
 
     def prepare_references(self, references: Sequence[torch.Tensor | ReferenceSet | None]) -> ReferenceBatch:
-        """One entry per face -> padded batch. An entry is a (N_i, 3, H, W) tensor (prepared
-        here), a :class:`ReferenceSet` (used as it is: nothing is recomputed, however many
-        faces share it) or None; N_i = 0 is allowed."""
+        """One entry per face -> padded batch with its conditioning. An entry is a
+        (N_i, 3, H, W) tensor (prepared and encoded here, all such entries together), a
+        :class:`ReferenceSet` (used as it is: nothing is recomputed, however many faces
+        share it) or None; N_i = 0 is allowed."""
         sets: list[torch.Tensor | ReferenceSet | None] = []
         for i, refs in enumerate(references):
             if refs is None or (isinstance(refs, torch.Tensor) and refs.numel() == 0):
@@ -225,7 +267,55 @@ class HonestFacePipeline:
                     landmarks[i, :n] = s.landmarks.float().cpu()
                 if embeddings is not None and s.embeddings is not None:
                     embeddings[i, :n] = s.embeddings.float().cpu()
-        return ReferenceBatch(images, mask, landmarks, embeddings)
+        batch_refs = ReferenceBatch(images, mask, landmarks, embeddings)
+        if mask.any() and self.model.accepts_references:
+            batch_refs.conditioning = self._batch_tokens(sets, batch_refs)
+        return batch_refs
+
+    @torch.no_grad()
+    def _batch_tokens(self, sets: list, refs: ReferenceBatch) -> ReferenceTokens:
+        """Tokens of every row: encoded sets as stored, tensor entries encoded in one call."""
+        rows = [i for i, s in enumerate(sets) if isinstance(s, torch.Tensor)]
+        encoded: dict[int, ReferenceTokens] = {}
+        if rows:
+            pick = lambda t: None if t is None else t[rows].to(self.device)  # noqa: E731
+            fresh = self.model.encode_references(refs.images[rows].to(self.device, self.dtype), pick(refs.mask),
+                                                 pick(refs.landmarks), None if refs.embeddings is None else
+                                                 refs.embeddings[rows].to(self.device, self.dtype))
+            for j, i in enumerate(rows):
+                n = sets[i].shape[0]
+                encoded[i] = ReferenceTokens(fresh.feature_tokens[j:j + 1, :n], fresh.identity_tokens[j:j + 1],
+                                             fresh.mask[j:j + 1, :n])
+        items = [encoded.get(i, s.tokens if isinstance(s, ReferenceSet) else None) for i, s in enumerate(sets)]
+        # Eq. 6 reads the batch's landmarks (NaN where unknown), as the model does from tensors
+        return ReferenceTokens.stack(items, refs.landmarks)
+
+    @torch.no_grad()
+    def choose_references(self, lq: torch.Tensor,
+                          references: Sequence[torch.Tensor | ReferenceSet | None] | ReferenceSet) -> IDEOutput:
+        """Eq. 6 and the IDE tokens for each LQ face, as :meth:`restore` computes them.
+
+        Args:
+            lq: (B, C, H, W) LQ faces in [0, 1].
+            references: one entry per face, or one :class:`ReferenceSet` for all.
+
+        Returns:
+            :class:`~honestface.models.ide.IDEOutput` on the CPU: ``reference_index`` (B,)
+            (-1: no reference), ``feature_tokens`` (B, n1, k), ``identity_tokens`` (B, n2, k).
+        """
+        prepared = self.prepare_images(lq, "lq")
+        if isinstance(references, ReferenceSet):
+            references = [references] * prepared.shape[0]
+        refs = self.prepare_references(references)
+        if refs.conditioning is None:
+            from .errors import ConfigError
+
+            raise ConfigError("this model does not use references (OSDFace weights), or none were given")
+        lq_landmarks = self.detect_landmarks(prepared) if refs.landmarks is not None else None
+        tokens = refs.conditioning
+        chosen = self.model.ide.choose(tokens, lq_landmarks)
+        index = torch.where(tokens.mask.any(dim=1), chosen.reference_index.cpu(), torch.tensor(-1))
+        return IDEOutput(chosen.feature_tokens.float().cpu(), chosen.identity_tokens.float().cpu(), index)
 
     def identity_distance(self, faces: torch.Tensor, refs: ReferenceSet | torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) faces -> (B,) angle in degrees (the Deg. metric) between each face's
@@ -323,10 +413,13 @@ class HonestFacePipeline:
         lq_landmarks = None
         if refs is not None and refs.mask.any() and refs.landmarks is not None:
             lq_landmarks = self.detect_landmarks(lq)
-        return self.forward_prepared(
-            lq, None if refs is None else refs.images, None if refs is None else refs.mask,
-            lq_landmarks, None if refs is None else refs.landmarks,
-            None if refs is None else refs.embeddings, generator, color_correction)
+        if refs is None:
+            return self.forward_prepared(lq, generator=generator, color_correction=color_correction)
+        if refs.conditioning is None:  # OSDFace weights: the model ignores references
+            return self.forward_prepared(lq, refs.images, refs.mask, generator=generator,
+                                         color_correction=color_correction)
+        return self.forward_prepared(lq, lq_landmarks=lq_landmarks, generator=generator,
+                                     color_correction=color_correction, conditioning=refs.conditioning)
 
     # ---------------------------------------------------------- differentiable
     def forward_prepared(self, lq: torch.Tensor, references: torch.Tensor | None = None,
@@ -335,7 +428,8 @@ class HonestFacePipeline:
                          reference_landmarks: torch.Tensor | None = None,
                          identity_embeddings: torch.Tensor | None = None,
                          generator: torch.Generator | None = None,
-                         color_correction: str | None = None) -> HonestFaceOutput:
+                         color_correction: str | None = None,
+                         conditioning: ReferenceTokens | None = None) -> HonestFaceOutput:
         """Differentiable forward on prepared tensors.
 
         Args:
@@ -344,6 +438,8 @@ class HonestFacePipeline:
             reference_mask: (B, N) bool padding mask (True = real reference).
             lq_landmarks: (B, 68, 2); reference_landmarks: (B, N, 68, 2) (NaN = unknown).
             identity_embeddings: (B, N, D) from the identity backend (detached).
+            conditioning: the references already encoded (:meth:`prepare_references`'s
+                ``conditioning``), in place of the four reference arguments.
 
         Returns:
             :class:`~honestface.models.HonestFaceOutput`: ``image`` (B, 3, S, S) in [0, 1],
@@ -354,7 +450,8 @@ class HonestFacePipeline:
         move = lambda t, **kw: None if t is None else t.to(**kw)  # noqa: E731
         return self.model(move(lq, **to), move(references, **to), move(reference_mask, device=self.device),
                           move(lq_landmarks, device=self.device), move(reference_landmarks, device=self.device),
-                          move(identity_embeddings, **to), generator, color_correction)
+                          move(identity_embeddings, **to), generator, color_correction,
+                          None if conditioning is None else conditioning.to(self.device, self.dtype))
 
     # --------------------------------------------------------------- loading
     @classmethod

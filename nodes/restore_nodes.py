@@ -161,11 +161,11 @@ class IdentityConditioning:
     """HONESTFACE_IDENTITY: one person's references, encoded once, and what the IDE chose.
 
     ``references`` is the pipeline's :class:`~honestface.pipeline.ReferenceSet` (aligned
-    crops at the model size, their landmarks and identity embeddings), computed once by the
-    Identity Embedder. The restore nodes hand the same object to every face they restore, so
-    neither the landmarks nor the recogniser run again. ``reference_index`` and the tokens are
-    the IDE's output for the LQ faces the embedder was given (None without them), kept for
-    inspection.
+    crops at the model size, their landmarks, identity embeddings and IDE tokens), computed
+    once by the Identity Embedder. The restore nodes hand the same object to every face they
+    restore, so neither the landmarks, the recogniser nor the IDE run again. ``reference_index``
+    and the chosen tokens are the IDE's output for the LQ faces the embedder was given (None
+    without them), kept for inspection.
     """
 
     references: Any  # honestface.pipeline.ReferenceSet
@@ -259,20 +259,14 @@ class HonestFaceIdentityEmbedder:
         if lq_face is None:
             chosen, chosen_landmarks = reference_set.images, reference_set.landmarks
         else:
-            lq = pipeline.prepare_images(comfy_to_images(lq_face, "lq_face"), "lq_face")
-            batch = pipeline.prepare_references(conditioning.for_faces(pipeline, face_analysis, lq.shape[0]))
-            lq_landmarks = pipeline.detect_landmarks(lq)
-            device, dtype = pipeline.device, pipeline.dtype
-            move = lambda t, **kw: None if t is None else t.to(device, **kw)  # noqa: E731
-            with torch.no_grad():
-                ide = pipeline.model.ide(move(batch.images, dtype=dtype), move(batch.mask), move(lq_landmarks),
-                                         move(batch.landmarks), move(batch.embeddings, dtype=dtype))
-            index = ide.reference_index.cpu()
+            choice = pipeline.choose_references(comfy_to_images(lq_face, "lq_face"),
+                                                conditioning.for_faces(pipeline, face_analysis, lq_face.shape[0]))
+            index = choice.reference_index
             chosen = reference_set.images[index]  # (B, 3, S, S)
             chosen_landmarks = None if reference_set.landmarks is None else reference_set.landmarks[index]
             conditioning.reference_index = index
-            conditioning.feature_tokens = ide.feature_tokens.float().cpu()
-            conditioning.identity_tokens = ide.identity_tokens.float().cpu()
+            conditioning.feature_tokens = choice.feature_tokens
+            conditioning.identity_tokens = choice.identity_tokens
             lines += [f"LQ face {i}: reference {int(j)}" for i, j in enumerate(index)]
         progress(2, 3)
         eyes = reference_eye_patches(pipeline, chosen, chosen_landmarks)

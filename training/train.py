@@ -450,6 +450,8 @@ class Trainer:
                 "identity_embeddings": embeddings}
 
     def _model_forward(self, batch: dict[str, Any]):
+        # The model encodes the references with model.encode_references, the restore
+        # pipeline's road too (there once per reference set, here every step: weights change).
         cond = self._conditioning(batch)
         move = lambda t: None if t is None else t.to(self.device)  # noqa: E731
         with self.accelerator.autocast():

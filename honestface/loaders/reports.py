@@ -1,7 +1,8 @@
 """What a load did, and the checked copy of a state dict into a module.
 
 :class:`FileReport` / :class:`LoadReport` count the keys every file gave and left out
-(logged by the loaders, kept in ``model.load_report``); :func:`load_state_into` copies a
+(logged by the loaders, kept in ``model.load_report``); :class:`ComponentLoadReport` is the
+SD 2.1 loader's per-component count; :func:`load_state_into` copies a
 state dict into a module, requiring every key with its shape. Used by the loaders and by
 the model's own ``load_trainable_state_dict``.
 """
@@ -48,6 +49,31 @@ class LoadReport:
     @property
     def loaded(self) -> int:
         return sum(f.loaded for f in self.files)
+
+
+@dataclass
+class ComponentLoadReport:
+    """What the SD 2.1 loader read from one source (a single file or a diffusers folder):
+    tensors loaded per component, tensors ignored by group, notes."""
+
+    source: str
+    kind: str  # "single-file" or "diffusers"
+    loaded: dict[str, tuple[int, int]] = field(default_factory=dict)  # component -> (loaded, expected)
+    ignored: dict[str, int] = field(default_factory=dict)  # group -> number of tensors
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """Human-readable summary, one line per component, then ignored groups and notes."""
+        out = [f"{name}: {count}/{expected} tensors loaded from {self.source} ({self.kind})"
+               for name, (count, expected) in self.loaded.items()]
+        if self.ignored:
+            groups = ", ".join(f"{count} {group}" for group, count in sorted(self.ignored.items()))
+            out.append(f"ignored tensors: {groups}")
+        out.extend(f"note: {note}" for note in self.notes)
+        return out
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
 
 
 def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> int:

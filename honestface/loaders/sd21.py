@@ -16,7 +16,7 @@ Two on-disk forms are accepted, both as users keep them in ComfyUI's models fold
 Every expected tensor must be present with the expected shape; anything else is a
 :class:`~honestface.errors.CheckpointError` that names the file and what was expected
 (an SD 1.x or SDXL file, for example, is recognised by its cross-attention width). The
-number of tensors loaded and ignored is reported in :class:`LoadReport`.
+number of tensors loaded and ignored is reported in :class:`~honestface.loaders.reports.ComponentLoadReport`.
 
 The shipped VAE config adds ``scaling_factor: 0.18215`` (diffusers' default for SD 1.x/2.x,
 absent from the original ``vae/config.json``) so the value is explicit. The 768x768
@@ -32,7 +32,7 @@ import logging
 import pickle
 import zipfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from ..errors import (
 )
 from ..paths import MODEL_FOLDERS, find_model_file
 from . import ldm_keys
+from .reports import ComponentLoadReport
 
 logger = logging.getLogger(__name__)
 
@@ -105,30 +106,6 @@ def resolve_dtype(dtype: str | torch.dtype | None = "auto", device: str | torch.
 
 # --------------------------------------------------------------------------- results
 @dataclass
-class LoadReport:
-    """What a loader read: tensors loaded per component, tensors ignored, warnings."""
-
-    source: str
-    kind: str  # "single-file" or "diffusers"
-    loaded: dict[str, tuple[int, int]] = field(default_factory=dict)  # component -> (loaded, expected)
-    ignored: dict[str, int] = field(default_factory=dict)  # group -> number of tensors
-    notes: list[str] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        """Human-readable summary, one line per component, then ignored groups and notes."""
-        out = [f"{name}: {count}/{expected} tensors loaded from {self.source} ({self.kind})"
-               for name, (count, expected) in self.loaded.items()]
-        if self.ignored:
-            groups = ", ".join(f"{count} {group}" for group, count in sorted(self.ignored.items()))
-            out.append(f"ignored tensors: {groups}")
-        out.extend(f"note: {note}" for note in self.notes)
-        return out
-
-    def __str__(self) -> str:
-        return "\n".join(self.lines())
-
-
-@dataclass
 class SD21Models:
     """The parts of SD 2.1-base HonestFace uses.
 
@@ -138,7 +115,7 @@ class SD21Models:
         scheduler_config: the diffusers scheduler config dict.
         alphas_cumprod: (num_train_timesteps,) float64 cumulative product of 1 - beta.
         scaling_factor: latent scaling of the VAE (0.18215 for SD 2.1-base).
-        report: what was loaded (see :class:`LoadReport`).
+        report: what was loaded (see :class:`ComponentLoadReport`).
     """
 
     unet: Any
@@ -146,7 +123,7 @@ class SD21Models:
     scheduler_config: dict
     alphas_cumprod: torch.Tensor
     scaling_factor: float
-    report: LoadReport
+    report: ComponentLoadReport
 
     @property
     def unet_config(self) -> dict:
@@ -243,7 +220,7 @@ def alphas_cumprod_from_config(scheduler_config: Mapping[str, Any]) -> torch.Ten
     return training_alphas_cumprod(schedule)
 
 
-def _check_epsilon(scheduler_config: Mapping[str, Any], report: LoadReport) -> None:
+def _check_epsilon(scheduler_config: Mapping[str, Any], report: ComponentLoadReport) -> None:
     prediction = scheduler_config.get("prediction_type", "epsilon")
     if prediction != "epsilon":
         raise CheckpointError(report.source, f"the scheduler predicts '{prediction}'",
@@ -295,7 +272,7 @@ def build_sd21(configs: Mapping[str, Mapping[str, Any]] | None = None, *, dtype:
     finally:
         if seed is not None:
             torch.random.set_rng_state(generator_state)
-    report = LoadReport(source="random initialisation", kind="random")
+    report = ComponentLoadReport(source="random initialisation", kind="random")
     vae = models.get("vae")
     return SD21Models(unet=models.get("unet"), vae=vae, scheduler_config=dict(configs["scheduler"]),
                       alphas_cumprod=alphas_cumprod_from_config(configs["scheduler"]),
@@ -545,7 +522,7 @@ def load_sd21_single_file(path: str | Path, *, config: str | Path | Mapping[str,
     components = _check_components(components)
     source = _TensorFile(path)
     configs = _configs_from_argument(config) or _embedded_configs(source) or sd21_configs()
-    report = LoadReport(source=path.name, kind="single-file")
+    report = ComponentLoadReport(source=path.name, kind="single-file")
     _check_epsilon(configs["scheduler"], report)
     if "768" in path.name:
         report.notes.append("the file name suggests the 768x768 v-prediction SD 2.1; HonestFace needs "
@@ -628,7 +605,7 @@ def load_sd21_diffusers(folder: str | Path, *, dtype: str | torch.dtype = "float
     torch_dtype = resolve_dtype(dtype)
     components = _check_components(components)
     configs = read_config_folder(folder, required=components)
-    report = LoadReport(source=folder.name, kind="diffusers")
+    report = ComponentLoadReport(source=folder.name, kind="diffusers")
     _check_epsilon(configs["scheduler"], report)
     if not (folder / "scheduler" / "scheduler_config.json").is_file():
         report.notes.append("no scheduler/scheduler_config.json: the shipped SD 2.1-base schedule is used")
@@ -751,7 +728,6 @@ def save_sd21_diffusers(folder: str | Path, unet, vae, scheduler_config: Mapping
 __all__ = [
     "EMBEDDED_CONFIG_KEY",
     "SD21_CONFIG_DIR",
-    "LoadReport",
     "SD21Models",
     "alphas_cumprod_from_config",
     "betas_from_config",

@@ -17,7 +17,7 @@ from ..config import BUNDLED_PARTS, HonestFaceConfig
 from ..errors import ConfigError, ImageError
 from .color import color_correct
 from .fusion import build_fusion
-from .ide import IdentityEmbedder
+from .ide import IdentityEmbedder, ReferenceTokens
 from .restorer import OneStepRestorer
 from .vre import VisualRepresentationEmbedder
 
@@ -68,6 +68,9 @@ class HonestFaceModel(nn.Module):
         self.accepts_references = True
         #: Key-count lines of the files the model was loaded from (set by the loaders).
         self.load_report: list[str] = []
+        #: Replaced whenever trainable weights are loaded: reference tokens encoded under
+        #: another stamp (:class:`~honestface.pipeline.ReferenceSet`) are encoded again.
+        self.encoding_stamp = object()
         if lora and config.lora.rank > 0:
             self.restorer.add_lora(config.lora)
 
@@ -125,6 +128,7 @@ class HonestFaceModel(nn.Module):
         from ..loaders.reports import load_state_into
 
         loaded, used = 0, set()
+        self.encoding_stamp = object()
         if self.config.lora.rank > 0:
             if self.restorer.lora_config is None:
                 self.restorer.add_lora(self.config.lora)
@@ -145,11 +149,33 @@ class HonestFaceModel(nn.Module):
         return loaded
 
     # ---------------------------------------------------------------- forward
+    def encode_references(self, references: torch.Tensor, reference_mask: torch.Tensor | None = None,
+                          reference_landmarks: torch.Tensor | None = None,
+                          identity_embeddings: torch.Tensor | None = None) -> ReferenceTokens:
+        """The reference side of the conditioning, computed once per reference set.
+
+        Args:
+            references: (B, N, 3, S, S) padded references in [0, 1].
+            reference_mask: (B, N) bool, True for real references (default: all real).
+            reference_landmarks: (B, N, 68, 2), NaN where unknown, or None.
+            identity_embeddings: (B, N, D) identity embeddings of the references, or None.
+
+        Returns:
+            :class:`~honestface.models.ide.ReferenceTokens` for :meth:`forward`'s ``conditioning``.
+        """
+        if reference_mask is None:
+            reference_mask = torch.ones(references.shape[:2], dtype=torch.bool, device=references.device)
+        first = next(self.ide.parameters())
+        return self.ide.encode(references.to(device=first.device, dtype=first.dtype),
+                               reference_mask.to(first.device), reference_landmarks,
+                               None if identity_embeddings is None else identity_embeddings.to(first.device))
+
     def prompt(self, lq: torch.Tensor, references: torch.Tensor | None = None,
                reference_mask: torch.Tensor | None = None,
                lq_landmarks: torch.Tensor | None = None,
                reference_landmarks: torch.Tensor | None = None,
                identity_embeddings: torch.Tensor | None = None,
+               conditioning: ReferenceTokens | None = None,
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Prompt (B, n, k), reference index (B,), VRE valid mask (B, n3).
 
@@ -158,30 +184,38 @@ class HonestFaceModel(nn.Module):
         Arguments as in :meth:`forward`.
         """
         return self._prompt(lq * 2.0 - 1.0, references, reference_mask, lq_landmarks, reference_landmarks,
-                            identity_embeddings)
+                            identity_embeddings, conditioning)
 
     def _prompt(self, lq_signed: torch.Tensor, references: torch.Tensor | None,
                 reference_mask: torch.Tensor | None, lq_landmarks: torch.Tensor | None,
                 reference_landmarks: torch.Tensor | None, identity_embeddings: torch.Tensor | None,
+                conditioning: ReferenceTokens | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`prompt` of LQ faces already in [-1, 1], (B, 3, S, S)."""
         batch = lq_signed.shape[0]
         vre = self.vre(lq_signed)
         p_visual = vre.tokens
         none_index = torch.full((batch,), -1, dtype=torch.long, device=lq_signed.device)
-        if references is None or references.shape[1] == 0 or not self.accepts_references:
+        if not self.accepts_references:
             return p_visual, none_index, vre.valid
-        if reference_mask is None:
-            reference_mask = torch.ones(references.shape[:2], dtype=torch.bool, device=lq_signed.device)
-        reference_mask = reference_mask.to(device=lq_signed.device, dtype=torch.bool)
-        has_reference = reference_mask.any(dim=1)
+        if conditioning is None:
+            if references is None or references.shape[1] == 0:
+                return p_visual, none_index, vre.valid
+            if reference_mask is None:
+                reference_mask = torch.ones(references.shape[:2], dtype=torch.bool, device=lq_signed.device)
+            if not bool(reference_mask.any()):
+                return p_visual, none_index, vre.valid
+            conditioning = self.encode_references(references, reference_mask, reference_landmarks,
+                                                  identity_embeddings)
+        elif conditioning.mask.shape[0] != batch:
+            raise ImageError(f"conditioning holds {conditioning.mask.shape[0]} faces' references, lq has {batch}")
+        has_reference = conditioning.mask.to(lq_signed.device).any(dim=1)
         if not bool(has_reference.any()):
             return p_visual, none_index, vre.valid
-        ide = self.ide(references.to(lq_signed.dtype), reference_mask, lq_landmarks, reference_landmarks,
-                       identity_embeddings)
+        ide = self.ide.choose(conditioning, lq_landmarks)
         fused = self.fusion(ide.feature_tokens.to(p_visual.dtype), ide.identity_tokens.to(p_visual.dtype), p_visual)
         prompt = torch.where(has_reference[:, None, None], fused, p_visual[:, : fused.shape[1]])
-        index = torch.where(has_reference, ide.reference_index, none_index)
+        index = torch.where(has_reference, ide.reference_index.to(none_index.device), none_index)
         return prompt, index, vre.valid
 
     def forward(self, lq: torch.Tensor, references: torch.Tensor | None = None,
@@ -190,7 +224,8 @@ class HonestFaceModel(nn.Module):
                 reference_landmarks: torch.Tensor | None = None,
                 identity_embeddings: torch.Tensor | None = None,
                 generator: torch.Generator | None = None,
-                color_correction: str | None = None) -> HonestFaceOutput:
+                color_correction: str | None = None,
+                conditioning: ReferenceTokens | None = None) -> HonestFaceOutput:
         """Restore a batch of aligned LQ faces (differentiable; used for training).
 
         Args:
@@ -202,6 +237,9 @@ class HonestFaceModel(nn.Module):
             identity_embeddings: (B, N, D) identity embeddings of the references, or None.
             generator: seeds the VAE posterior sample when ``latent_mode == "sample"``.
             color_correction: override of ``config.color_correction``.
+            conditioning: the references already encoded (:meth:`encode_references`, B rows);
+                then ``references``, ``reference_mask``, ``reference_landmarks`` and
+                ``identity_embeddings`` are not used. Same result as passing them.
         """
         size = self.config.image_size
         if lq.dim() != 4 or lq.shape[1] != 3 or tuple(lq.shape[-2:]) != (size, size):
@@ -212,7 +250,7 @@ class HonestFaceModel(nn.Module):
                              f"got {tuple(references.shape)}")
         lq_signed = lq * 2.0 - 1.0  # the VRE, the VAE and the colour correction all work in [-1, 1]
         prompt, index, valid = self._prompt(lq_signed, references, reference_mask, lq_landmarks,
-                                            reference_landmarks, identity_embeddings)
+                                            reference_landmarks, identity_embeddings, conditioning)
         restored = self.restorer(lq_signed, prompt, generator)
         image = restored.image.to(lq.dtype)
         method = self.config.color_correction if color_correction is None else color_correction

@@ -192,6 +192,63 @@ class FaceIdentityEncoder(nn.Module):
 
 
 @dataclass
+class ReferenceTokens:
+    """What the IDE computes from the references alone (no LQ face): the part of the
+    conditioning that is computed once per reference set and shared by every face.
+
+    The FFE runs on every reference (Eq. 6 picks one per LQ face afterwards, by landmarks
+    only), so choosing needs no network call.
+    """
+
+    feature_tokens: torch.Tensor  # (B, N, n1, k) p_F of every reference (zeros where padded)
+    identity_tokens: torch.Tensor  # (B, n2, k) p_I of the whole set
+    mask: torch.Tensor  # (B, N) bool, True for real references
+    landmarks: torch.Tensor | None = None  # (B, N, 68, 2) for Eq. 6 (NaN: unknown); None: first reference
+
+    def __post_init__(self) -> None:
+        batch, count = self.mask.shape
+        if self.feature_tokens.dim() != 4 or tuple(self.feature_tokens.shape[:2]) != (batch, count):
+            raise ValueError(f"feature_tokens must be (B, N, n1, k) with (B, N) = {(batch, count)}, "
+                             f"got {tuple(self.feature_tokens.shape)}")
+        if self.identity_tokens.dim() != 3 or self.identity_tokens.shape[0] != batch:
+            raise ValueError(f"identity_tokens must be (B, n2, k) with B = {batch}, got {tuple(self.identity_tokens.shape)}")
+        if self.landmarks is not None and tuple(self.landmarks.shape[:2]) != (batch, count):
+            raise ValueError(f"landmarks must be (B, N, 68, 2) with (B, N) = {(batch, count)}, "
+                             f"got {tuple(self.landmarks.shape)}")
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "ReferenceTokens":
+        """Tokens in ``dtype`` on ``device``; the mask and the landmarks keep their types."""
+        return ReferenceTokens(self.feature_tokens.to(device=device, dtype=dtype),
+                               self.identity_tokens.to(device=device, dtype=dtype), self.mask.to(device),
+                               None if self.landmarks is None else self.landmarks.to(device))
+
+    @staticmethod
+    def stack(items: "list[ReferenceTokens | None]", landmarks: torch.Tensor | None = None) -> "ReferenceTokens":
+        """One row per face from per-set tokens (each with B = 1), padded to the largest N.
+
+        ``None`` rows have no reference (the model gives them the visual prompt alone).
+        ``landmarks`` (B, N, 68, 2) of the padded batch, or None (Eq. 6 then takes the
+        first reference). Float32 on the CPU.
+        """
+        present = [t for t in items if t is not None]
+        if not present:
+            raise ValueError("ReferenceTokens.stack needs at least one row with references")
+        count = max(int(t.mask.shape[1]) for t in present)
+        n1, k = present[0].feature_tokens.shape[2:]
+        batch = len(items)
+        features = torch.zeros(batch, count, n1, k)
+        identities = torch.zeros(batch, *present[0].identity_tokens.shape[1:])
+        mask = torch.zeros(batch, count, dtype=torch.bool)
+        for row, tokens in enumerate(items):
+            if tokens is not None:
+                n = int(tokens.mask.shape[1])
+                features[row, :n] = tokens.feature_tokens[0].float().cpu()
+                identities[row] = tokens.identity_tokens[0].float().cpu()
+                mask[row, :n] = tokens.mask[0].cpu()
+        return ReferenceTokens(features, identities, mask, landmarks)
+
+
+@dataclass
 class IDEOutput:
     feature_tokens: torch.Tensor  # (B, n1, k) p_F
     identity_tokens: torch.Tensor  # (B, n2, k) p_I
@@ -199,7 +256,12 @@ class IDEOutput:
 
 
 class IdentityEmbedder(nn.Module):
-    """FFE + FIE with the reference choice of Eq. 6."""
+    """FFE + FIE with the reference choice of Eq. 6.
+
+    Two steps, so the reference side is computed once per reference set:
+    :meth:`encode` (references only -> :class:`ReferenceTokens`) and :meth:`choose` (the LQ
+    face's landmarks pick a reference, Eq. 6). :meth:`forward` is both.
+    """
 
     def __init__(self, config: IDEConfig, token_dim: int,
                  vgg_state_dict: dict[str, torch.Tensor] | None = None) -> None:
@@ -208,25 +270,47 @@ class IdentityEmbedder(nn.Module):
         self.feature_extractor = FacialFeatureExtractor(config, token_dim, vgg_state_dict)
         self.identity_encoder = FaceIdentityEncoder(config, token_dim)
 
-    def forward(self, references: torch.Tensor, reference_mask: torch.Tensor,
-                lq_landmarks: torch.Tensor | None = None,
-                reference_landmarks: torch.Tensor | None = None,
-                identity_embeddings: torch.Tensor | None = None) -> IDEOutput:
+    def encode(self, references: torch.Tensor, reference_mask: torch.Tensor,
+               reference_landmarks: torch.Tensor | None = None,
+               identity_embeddings: torch.Tensor | None = None) -> ReferenceTokens:
         """
         Args:
             references: (B, N, 3, H, W) in [0, 1], padded.
             reference_mask: (B, N) bool, True for real references.
-            lq_landmarks: (B, 68, 2) landmarks of the LQ face (for Eq. 6), or None.
-            reference_landmarks: (B, N, 68, 2), or None (first reference, template eyes).
+            reference_landmarks: (B, N, 68, 2), or None (template eye positions, first reference).
             identity_embeddings: (B, N, D), or None (no identity tokens beyond the null token).
         """
-        batch = references.shape[0]
-        index = select_reference(lq_landmarks, reference_landmarks, reference_mask,
-                                 self.config.selection_subset).to(references.device)
-        rows = torch.arange(batch, device=references.device)
-        chosen = references[rows, index]
-        chosen_landmarks = reference_landmarks[rows, index] if reference_landmarks is not None else None
-        feature_tokens = self.feature_extractor(chosen, chosen_landmarks)
+        batch, count = references.shape[:2]
+        reference_mask = reference_mask.to(device=references.device, dtype=torch.bool)
+        ffe = self.feature_extractor
+        features = references.new_zeros(batch * count, ffe.num_tokens, ffe.token_dim)
+        real = reference_mask.flatten()  # the FFE runs on real references only
+        if bool(real.any()):
+            landmarks = None
+            if reference_landmarks is not None:
+                landmarks = reference_landmarks.flatten(0, 1)[real.to(reference_landmarks.device)]
+            found = ffe(references.flatten(0, 1)[real], landmarks)  # (M, n1, k)
+            features = features.to(found.dtype).index_put((real,), found)
         identity_mask = reference_mask if identity_embeddings is not None else None
-        identity_tokens = self.identity_encoder(identity_embeddings, identity_mask, batch)
-        return IDEOutput(feature_tokens, identity_tokens, index)
+        identity = self.identity_encoder(identity_embeddings, identity_mask, batch)
+        return ReferenceTokens(features.view(batch, count, ffe.num_tokens, ffe.token_dim), identity,
+                               reference_mask, reference_landmarks)
+
+    def choose(self, tokens: ReferenceTokens, lq_landmarks: torch.Tensor | None = None) -> IDEOutput:
+        """Eq. 6 on encoded references: ``lq_landmarks`` (B, 68, 2) or None (first reference)."""
+        mask, where = tokens.mask, tokens.mask.device
+        if tokens.landmarks is not None and lq_landmarks is not None:
+            where = tokens.landmarks.device
+            lq_landmarks = lq_landmarks.to(where)
+        index = select_reference(lq_landmarks, tokens.landmarks, mask.to(where), self.config.selection_subset)
+        index = index.to(tokens.feature_tokens.device)
+        rows = torch.arange(tokens.feature_tokens.shape[0], device=index.device)
+        return IDEOutput(tokens.feature_tokens[rows, index], tokens.identity_tokens, index)
+
+    def forward(self, references: torch.Tensor, reference_mask: torch.Tensor,
+                lq_landmarks: torch.Tensor | None = None,
+                reference_landmarks: torch.Tensor | None = None,
+                identity_embeddings: torch.Tensor | None = None) -> IDEOutput:
+        """:meth:`encode` then :meth:`choose` (arguments as there)."""
+        return self.choose(self.encode(references, reference_mask, reference_landmarks, identity_embeddings),
+                           lq_landmarks)
