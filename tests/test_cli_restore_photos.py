@@ -301,3 +301,17 @@ def test_on_no_face_error_skips_the_photo_and_selection_options_reach_the_librar
     assert "empty.png: skipped, photo (not square (180x120)): no face found (--on-no-face error)" in captured.err
     assert sorted(p.name for p in out.iterdir()) == ["uribe.png"]
     assert "restored 1 face(s) in 1 input(s)" in captured.out
+
+
+def test_first_run_needs_no_weights_and_takes_several_references_after_one_ref(shared_data, tmp_path, capsys):
+    """As a first install is used: no --weights (the shipped model, said on stderr), the
+    references given as a shell glob expands them (several paths after one --ref)."""
+    lfw = shared_data / "lfw" / PERSON
+    out = tmp_path / "out"
+    code = main(["restore", str(lfw / f"{PERSON}_0001.jpg"), "-o", str(out), "--no-progress",
+                 "--ref", str(lfw / f"{PERSON}_0002.jpg"), str(lfw / f"{PERSON}_0003.jpg")])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "no --weights: using honestface-nano.safetensors" in captured.err
+    assert "references --ref: 2 face(s)" in captured.out
+    assert (out / f"{PERSON}_0001.png").is_file()

@@ -1,6 +1,6 @@
 """``honestface restore``: restore faces in aligned crops, whole photos and videos.
 
-    honestface restore INPUT... -o OUT --weights WEIGHTS [--sd SD21] [--ref PHOTO|FOLDER ...]
+    honestface restore INPUT... -o OUT [--weights WEIGHTS] [--sd SD21] [--ref PHOTO|FOLDER ...]
 
 INPUT is an image, a video (.mp4 .mov .m4v .mkv .avi .webm) or a folder of them. Images are
 written as ``OUT/<name>.png`` at the input size, videos as ``OUT/<name>.<same suffix>``.
@@ -50,6 +50,7 @@ from pathlib import Path
 import torch
 
 from ..errors import HonestFaceError, ImageError, ImageTooSmallError, MissingModelFileError
+from ..paths import NANO_WEIGHTS
 
 MODES = ("auto", "aligned", "whole")
 COLOR_CORRECTIONS = ("none", "adain", "wavelet")
@@ -74,9 +75,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="output folder")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--weights", required=True, metavar="PATH",
-                       help="HonestFace .safetensors checkpoint or OSDFace release folder (path or name); "
-                            "'honestface-nano.safetensors' is the small demonstration model shipped with the package")
+    model.add_argument("--weights", default=None, metavar="PATH",
+                       help="HonestFace .safetensors checkpoint or OSDFace release folder (path or name); default: "
+                            f"{NANO_WEIGHTS}, the small demonstration model shipped with the package (128 px, "
+                            "trained here on few people; not the paper's model)")
     model.add_argument("--sd", default=None, metavar="PATH",
                        help="SD 2.1-base: diffusers folder or .safetensors/.ckpt checkpoint (path or name); "
                             "not needed for honestface-nano.safetensors, which bundles its own UNet and VAE")
@@ -121,9 +123,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     kind.add_argument("--whole", dest="mode", action="store_const", const="whole", help="same as --mode whole")
 
     refs = parser.add_argument_group("references")
-    refs.add_argument("--ref", action="append", default=[], metavar="PHOTO",
-                      help="reference photo, aligned crop or folder of them (same person), for every input; "
-                           "repeatable")
+    refs.add_argument("--ref", action="extend", nargs="+", default=[], metavar="PHOTO",
+                      help="reference photos, aligned crops or folders of them (one person), for every input; "
+                           "several after one --ref (--ref refs/*.jpg) or --ref repeated; give INPUT first")
     refs.add_argument("--ref-dir", type=Path, default=None, metavar="DIR",
                       help="per-input references in DIR/<input name without suffix>/")
     refs.add_argument("--ref-match", default="identity", choices=REF_MATCHES,
@@ -842,6 +844,11 @@ def _restore_inputs(args: argparse.Namespace, processes) -> int:
         require_av()  # before loading the model: a missing extra is a setup error
 
     device = processes.device(resolve_device(args.device))
+    if args.weights is None:
+        args.weights = NANO_WEIGHTS
+        if processes.is_main:
+            console.note(f"no --weights: using {NANO_WEIGHTS}, the shipped demonstration model (128 px faces, "
+                         "not the paper's model); pass --weights for a HonestFace checkpoint or an OSDFace folder")
     pipeline = build_pipeline(args.sd, args.weights, osdface=args.osdface, vgg=args.vgg,
                               models_dir=args.models_dir, device=device, dtype=args.dtype,
                               batch_size=args.batch_size, landmarks=args.landmarks, identity=args.identity,
