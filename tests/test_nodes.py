@@ -434,7 +434,7 @@ def nano(pack):
 
 @pytest.mark.slow
 def test_identity_from_raw_photos_is_encoded_once_and_restores_like_the_library(pack, io, nano, shared_data,
-                                                                                  tmp_path):
+                                                                                  tmp_path, monkeypatch):
     """Raw LFW photos as references: the embedder aligns and encodes them once; the restore
     node reuses that for every face (no recogniser run, landmarks only for the LQ faces) and
     gives what the library gives for the same aligned references as a tensor."""
@@ -463,9 +463,14 @@ def test_identity_from_raw_photos_is_encoded_once_and_restores_like_the_library(
 
     counting = dataclasses.replace(analysis, landmarks=_Counting(analysis.landmarks, "landmarks"),
                                    identity=_Counting(analysis.identity, "embed"))
+    ffe = model.pipeline.model.ide.feature_extractor
+    ffe_calls = []
+    monkeypatch.setattr(ffe, "forward", lambda *a, _f=ffe.forward: ffe_calls.append(1) or _f(*a))
     (restored,) = pack.HonestFaceRestoreAligned().restore(model, io.images_to_comfy(lq), "model default",
                                                          identity, counting)
+    monkeypatch.undo()
     assert counting.identity.images == 0  # the references' embeddings come from the embedder
+    assert not ffe_calls  # and their IDE tokens
     assert counting.landmarks.images == lq.shape[0]  # the LQ faces only, not B x N references
     library = HonestFacePipeline(model.pipeline.model, analysis.landmarks, analysis.identity, device="cpu",
                                  dtype=torch.float32)
