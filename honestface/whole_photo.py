@@ -19,14 +19,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
-import numpy as np
 import torch
 
 from .errors import ConfigError, ImageError, NoFaceError
-from .face.align import align_face, paste_faces
 from .face.base import FaceDetector
-from .face.photo import FaceSelection, PasteMask, PhotoFace, detect_photo_faces
-from .face.photo import paste_mask as face_paste_mask
+from .face.photo import (FaceSelection, PasteMask, PhotoFace, align_selected_faces, detect_photo_faces,
+                         paste_restored_faces)
 from .image_io import MIN_IMAGE_SIDE, check_image_size, to_rgb
 from .pipeline import HonestFacePipeline, ReferenceSet
 from .progress import ProgressCallback
@@ -131,19 +129,9 @@ def restore_whole_photos(pipeline: HonestFacePipeline, photos: Sequence[torch.Te
     faces = [[dataclasses.replace(face, extra=dict(face.extra)) for face in photo_faces] for photo_faces in faces]
 
     # 2. Aligned crops of the selected faces, all photos in one list.
-    crops, owners = [], []  # owners[k] = (photo index, PhotoFace)
-    for i, (photo, photo_faces) in enumerate(zip(photos, faces)):
-        chosen = [f for f in photo_faces if f.selected and f.landmarks is not None]
-        if not chosen:
-            continue
-        points = torch.from_numpy(np.stack([np.asarray(f.landmarks, np.float32) for f in chosen]))
-        photo_crops, affines = align_face(photo, points, size)
-        photo_crops = photo_crops.reshape(-1, 3, size, size).clamp(0, 1)
-        affines = affines.reshape(-1, 2, 3)
-        for face, crop, affine in zip(chosen, photo_crops, affines):
-            face.crop, face.affine = crop, affine.numpy()
-            crops.append(crop)
-            owners.append((i, face))
+    owners = [(i, face) for i, (photo, photo_faces) in enumerate(zip(photos, faces))
+              for face in align_selected_faces(photo, photo_faces, size)]  # (photo index, PhotoFace)
+    crops = [face.crop for _, face in owners]
     for i, photo_faces in enumerate(faces):
         if on_no_face == "error" and not any(owner == i for owner, _ in owners):
             check_image_size(photos[i], names[i])
@@ -166,24 +154,12 @@ def restore_whole_photos(pipeline: HonestFacePipeline, photos: Sequence[torch.Te
     # 5. Paste back, photo by photo.
     results = []
     for i, (photo, photo_faces) in enumerate(zip(photos, faces)):
-        done = [f for f in photo_faces if f.restored is not None]
-        height, width = photo.shape[-2:]
-        if not done:
-            results.append(PhotoResult(photo.clone(), torch.zeros(height, width), photo_faces, "no face"))
+        if not any(f.restored is not None for f in photo_faces):
+            results.append(PhotoResult(photo.clone(), torch.zeros(photo.shape[-2:]), photo_faces, "no face"))
             continue
-        masks = torch.stack([face_paste_mask(f.crop_landmarks, size, paste_mask_config) for f in done])
-        image, alpha = paste_faces(photo, torch.stack([f.restored for f in done]),
-                                   torch.from_numpy(np.stack([f.affine for f in done])).float(), masks,
-                                   blend=float(strength))
-        limit = None if limit_masks is None else limit_masks[i]
-        if limit is not None:
-            limit = torch.as_tensor(limit).float().cpu().squeeze()
-            if tuple(limit.shape) != (height, width):
-                raise ImageError(f"limit mask of {names[i]} is {tuple(limit.shape)}, the photo is {(height, width)}")
-            limit = limit.clamp(0, 1)
-            image = photo + (image - photo) * limit
-            alpha = alpha * limit
-        results.append(PhotoResult(image.clamp(0, 1), alpha, photo_faces, "restored"))
+        image, alpha = paste_restored_faces(photo, photo_faces, size, paste_mask_config, float(strength),
+                                            None if limit_masks is None else limit_masks[i], names[i])
+        results.append(PhotoResult(image, alpha, photo_faces, "restored"))
     return results
 
 

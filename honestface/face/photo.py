@@ -2,9 +2,11 @@
 
 detect -> 68 landmarks -> FFHQ-aligned crop -> restore -> paste back with a mask. Two steps
 for the model-driven path (:mod:`honestface.whole_photo`): :func:`detect_photo_faces` finds
-and selects the faces (a video can smooth their landmarks before the next step), and
-:func:`paste_mask` builds each face's blending mask from its landmarks in crop space.
-:func:`restore_faces_in_photo` is the one-photo form, generic over a ``restore_fn``.
+and selects the faces (a video can smooth their landmarks before the next step),
+:func:`align_selected_faces` crops them, :func:`paste_restored_faces` blends the restored
+crops back through :func:`paste_mask` (each face's mask from its landmarks in crop space).
+:func:`restore_faces_in_photo` is the one-photo form of the same steps, generic over a
+``restore_fn``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from ..errors import ConfigError, HonestFaceError, ImageError
 from ..image_io import check_image_batch
 from ..progress import ProgressCallback, report
-from .align import DEFAULT_FEATHER, align_face, alignment_affine, feathered_mask, paste_back, transform_points
+from .align import DEFAULT_FEATHER, align_face, alignment_affine, feathered_mask, paste_faces, transform_points
 from .base import FaceDetector, LandmarkBackend
 
 #: A landmark backend sees the detection box enlarged by this factor (square, clipped).
@@ -282,6 +284,52 @@ def face_landmarks(image: torch.Tensor, box, landmark_backend: LandmarkBackend) 
     return points.numpy()
 
 
+def align_selected_faces(photo: torch.Tensor, faces: Sequence[PhotoFace], size: int) -> list[PhotoFace]:
+    """Aligned crops of the selected faces of one photo (FFHQ alignment, all in one call).
+
+    Sets ``crop`` (3, size, size) in [0, 1] and ``affine`` (2, 3) photo -> crop of every face
+    that is ``selected`` and has landmarks, and returns those faces in order.
+    """
+    chosen = [f for f in faces if f.selected and f.landmarks is not None]
+    if not chosen:
+        return []
+    points = torch.from_numpy(np.stack([np.asarray(f.landmarks, np.float32) for f in chosen]))
+    crops, affines = align_face(photo, points, size)
+    crops, affines = crops.reshape(-1, 3, size, size).clamp(0, 1), affines.reshape(-1, 2, 3)
+    for face, crop, affine in zip(chosen, crops, affines):
+        face.crop, face.affine = crop, affine.numpy()
+    return chosen
+
+
+def paste_restored_faces(photo: torch.Tensor, faces: Sequence[PhotoFace], size: int, mask: PasteMask | None = None,
+                         strength: float = 1.0, limit: torch.Tensor | None = None,
+                         name: str = "photo") -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend the ``restored`` crops of ``faces`` back into their (3, H, W) photo.
+
+    Each face is pasted through its :func:`paste_mask` (from its landmarks in crop space)
+    times ``strength``; ``limit`` (H, W) in [0, 1] keeps the photo where it is 0.
+
+    Returns:
+        (3, H, W) image in [0, 1] and the (H, W) weight of the pasted faces.
+    """
+    done = [f for f in faces if f.restored is not None]
+    height, width = photo.shape[-2:]
+    if not done:
+        return photo.clone(), torch.zeros(height, width)
+    masks = torch.stack([paste_mask(f.crop_landmarks, size, mask) for f in done])
+    image, alpha = paste_faces(photo, torch.stack([f.restored for f in done]),
+                               torch.from_numpy(np.stack([f.affine for f in done])).float(), masks,
+                               blend=float(strength))
+    if limit is not None:
+        limit = torch.as_tensor(limit).float().cpu().squeeze()
+        if tuple(limit.shape) != (height, width):
+            raise ImageError(f"limit mask of {name} is {tuple(limit.shape)}, the photo is {(height, width)}")
+        limit = limit.clamp(0, 1)
+        image = photo + (image - photo) * limit
+        alpha = alpha * limit
+    return image.clamp(0, 1), alpha
+
+
 def restore_faces_in_photo(image: torch.Tensor,
                            restore_fn: Callable[[torch.Tensor], torch.Tensor],
                            detector: FaceDetector,
@@ -289,22 +337,24 @@ def restore_faces_in_photo(image: torch.Tensor,
                            size: int = 512,
                            indices: Sequence[int] | None = None,
                            blend: float = 1.0,
-                           progress: ProgressCallback | None = None) -> tuple[torch.Tensor, list[PhotoFace]]:
-    """Restore the faces of one photo.
+                           progress: ProgressCallback | None = None,
+                           mask: PasteMask | None = None) -> tuple[torch.Tensor, list[PhotoFace]]:
+    """Restore the faces of one photo with any restore function, through the same steps as
+    :func:`honestface.whole_photo.restore_whole_photos` (detection and selection, FFHQ
+    alignment, landmark paste mask).
 
     Args:
         image: (3, H, W) photo in [0, 1].
         restore_fn: (B, 3, size, size) aligned faces in [0, 1] -> same shape, restored.
             Called once per face (B = 1).
-        detector: finds the faces (largest first).
+        detector: finds the faces.
         landmark_backend: refines the landmarks of each face (run on its enlarged box);
-            None uses the detector's own landmarks. Falls back to the detector's
-            landmarks where the backend finds none.
+            None uses the detector's own landmarks.
         size: aligned crop side.
-        indices: which detected faces to restore (positions in the detector's list);
-            None restores all.
+        indices: which faces to restore (positions in the largest-first order); None: all.
         blend: 0 keeps the photo, 1 uses the restored faces fully.
         progress: called as ``progress(done, total)`` after each face.
+        mask: the paste mask (default :class:`PasteMask`'s).
 
     Returns:
         ``(result, faces)``: the (3, H, W) photo with the restored faces pasted back, and
@@ -315,43 +365,17 @@ def restore_faces_in_photo(image: torch.Tensor,
         ImageError: bad image, or ``restore_fn`` returned a wrong shape.
         HonestFaceError: an index outside the detected faces.
     """
-    if not torch.is_tensor(image) or image.dim() != 3:
-        raise ImageError(f"restore_faces_in_photo takes one (3, H, W) photo, got {getattr(image, 'shape', type(image))}")
-    check_image_batch(image, "image")
-    detections = detector.detect(image)
-    if indices is None:
-        chosen = list(range(len(detections)))
-    else:
-        chosen = [int(i) for i in indices]
-        bad = [i for i in chosen if not 0 <= i < len(detections)]
-        if bad:
-            raise HonestFaceError(f"face index {bad} out of range: {len(detections)} face(s) detected")
-    faces = [PhotoFace(index=i, box=tuple(float(v) for v in d.box), score=float(d.score),
-                       landmarks=None if d.landmarks is None else np.asarray(d.landmarks, dtype=np.float32),
-                       extra=dict(d.extra))
-             for i, d in enumerate(detections)]
-    result = image
-    for done, i in enumerate(chosen, start=1):
-        face = faces[i]
-        if landmark_backend is not None:
-            refined = face_landmarks(image, face.box, landmark_backend)
-            if refined is not None:
-                face.landmarks = refined
-                face.extra["landmarks_from"] = getattr(landmark_backend, "name", "backend")
-        if face.landmarks is None or not np.isfinite(face.landmarks).all():
-            face.skipped = "no landmarks"
-            report(progress, done, len(chosen))
-            continue
-        crop, affine = align_face(image, torch.from_numpy(face.landmarks), size)
-        restored = restore_fn(crop[None])
+    faces = detect_photo_faces(image, detector, landmark_backend, FaceSelection(indices=indices))
+    bad = [i for i in (indices or []) if not 0 <= int(i) < len(faces)]
+    if bad:
+        raise HonestFaceError(f"face index {bad} out of range: {len(faces)} face(s) detected")
+    chosen = align_selected_faces(image, faces, size)
+    for done, face in enumerate(chosen, start=1):
+        restored = restore_fn(face.crop[None])
         if not torch.is_tensor(restored) or tuple(restored.shape) != (1, 3, size, size):
             raise ImageError(f"restore_fn must return a (1, 3, {size}, {size}) tensor, "
                              f"got {getattr(restored, 'shape', type(restored))}")
-        restored = restored.detach().to(image.device, torch.float32)
-        face.affine, face.crop, face.restored = affine.cpu().numpy(), crop, restored[0]
-        result = paste_back(result, restored, affine[None], blend=blend)
+        face.restored = restored.detach()[0].to(image.device, torch.float32)
         report(progress, done, len(chosen))
-    for i, face in enumerate(faces):
-        if i not in chosen:
-            face.skipped = "not selected"
+    result, _ = paste_restored_faces(image, faces, size, mask, strength=blend)
     return result, faces
