@@ -242,6 +242,7 @@ class HonestFaceALDScore:
     def score(self, face_analysis, restored, reference):
         from honestface.metrics.identity import identity_angle_degrees
         from honestface.metrics.landmark import affine_landmark_distance, l2_landmark_distance
+        from honestface.metrics.registry import METRICS
 
         restored_images = comfy_to_images(restored, "restored")
         reference_images = comfy_to_images(reference, "reference")
@@ -268,11 +269,15 @@ class HonestFaceALDScore:
         progress(2, 3)
         overlay = draw_points(restored_images, reference_points, RED)
         overlay = draw_points(overlay, restored_points, GREEN)
-        lines = [f"image {i}: ALD-e {float(ald_e[i]):.4f}  ALD-m {float(ald_m[i]):.4f}  "
-                 f"L2-LD {float(l2[i]):.3f}  Deg. {float(degrees[i]):.2f}" for i in range(batch)]
+        # Named as the evaluation tables name them: with the backend where it is not the paper's.
+        backends = (face_analysis.landmarks.name,) * 3 + (face_analysis.identity.name,)
+        names = [METRICS[key].column + METRICS[key].qualifier(backend)
+                 for key, backend in zip(("ald_e", "ald_m", "l2ld", "deg"), backends)]
+        lines = [f"image {i}: {names[0]} {float(ald_e[i]):.4f}  {names[1]} {float(ald_m[i]):.4f}  "
+                 f"{names[2]} {float(l2[i]):.3f}  {names[3]} {float(degrees[i]):.2f}" for i in range(batch)]
         progress(3, 3)
         values = [float(v.double().mean()) for v in (ald_e, ald_m, l2, degrees)]
-        for name, value in zip(("ALD-e", "ALD-m", "L2-LD", "Deg."), values):
+        for name, value in zip(names, values):
             if not math.isfinite(value):
                 raise NoFaceError(f"{name} is not finite: a landmark or identity backend failed on a face")
         previews = save_previews(overlay, "HonestFace/ald_landmarks")

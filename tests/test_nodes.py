@@ -215,6 +215,8 @@ def test_ald_score_node_shows_the_landmarks(pack, io, shared_data, temp_folder):
     output = pack.HonestFaceALDScore().score(analysis, io.images_to_comfy(faces), io.images_to_comfy(faces[:1]))
     ald_e, ald_m, l2, degrees, overlay, report = output["result"]
     assert ald_e > 0 and l2 > 0 and len(report.splitlines()) == 2
+    # named as the evaluation tables name them: the landmark and identity backends are not the paper's
+    assert report.splitlines()[0].startswith("image 0: ALD-e(dlib) ") and "Deg.(dlib) " in report, report
     shown = preview_pixels(temp_folder, output["ui"])
     assert len(shown) == 2
     for i, (picture, returned, face) in enumerate(zip(shown, overlay.cpu(), faces)):

@@ -218,7 +218,7 @@ def test_ald_score(comfyui_server, inputs, tiny_choices):
               (("ALD-e", "5"), ("ALD-m", "6"), ("L2-LD", "7"), ("Deg.", "8"))}
     assert all(np.isfinite(v) and v >= 0 for v in values.values()), values
     assert 0 < values["Deg."] < 90, values  # same person: a small angle, but not identical images
-    assert entry["outputs"]["10"]["text"][0].startswith("image 0: ALD-e")
+    assert entry["outputs"]["10"]["text"][0].startswith("image 0: ALD-e(")  # with its landmark backend
     [overlay] = saved_images(comfyui_server, entry, "9")
     assert_restored(overlay, input_array(inputs["honestface_restored.png"]))
     [shown] = saved_images(comfyui_server, entry, "4")  # the landmarks, shown on the A-LD node itself
