@@ -5,12 +5,13 @@
 
 Two ways to give F faces of one person the same N references:
 
-- **per face**: the reference images go with every face (``[images] * F``), so every chunk of
+- **per face**: every face carries its own copy of the reference images, so every chunk of
   ``--batch-size`` faces runs the landmark and identity backends and the IDE (FFE, FIE) on
-  its copies: F x N reference encodings;
+  its copies: F x N reference encodings (what every path did before sets were encoded once);
 - **once**: :meth:`HonestFacePipeline.encode_references` encodes the set once (landmarks,
   embeddings and IDE tokens) and every chunk reuses it (what the command line and the nodes
-  do): N encodings, then only Eq. 6 per face.
+  do, and what ``restore`` does with one set, or one tensor object, given to several faces):
+  N encodings, then only Eq. 6 per face.
 
 Printed: the seconds each way spends on the references (and their ratio), with the backends
 the checkpoint was trained with (dlib landmarks; its ``config.identity_backend``).
@@ -43,7 +44,7 @@ def time_references(pipeline, faces, references, batch_size: int) -> dict[str, f
     start = time.perf_counter()
     for first in range(0, faces.shape[0], batch_size):
         count = min(batch_size, faces.shape[0] - first)
-        pipeline.prepare_references([references] * count)
+        pipeline.prepare_references([references.clone() for _ in range(count)])
     per_face = time.perf_counter() - start
     start = time.perf_counter()
     encoded = pipeline.encode_references(references)
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.restore:
         with torch.inference_mode():
             start = time.perf_counter()
-            pipeline.restore(faces, [references] * args.faces)
+            pipeline.restore(faces, [references.clone() for _ in range(args.faces)])
             every = time.perf_counter() - start
             start = time.perf_counter()
             pipeline.restore(faces, pipeline.encode_references(references))

@@ -391,6 +391,7 @@ class HonestFacePipeline:
                 raise ImageError(f"references must be a list with one entry (tensor or None) per LQ face "
                                  f"({batch}), got {type(references).__name__} of length "
                                  f"{len(references) if hasattr(references, '__len__') else '?'}")
+            references = self._encode_shared(references)
         results = []
         report(progress, 0, batch)
         for start in range(0, batch, self.batch_size):
@@ -407,6 +408,24 @@ class HonestFacePipeline:
             original = resize_to(images.float().cpu().clamp(0, 1), out_size)
             restored = (original + (restored - original) * float(strength)).clamp(0, 1)
         return restored
+
+    def _encode_shared(self, references: Sequence[torch.Tensor | ReferenceSet | None]) -> list:
+        """Entries given to several faces (the same object) encoded once, before chunking:
+        sets made for other weights or without this pipeline's backends, and tensors."""
+        uses: dict[int, int] = {}
+        for entry in references:
+            if entry is not None:
+                uses[id(entry)] = uses.get(id(entry), 0) + 1
+        encoded: dict[int, ReferenceSet] = {}
+        out = []
+        for entry in references:
+            key = id(entry)
+            shared = entry is not None and (isinstance(entry, ReferenceSet) or uses[key] > 1) \
+                and not (isinstance(entry, torch.Tensor) and entry.numel() == 0)
+            if shared and key not in encoded:
+                encoded[key] = self.encode_references(entry, "references")
+            out.append(encoded[key] if shared else entry)
+        return out
 
     def _forward_chunk(self, lq: torch.Tensor, refs: ReferenceBatch | None,
                        generator: torch.Generator | None, color_correction: str | None) -> HonestFaceOutput:

@@ -109,7 +109,7 @@ class CountingIDE:
 
 def test_a_reference_set_is_encoded_once_for_every_face(model, pipeline, monkeypatch):
     lq, refs = faces(7, 5), faces(4, 6)
-    per_face = pipeline.restore(lq, [refs] * 7)  # tensors: encoded with each chunk
+    per_face = pipeline.restore(lq, [refs.clone() for _ in range(7)])  # a copy each: encoded with each chunk
     reference_set = pipeline.encode_references(refs)
     assert reference_set.tokens is not None and reference_set.tokens.feature_tokens.shape[:2] == (1, 4)
     counter = CountingIDE(model, monkeypatch)
@@ -122,6 +122,10 @@ def test_a_reference_set_is_encoded_once_for_every_face(model, pipeline, monkeyp
     assert chosen.reference_index.tolist() == expected.tolist()
     torch.testing.assert_close(chosen.feature_tokens, reference_set.tokens.feature_tokens[0, expected])
     assert (counter.ffe_calls, counter.fie_calls) == (0, 0)
+    # one tensor object given to every face is encoded once too, before the chunks
+    same_tensor = pipeline.restore(lq, [refs] * 7)
+    assert (counter.ffe_calls, counter.ffe_refs, counter.fie_calls) == (1, 4, 1)
+    torch.testing.assert_close(same_tensor, per_face, atol=1e-5, rtol=1e-4)
 
 
 def test_mixed_entries_are_encoded_together(model, pipeline, monkeypatch):
