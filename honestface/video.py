@@ -83,7 +83,7 @@ class VideoInfo:
     # which players turn the stored picture (FFmpeg's convention; 0, 90, 180 or -90; a
     # portrait phone video is usually -90). ``width``/``height`` are the displayed size.
     rotation: int = 0
-    mirrored: bool = False  # the display matrix also mirrors the picture (applied too)
+    mirrored: bool = False  # the matrix also mirrors the picture (applied too; ``rotation`` is then FFmpeg's reading)
 
 
 @dataclass
@@ -133,7 +133,7 @@ class DisplayOrientation:
         # av_display_rotation_get(): each column normalised, counter-clockwise degrees
         rotation = -math.degrees(math.atan2(m[1] / math.hypot(m[1], m[4]), m[0] / math.hypot(m[0], m[3])))
         rotation = int(round(rotation)) % 360
-        return cls(transpose=signs[0, 0] == 0, flip_x=signs[0].sum() < 0, flip_y=signs[1].sum() < 0,
+        return cls(transpose=bool(signs[0, 0] == 0), flip_x=bool(signs[0].sum() < 0), flip_y=bool(signs[1].sum() < 0),
                    rotation=rotation - 360 if rotation > 180 else rotation, mirrored=bool(np.linalg.det(signs) < 0))
 
     @classmethod

@@ -316,11 +316,11 @@ def test_every_display_matrix_orientation(tmp_path, rotation, hflip, vflip, repo
         assert (frame.image - truth).abs().mean() < 0.02
 
 
-@pytest.mark.parametrize("rotation", [-90, 90, 180])
-def test_phone_clip_of_a_real_face_is_read_upright_and_written_upright(shared_data, tmp_path, rotation):
+@pytest.mark.parametrize(("rotation", "suffix"), [(-90, ".mov"), (-90, ".mp4"), (90, ".mp4"), (180, ".mp4")])
+def test_phone_clip_of_a_real_face_is_read_upright_and_written_upright(shared_data, tmp_path, rotation, suffix):
     upright = face_picture(shared_data)  # (3, 208, 160)
     frames = [upright, torch.roll(upright, shifts=(1, 2), dims=(1, 2))]
-    clip = tmp_path / "phone.mp4"
+    clip = tmp_path / f"phone{suffix}"  # iPhones record QuickTime, Android phones MP4
     write_test_clip(clip, [stored_as_a_phone_does(f, rotation) for f in frames], audio=tone(0.4),
                     display_rotation=rotation)
     with VideoReader(clip) as reader:
@@ -330,7 +330,7 @@ def test_phone_clip_of_a_real_face_is_read_upright_and_written_upright(shared_da
         assert frame.image.shape == (3, 208, 160)
         assert (frame.image - truth).abs().mean() < 0.03  # the upright source, up to the codec
 
-    out = tmp_path / "out.mp4"
+    out = tmp_path / f"out{suffix}"
     with VideoWriter(out, info, audio_from=clip) as writer:
         for frame in decoded:
             writer.write(frame.image, frame.pts)
