@@ -5,11 +5,18 @@ Frames are decoded and encoded with PyAV (FFmpeg's libraries, from PyPI as ``av`
 video is read or written, so the rest of the package works without it.
 
 - :class:`VideoReader` yields the frames of the first video stream as (3, H, W) float RGB
-  tensors in [0, 1] with their presentation timestamps.
+  tensors in [0, 1] with their presentation timestamps, upright: as players show them.
+  Phones record portrait video as landscape frames plus a display matrix (FFmpeg's
+  ``AV_FRAME_DATA_DISPLAYMATRIX`` side data, the MP4/MOV ``tkhd`` matrix); the reader
+  turns (and mirrors) each frame by it, as ``ffmpeg``/``ffplay`` do, and
+  :class:`VideoInfo` gives the displayed size and the rotation that was applied.
 - :class:`VideoWriter` encodes frames (H.264 in MP4/MOV/MKV/AVI, VP9 in WebM) at the
   source's timestamps and copies the audio track of a source file into the output,
   interleaved with the video. The audio packets are copied as they are (no re-encoding);
   a codec the output container cannot hold is re-encoded (AAC, Opus for WebM).
+  Frames are stored as they are given, with no display matrix: a restored phone video is
+  written upright (portrait frames), so every player, editor and decoder shows it the
+  same way, including those that ignore display matrices.
 - :class:`LandmarkSmoother` averages each face's landmarks over neighbouring frames (a
   centred Gaussian window, faces followed from frame to frame by their position) so the
   aligned crops, and with them the restored faces, do not jitter from frame to frame.
@@ -72,6 +79,11 @@ class VideoInfo:
     frames: int  # frame count stored in the container; 0 when unknown
     time_base: Fraction  # unit of the frames' timestamps
     has_audio: bool
+    # Display rotation of the source, applied to the frames: counter-clockwise degrees by
+    # which players turn the stored picture (FFmpeg's convention; 0, 90, 180 or -90; a
+    # portrait phone video is usually -90). ``width``/``height`` are the displayed size.
+    rotation: int = 0
+    mirrored: bool = False  # the matrix also mirrors the picture (applied too; ``rotation`` is then FFmpeg's reading)
 
 
 @dataclass
@@ -81,6 +93,70 @@ class VideoFrame:
     image: torch.Tensor  # (3, H, W) float RGB in [0, 1]
     pts: int | None  # presentation timestamp in ``VideoInfo.time_base`` units
     index: int  # position in the stream, from 0
+
+
+#: FFmpeg's display matrix holds its 2x2 linear part in 16.16 fixed point.
+_DISPLAY_MATRIX_ONE = 1 << 16
+
+
+@dataclass(frozen=True)
+class DisplayOrientation:
+    """How a stored frame is shown: a quarter-turn and mirror from the stream's display matrix.
+
+    Applied in this order to an (H, W, ...) picture: swap rows and columns if
+    ``transpose``, then mirror left-right if ``flip_x`` and top-bottom if ``flip_y``.
+    """
+
+    transpose: bool = False
+    flip_x: bool = False
+    flip_y: bool = False
+    rotation: int = 0  # counter-clockwise degrees, as FFmpeg reports the matrix
+    mirrored: bool = False
+
+    @classmethod
+    def from_display_matrix(cls, matrix: Sequence[int]) -> "DisplayOrientation":
+        """The orientation of FFmpeg's 3x3 display matrix (9 integers, row-major).
+
+        A stored pixel at (x, y), y pointing down, is shown at (m0 x + m3 y, m1 x + m4 y)
+        plus a translation, which is how ``ffmpeg -autorotate`` reads it (``transpose``,
+        ``hflip``, ``vflip``). Raises :class:`HonestFaceError` for a matrix that is not a
+        quarter turn (with or without a mirror).
+        """
+        m = np.asarray(matrix, dtype=np.float64)[:9] / _DISPLAY_MATRIX_ONE
+        linear = np.array([[m[0], m[3]], [m[1], m[4]]])  # (x', y') = linear @ (x, y)
+        scale = np.abs(linear).max()
+        signs = np.round(linear / scale) if scale > 0 else np.zeros((2, 2))
+        if scale == 0 or np.abs(linear / scale - signs).max() > 0.01 or abs(np.linalg.det(signs)) != 1:
+            angle = -math.degrees(math.atan2(m[1], m[0])) if scale > 0 else float("nan")
+            raise HonestFaceError(f"the video's display matrix turns the picture by {angle:.1f} degrees; only "
+                                  "quarter turns (with or without a mirror) are supported")
+        # av_display_rotation_get(): each column normalised, counter-clockwise degrees
+        rotation = -math.degrees(math.atan2(m[1] / math.hypot(m[1], m[4]), m[0] / math.hypot(m[0], m[3])))
+        rotation = int(round(rotation)) % 360
+        return cls(transpose=bool(signs[0, 0] == 0), flip_x=bool(signs[0].sum() < 0), flip_y=bool(signs[1].sum() < 0),
+                   rotation=rotation - 360 if rotation > 180 else rotation, mirrored=bool(np.linalg.det(signs) < 0))
+
+    @classmethod
+    def of_frame(cls, frame) -> "DisplayOrientation":
+        """The orientation of a decoded PyAV frame (none without display-matrix side data)."""
+        side_data = frame.side_data.get("DISPLAYMATRIX") if frame is not None else None
+        if side_data is None:
+            return cls()
+        return cls.from_display_matrix(np.frombuffer(bytes(side_data), dtype=np.int32))
+
+    def size(self, width: int, height: int) -> tuple[int, int]:
+        """Displayed (width, height) of a stored picture of ``width`` x ``height``."""
+        return (height, width) if self.transpose else (width, height)
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        """The displayed picture of a stored (H, W, ...) array."""
+        if self.transpose:
+            array = array.swapaxes(0, 1)
+        if self.flip_x:
+            array = array[:, ::-1]
+        if self.flip_y:
+            array = array[::-1]
+        return array
 
 
 def _open(path: Path, mode: str = "r"):
@@ -93,18 +169,22 @@ def _open(path: Path, mode: str = "r"):
 
 
 class VideoReader:
-    """Frames of the first video stream of ``path``, in order.
+    """Frames of the first video stream of ``path``, in order, upright.
 
-    Use as a context manager (or call :meth:`close`); ``info`` describes the stream.
+    Use as a context manager (or call :meth:`close`); ``info`` describes the stream as it
+    is displayed. The display matrix of the first frame (the stream's, which decoders
+    attach to every frame) turns every frame; it is read by decoding that frame here.
 
     Raises:
-        HonestFaceError: PyAV missing, the file unreadable, or no video stream in it.
+        HonestFaceError: PyAV missing, the file unreadable, no video stream in it, or a
+            display matrix that is not a quarter turn.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise HonestFaceError(f"video file not found: {self.path}")
+        av = require_av()
         self._container = _open(self.path)
         if not self._container.streams.video:
             self._container.close()
@@ -113,21 +193,36 @@ class VideoReader:
         stream.thread_type = "AUTO"
         fps = stream.average_rate or stream.guessed_rate or Fraction(25)
         self._stream = stream
-        self.info = VideoInfo(path=self.path, width=int(stream.codec_context.width),
-                              height=int(stream.codec_context.height), fps=Fraction(fps),
+        # the display matrix reaches Python only on decoded frames: decode the first one now
+        self._frames = self._container.decode(stream)
+        try:
+            self._first = next(self._frames, None)
+        except av.FFmpegError as error:
+            self._container.close()
+            raise HonestFaceError(f"cannot decode frame 0 of {self.path}: {error}") from error
+        try:
+            self.orientation = DisplayOrientation.of_frame(self._first)
+        except HonestFaceError as error:
+            self._container.close()
+            raise HonestFaceError(f"{self.path}: {error}") from error
+        width, height = self.orientation.size(int(stream.codec_context.width), int(stream.codec_context.height))
+        self.info = VideoInfo(path=self.path, width=width, height=height, fps=Fraction(fps),
                               frames=int(stream.frames or 0),
                               time_base=Fraction(stream.time_base or Fraction(1, int(round(fps)))),
-                              has_audio=bool(self._container.streams.audio))
+                              has_audio=bool(self._container.streams.audio),
+                              rotation=self.orientation.rotation, mirrored=self.orientation.mirrored)
 
     def __iter__(self) -> Iterator[VideoFrame]:
         av = require_av()
         index = 0
         try:
-            for frame in self._container.decode(self._stream):
-                array = frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8
+            frame, self._first = self._first, None
+            while frame is not None:
+                array = self.orientation.apply(frame.to_ndarray(format="rgb24"))  # (H, W, 3) uint8, displayed
                 image = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div_(255.0)
                 yield VideoFrame(image=image, pts=frame.pts, index=index)
                 index += 1
+                frame = next(self._frames, None)
         except av.FFmpegError as error:
             raise HonestFaceError(f"cannot decode frame {index} of {self.path}: {error}") from error
 
@@ -154,6 +249,9 @@ class VideoWriter:
 
     Frames are written with :meth:`write` at their source timestamps; audio packets are
     muxed alongside, up to the time of the last video frame, so the file is interleaved.
+    The frames are stored as given (``info.width`` x ``info.height``, the displayed size
+    of a :class:`VideoReader`'s source) with no display matrix, whatever ``info.rotation``
+    says: the output plays upright everywhere.
     """
 
     def __init__(self, path: str | Path, info: VideoInfo, audio_from: str | Path | None = None,
@@ -381,6 +479,7 @@ class LandmarkSmoother:
 
 __all__ = [
     "DEFAULT_CRF",
+    "DisplayOrientation",
     "LandmarkSmoother",
     "TRACK_DISTANCE",
     "VIDEO_EXTRA",

@@ -24,13 +24,20 @@ def tone(seconds: float, frequency: float = 440.0) -> np.ndarray:
 
 
 def write_test_clip(path, frames: list[torch.Tensor], fps: int = 5, audio: np.ndarray | None = None,
-                    audio_codec: str = "aac", video_codec: str = "libx264") -> None:
-    """Encode (3, H, W) frames (and a mono tone) with PyAV directly, as a camera or editor would."""
+                    audio_codec: str = "aac", video_codec: str = "libx264", display_rotation: float | None = None,
+                    hflip: bool = False, vflip: bool = False) -> None:
+    """Encode (3, H, W) frames (and a mono tone) with PyAV directly, as a camera or editor would.
+
+    ``display_rotation`` (counter-clockwise degrees, FFmpeg's convention) and the flips go
+    into the container's display matrix: how players turn the stored frames to show them.
+    """
     height, width = frames[0].shape[-2:]
     with av.open(str(path), "w") as container:
         video = container.add_stream(video_codec, rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         video.options = {"crf": "12"}
+        if display_rotation is not None:
+            video.set_display_rotation(display_rotation, hflip=hflip, vflip=vflip)
         sound = None
         if audio is not None:
             sound = container.add_stream(audio_codec, rate=AUDIO_RATE)
@@ -86,6 +93,7 @@ def test_round_trip_keeps_frames_timestamps_and_audio(tmp_path):
         info = reader.info
         decoded = list(reader)
     assert (info.width, info.height, info.fps, info.has_audio) == (64, 48, Fraction(5), True)
+    assert (info.rotation, info.mirrored) == (0, False)  # no display matrix: frames as stored
     assert len(decoded) == 5
     for original, frame in zip(frames, decoded):
         assert frame.image.shape == (3, 48, 64)
@@ -221,3 +229,159 @@ def test_smoothing_leaves_still_faces_and_lone_faces_alone():
     assert smooth_landmarks(lone, 1, radius=0)[0] is lone[1][0]
     with pytest.raises(HonestFaceError):
         LandmarkSmoother(-1)
+
+
+# ----------------------------------------------------------------------------- display rotation
+PERSON = "Alvaro_Uribe"
+
+
+def displayed(stored: torch.Tensor, rotation: float, hflip: bool = False, vflip: bool = False) -> torch.Tensor:
+    """What a player shows for a (3, H, W) stored frame with this display matrix: FFmpeg's
+    rotation turns the picture counter-clockwise (``torch.rot90`` on (H, W) turns
+    counter-clockwise too), then the mirrors apply (as ``ffmpeg -autorotate`` does)."""
+    image = torch.rot90(stored, k=round(rotation / 90) % 4, dims=(1, 2))
+    if hflip:
+        image = image.flip(2)
+    if vflip:
+        image = image.flip(1)
+    return image
+
+
+def stored_as_a_phone_does(upright: torch.Tensor, rotation: int) -> torch.Tensor:
+    """The frame a phone stores so that ``rotation`` in its display matrix shows ``upright``."""
+    return torch.rot90(upright, k=-(rotation // 90), dims=(1, 2))
+
+
+def marked_picture(height: int = 48, width: int = 64) -> torch.Tensor:
+    """(3, H, W) grey picture with a red top-left, green top-right and blue bottom-left corner."""
+    image = torch.full((3, height, width), 0.2)
+    image[:, :12, :16] = torch.tensor([1.0, 0.1, 0.1])[:, None, None]
+    image[:, :12, -16:] = torch.tensor([0.1, 1.0, 0.1])[:, None, None]
+    image[:, -12:, :16] = torch.tensor([0.1, 0.1, 1.0])[:, None, None]
+    return image
+
+
+def face_picture(shared_data) -> torch.Tensor:
+    """(3, 208, 160) portrait crop of a real LFW photo, the face in the middle."""
+    from honestface.image_io import load_image
+
+    return load_image(shared_data / "lfw" / PERSON / f"{PERSON}_0001.jpg")[:, 21:229, 45:205]
+
+
+def display_matrix_of(path) -> bytes | None:
+    """The display-matrix side data of the first decoded frame of a file (None without one)."""
+    with av.open(str(path)) as container:
+        frame = next(container.decode(container.streams.video[0]))
+        side_data = frame.side_data.get("DISPLAYMATRIX")
+        return None if side_data is None else bytes(side_data)
+
+
+def test_marked_corners_come_out_where_players_show_them(tmp_path):
+    """A phone's portrait clip: the upright picture stored turned, the display matrix saying
+    -90 (players turn it clockwise); the reader gives the upright picture back."""
+    upright = marked_picture(64, 48)  # portrait, red corner top-left
+    clip = tmp_path / "phone.mp4"
+    write_test_clip(clip, [stored_as_a_phone_does(upright, -90)] * 2, display_rotation=-90)
+    with VideoReader(clip) as reader:
+        info, frames = reader.info, list(reader)
+    assert (info.width, info.height, info.rotation, info.mirrored) == (48, 64, -90, False)
+    image = frames[0].image
+    assert image.shape == (3, 64, 48)
+    assert image[:, 2:10, 2:14].mean(dim=(1, 2)).tolist() == pytest.approx([1.0, 0.1, 0.1], abs=0.05)  # red
+    assert image[:, 2:10, -14:-2].mean(dim=(1, 2)).tolist() == pytest.approx([0.1, 1.0, 0.1], abs=0.05)  # green
+    assert image[:, -10:-2, 2:14].mean(dim=(1, 2)).tolist() == pytest.approx([0.1, 0.1, 1.0], abs=0.05)  # blue
+
+
+@pytest.mark.parametrize(("rotation", "hflip", "vflip", "reported"), [
+    (None, False, False, (0, False)),
+    (90, False, False, (90, False)),
+    (-90, False, False, (-90, False)),
+    (270, False, False, (-90, False)),
+    (180, False, False, (180, False)),
+    (90, True, False, (90, True)),
+    (0, False, True, (0, True)),
+])
+def test_every_display_matrix_orientation(tmp_path, rotation, hflip, vflip, reported):
+    stored = marked_picture()
+    clip = tmp_path / "clip.mp4"
+    write_test_clip(clip, [stored, stored * 0.8], display_rotation=rotation, hflip=hflip, vflip=vflip)
+    with VideoReader(clip) as reader:
+        info, frames = reader.info, list(reader)
+    expected = [displayed(f, rotation or 0, hflip, vflip) for f in (stored, stored * 0.8)]
+    assert (info.width, info.height) == (expected[0].shape[2], expected[0].shape[1])
+    assert (info.rotation, info.mirrored) == reported
+    assert len(frames) == 2
+    for frame, truth in zip(frames, expected):
+        assert frame.image.shape == truth.shape
+        assert (frame.image - truth).abs().mean() < 0.02
+
+
+@pytest.mark.parametrize(("rotation", "suffix"), [(-90, ".mov"), (-90, ".mp4"), (90, ".mp4"), (180, ".mp4")])
+def test_phone_clip_of_a_real_face_is_read_upright_and_written_upright(shared_data, tmp_path, rotation, suffix):
+    upright = face_picture(shared_data)  # (3, 208, 160)
+    frames = [upright, torch.roll(upright, shifts=(1, 2), dims=(1, 2))]
+    clip = tmp_path / f"phone{suffix}"  # iPhones record QuickTime, Android phones MP4
+    write_test_clip(clip, [stored_as_a_phone_does(f, rotation) for f in frames], audio=tone(0.4),
+                    display_rotation=rotation)
+    with VideoReader(clip) as reader:
+        info, decoded = reader.info, list(reader)
+    assert (info.width, info.height, info.rotation, info.has_audio) == (160, 208, rotation, True)
+    for frame, truth in zip(decoded, frames):
+        assert frame.image.shape == (3, 208, 160)
+        assert (frame.image - truth).abs().mean() < 0.03  # the upright source, up to the codec
+
+    out = tmp_path / f"out{suffix}"
+    with VideoWriter(out, info, audio_from=clip) as writer:
+        for frame in decoded:
+            writer.write(frame.image, frame.pts)
+    assert writer.audio == "copied"
+    assert display_matrix_of(out) is None  # upright pixels, nothing for a player to turn
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.width, stream.codec_context.height) == (160, 208)
+    with VideoReader(out) as reader:
+        assert (reader.info.width, reader.info.height, reader.info.rotation) == (160, 208, 0)
+        again = list(reader)
+    for frame, truth in zip(again, frames):
+        assert (frame.image - truth).abs().mean() < 0.04
+    assert np.array_equal(read_audio(out)[1], read_audio(clip)[1])
+
+
+def test_display_matrix_that_is_not_a_quarter_turn_is_a_clear_error(tmp_path):
+    clip = tmp_path / "tilted.mp4"
+    write_test_clip(clip, [marked_picture()], display_rotation=72)
+    with pytest.raises(HonestFaceError, match=r"tilted.mp4: .*72.0 degrees; only quarter turns"):
+        VideoReader(clip)
+
+
+@pytest.mark.parametrize("rotation", [-90, 180])
+def test_restore_cli_on_a_phone_clip(shared_data, tmp_path, capsys, detector, rotation):
+    """``honestface restore`` on a phone clip (portrait: -90; upside down: 180): the face is
+    found in every frame (it is not in the stored frames as they are), the output is
+    upright at the displayed size with no display matrix, and the audio is kept."""
+    from honestface.cli import main
+    from honestface.face.photo import detect_photo_faces
+
+    upright = face_picture(shared_data)
+    frames = [upright, torch.roll(upright, shifts=(1, 2), dims=(1, 2)), torch.roll(upright, shifts=(2, 3), dims=(1, 2))]
+    stored = [stored_as_a_phone_does(f, rotation) for f in frames]
+    assert detect_photo_faces(stored[0], detector) == []  # as decoded without the matrix: no face
+    clip = tmp_path / "clip.mp4"
+    write_test_clip(clip, stored, audio=tone(0.6), display_rotation=rotation)
+    out = tmp_path / "out"
+    assert main(["restore", str(clip), "-o", str(out), "--weights", "honestface-nano.safetensors",
+                 "--no-progress", "--smooth", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert (f"clip.mp4: video, 3 frames (turned upright: display rotation {rotation} deg); 3 face(s) restored, "
+            "0 frame(s) without a face written unchanged; audio copied") in printed
+    assert display_matrix_of(out / "clip.mp4") is None
+    with VideoReader(out / "clip.mp4") as reader:
+        info, result = reader.info, list(reader)
+    assert (info.width, info.height, info.rotation, info.has_audio) == (160, 208, 0, True)
+    assert len(result) == 3
+    for frame, truth in zip(result, frames):
+        difference = (frame.image - truth).abs()
+        centre, border = difference[:, 70:150, 40:120].mean(), difference[:, :30].mean()
+        assert border < 0.03  # upright: the background is where it is in the upright source
+        assert centre > 2 * border  # the face was restored
+    assert np.array_equal(read_audio(out / "clip.mp4")[1], read_audio(clip)[1])

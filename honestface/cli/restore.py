@@ -748,7 +748,10 @@ class Restorer:
             self.console.close_bar()
         audio = {"copied": "audio copied", "none": "no audio"}.get(writer.audio, f"audio {writer.audio}")
         refs_note = f", {counts['with references']} with references ({refs_from})" if refs is not None else ""
-        self.console.line(f"{name}: video, {counts['frames']} frames; {counts['faces']} face(s) restored{refs_note}, "
+        turned = ""
+        if info.rotation or info.mirrored:  # the frames were restored and written as players show them
+            turned = f" (turned upright: display rotation {info.rotation} deg{', mirrored' if info.mirrored else ''})"
+        self.console.line(f"{name}: video, {counts['frames']} frames{turned}; {counts['faces']} face(s) restored{refs_note}, "
                           f"{counts['no face']} frame(s) without a face written unchanged; {audio}"
                           + (f"; landmarks smoothed over +-{self.args.smooth} frames" if self.args.smooth else ""))
         self.outcomes.append(Outcome(name, "restored", faces=counts["faces"]))
