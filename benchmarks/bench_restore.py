@@ -68,12 +68,16 @@ LEVERS = {
     "none": "library defaults",
     "channels-last": "UNet, VAE, VQ encoder and inputs in channels-last memory format",
     "contiguous": "weights in NCHW even where the pipeline picks channels-last (bf16 on CPUs)",
+    "bf16-unet": "bf16 on CPUs: the UNet in bfloat16 too (no float32 parts, see honestface.acceleration)",
+    "float32-vae-encoder": "bf16 on CPUs: the VAE encoder also float32 with bf16 math, like the UNet",
     "classic-attention": "diffusers' non-SDPA attention processor (AttnProcessor), to measure what SDPA gives",
     "vae-slicing": "the VAE encodes/decodes one face at a time (memory of large batches)",
     "compile": "torch.compile of the UNet and the VAE encoder/decoder (mode 'default')",
     "compile-max-autotune": "torch.compile mode 'max-autotune' (Triton autotuning; CUDA graphs on GPUs)",
     "compile-reduce-overhead": "torch.compile mode 'reduce-overhead' (CUDA graphs for the fixed shapes)",
 }
+#: Levers that change only what a reduced precision keeps in float32.
+PRECISION_LEVERS = ("bf16-unet", "float32-vae-encoder")
 PRESETS = ("sd21", "nano", "tiny")
 FACE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -161,6 +165,16 @@ def apply_levers(model, levers: list[str]) -> None:
             vae.decoder = torch.compile(vae.decoder, mode=mode, dynamic=False)
 
 
+def set_float32_parts(levers: list[str]) -> None:
+    """The levers that change which parts keep float32 in bf16 on CPUs (before the pipeline is built)."""
+    from honestface import acceleration
+
+    if "bf16-unet" in levers:
+        acceleration.CPU_BF16_FLOAT32_PARTS = ()
+    if "float32-vae-encoder" in levers:
+        acceleration.CPU_BF16_FLOAT32_PARTS += ("restorer.vae.encoder", "restorer.vae.quant_conv")
+
+
 def load_faces(folder: str, count: int, size: int):
     """``count`` face crops from ``folder`` (sorted, repeated if too few) as (count, 3, size, size)."""
     import torch
@@ -222,6 +236,7 @@ def run_one(spec: dict) -> dict:
     levers = [] if baseline else parse_levers(spec["levers"])
     started = time.perf_counter()
     model = build_model(spec)
+    set_float32_parts(levers)
     pipeline = HonestFacePipeline(model, device=device, dtype=dtype, batch_size=spec["batch"])
     apply_levers(model, levers)
     build_seconds = time.perf_counter() - started
@@ -247,9 +262,12 @@ def run_one(spec: dict) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    warmup_seconds = []  # the first call includes torch.compile's compilation
     for _ in range(spec["warmup"]):
+        start = time.perf_counter()
         restore()
-    synchronize()
+        synchronize()
+        warmup_seconds.append(time.perf_counter() - start)
     weights_bytes = sum(t.numel() * t.element_size() for t in model.parameters())
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -280,7 +298,7 @@ def run_one(spec: dict) -> dict:
     return dict(spec, resolved_dtype=str(dtype).removeprefix("torch."), batch_seconds=batch_seconds,
                 face_seconds=batch_seconds / batch, cpu_face_seconds=statistics.median(cpu_times) / batch,
                 load_average=loads, peak_bytes=peak, baseline_bytes=baseline_bytes, weights_bytes=weights_bytes,
-                build_seconds=build_seconds, peak_method=peak_method, times=times,
+                build_seconds=build_seconds, warmup_seconds=warmup_seconds, peak_method=peak_method, times=times,
                 device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
                 threads=torch.get_num_threads(), torch=torch.__version__)
 
@@ -326,6 +344,8 @@ def plan(args: argparse.Namespace) -> list[dict]:
         for lora in args.lora:
             for batch in args.batch:
                 for levers in args.levers or ["none"]:
+                    if dtype == "float32" and set(parse_levers(levers)) & set(PRECISION_LEVERS):
+                        continue  # they only change reduced precision
                     specs.append(dict(common, kind="honestface", dtype=dtype, lora=lora, levers=levers, batch=batch,
                                       references=args.references))
     return specs
@@ -532,8 +552,9 @@ def main(argv: list[str] | None = None) -> int:
             if "error" in result:
                 print(f"{label}: FAILED {result['error']}", file=sys.stderr, flush=True)
             else:
+                first = result["warmup_seconds"][0] if result["warmup_seconds"] else float("nan")
                 print(f"{label}: {result['face_seconds'] * 1000:.0f} ms/face (CPU {result['cpu_face_seconds']:.2f} s), "
-                      f"load {result['load_average'][-1]:.1f}", file=sys.stderr, flush=True)
+                      f"first call {first:.1f} s, load {result['load_average'][-1]:.1f}", file=sys.stderr, flush=True)
         add_comparisons(results)
     for r in results:
         r.pop("output", None)

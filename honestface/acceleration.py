@@ -16,6 +16,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+#: Sub-modules (names in :class:`~honestface.models.HonestFaceModel`) that keep float32
+#: weights and activations when the model runs in bfloat16 on a CPU, computed with the
+#: CPU's bf16 units through oneDNN's bf16 math mode (:func:`cpu_bf16_math`).
+CPU_BF16_FLOAT32_PARTS: tuple[str, ...] = ("restorer.unet",)
+
 #: Precisions in which CPUs gain from channels-last (oneDNN's native bf16/fp16 layouts).
 _CPU_CHANNELS_LAST_DTYPES = (torch.bfloat16, torch.float16)
 
@@ -36,4 +41,84 @@ def apply_inference_layout(model: nn.Module, device: str | torch.device, dtype: 
     return model
 
 
-__all__ = ["apply_inference_layout", "prefers_channels_last"]
+def cpu_bf16_math_available() -> bool:
+    """True when this torch lets oneDNN compute float32 convolutions/matmuls in bf16 (torch >= 2.9)."""
+    return all(hasattr(backend, "fp32_precision")
+               for backend in (torch.backends.mkldnn.conv, torch.backends.mkldnn.matmul))
+
+
+def float32_parts(device: str | torch.device, dtype: torch.dtype) -> tuple[str, ...]:
+    """Names of the sub-modules kept in float32 (with bf16 math) for ``device``/``dtype``.
+
+    Only bfloat16 on CPUs, where this torch can switch oneDNN's math mode; elsewhere the
+    whole model runs in ``dtype``.
+    """
+    on_cpu = torch.device(device).type == "cpu"
+    return CPU_BF16_FLOAT32_PARTS if on_cpu and dtype == torch.bfloat16 and cpu_bf16_math_available() else ()
+
+
+class _CpuBf16Math:
+    """Forward hooks that switch oneDNN's float32 convolutions and matmuls to bf16 math for
+    one module's forward (bf16 inputs, float32 accumulation and float32 outputs) and
+    restore the previous setting afterwards, also when the forward raises."""
+
+    def __init__(self) -> None:
+        self.backends = (torch.backends.mkldnn.conv, torch.backends.mkldnn.matmul)
+        self.previous: list[list[str]] = []
+
+    def enter(self, module: nn.Module, args: tuple) -> None:
+        self.previous.append([backend.fp32_precision for backend in self.backends])
+        for backend in self.backends:
+            backend.fp32_precision = "bf16"
+
+    def leave(self, module: nn.Module, args: tuple, output) -> None:
+        if self.previous:
+            for backend, value in zip(self.backends, self.previous.pop()):
+                backend.fp32_precision = value
+
+
+def keep_float32_with_bf16_math(module: nn.Module) -> nn.Module:
+    """Run ``module`` in float32 with the CPU's bf16 math (see :data:`CPU_BF16_FLOAT32_PARTS`).
+
+    The caller keeps ``module``'s weights in float32 and gives it float32 inputs (the
+    restorer casts the UNet's inputs to its parameters' dtype). Returns ``module``.
+    """
+    hooks = _CpuBf16Math()
+    module.register_forward_pre_hook(hooks.enter)
+    module.register_forward_hook(hooks.leave, always_call=True)
+    return module
+
+
+def place_model(model: nn.Module, device: str | torch.device, dtype: torch.dtype,
+                keep_float32: tuple[str, ...] | None = None) -> nn.Module:
+    """Move ``model`` to ``device`` in ``dtype`` for inference, in its fastest layout.
+
+    The sub-modules named in ``keep_float32`` (default :func:`float32_parts`) keep their
+    float32 weights, never rounded to ``dtype``, and compute with bf16 math
+    (:func:`keep_float32_with_bf16_math`). Then :func:`apply_inference_layout`. Returns
+    ``model`` (changed in place).
+    """
+    names = float32_parts(device, dtype) if keep_float32 is None else tuple(keep_float32)
+    kept = [model.get_submodule(name) for name in names]
+    _cast_except(model, device, dtype, kept)
+    for part in kept:
+        keep_float32_with_bf16_math(part)
+    return apply_inference_layout(model, device, dtype)
+
+
+def _cast_except(module: nn.Module, device, dtype: torch.dtype, kept: list[nn.Module]) -> None:
+    # nn.Module.to: diffusers' override logs a spurious float32 warning on every cast
+    if any(module is part for part in kept):
+        nn.Module.to(module, device=device, dtype=torch.float32)
+        return
+    if not any(sub is part for sub in module.modules() for part in kept):
+        nn.Module.to(module, device=device, dtype=dtype)
+        return
+    for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+        tensor.data = tensor.data.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
+    for child in module.children():
+        _cast_except(child, device, dtype, kept)
+
+
+__all__ = ["CPU_BF16_FLOAT32_PARTS", "apply_inference_layout", "cpu_bf16_math_available", "float32_parts",
+           "keep_float32_with_bf16_math", "place_model", "prefers_channels_last"]
