@@ -69,7 +69,6 @@ LEVERS = {
     "channels-last": "UNet, VAE, VQ encoder and inputs in channels-last memory format",
     "contiguous": "weights in NCHW even where the pipeline picks channels-last (bf16 on CPUs)",
     "bf16-unet": "bf16 on CPUs: the UNet in bfloat16 too (no float32 parts, see honestface.acceleration)",
-    "float32-vae-encoder": "bf16 on CPUs: the VAE encoder also float32 with bf16 math, like the UNet",
     "classic-attention": "diffusers' non-SDPA attention processor (AttnProcessor), to measure what SDPA gives",
     "vae-slicing": "the VAE encodes/decodes one face at a time (memory of large batches)",
     "compile": "torch.compile of the UNet and the VAE encoder/decoder (mode 'default')",
@@ -77,7 +76,7 @@ LEVERS = {
     "compile-reduce-overhead": "torch.compile mode 'reduce-overhead' (CUDA graphs for the fixed shapes)",
 }
 #: Levers that change only what a reduced precision keeps in float32.
-PRECISION_LEVERS = ("bf16-unet", "float32-vae-encoder")
+PRECISION_LEVERS = ("bf16-unet",)
 PRESETS = ("sd21", "nano", "tiny")
 FACE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -166,13 +165,11 @@ def apply_levers(model, levers: list[str]) -> None:
 
 
 def set_float32_parts(levers: list[str]) -> None:
-    """The levers that change which parts keep float32 in bf16 on CPUs (before the pipeline is built)."""
+    """The lever that changes which parts keep float32 in bf16 on CPUs (before the pipeline is built)."""
     from honestface import acceleration
 
     if "bf16-unet" in levers:
         acceleration.CPU_BF16_FLOAT32_PARTS = ()
-    if "float32-vae-encoder" in levers:
-        acceleration.CPU_BF16_FLOAT32_PARTS += ("restorer.vae.encoder", "restorer.vae.quant_conv")
 
 
 def load_faces(folder: str, count: int, size: int):

@@ -124,3 +124,17 @@ def test_float32_unet_brings_bf16_closer_to_float32():
     mixed = (restore(torch.bfloat16) - reference).pow(2).mean()
     plain = (restore(torch.bfloat16, keep_float32=()) - reference).pow(2).mean()
     assert 0 < mixed < plain
+
+
+def test_bench_compares_the_policy_with_a_bf16_unet_in_reduced_precision_only():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_restore.py"
+    spec = importlib.util.spec_from_file_location("bench_restore_precision", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.build_parser().parse_args(["--dtypes", "float32", "auto", "--levers", "none", "bf16-unet"])
+    args.device = "cpu"
+    rows = [(s["dtype"], s["levers"]) for s in bench.plan(args) if s["kind"] == "honestface"]
+    assert rows == [("float32", "none"), ("auto", "none"), ("auto", "bf16-unet")]
