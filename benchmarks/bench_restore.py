@@ -17,8 +17,9 @@ Every run has two kinds of rows:
   ``--references`` references per face (and their identity embeddings), in each dtype
   (``auto`` = what :func:`honestface.loaders.sd21.resolve_dtype` picks for the device),
   LoRA merged or not, with optional levers (channels-last, compile, ...). "none" is the
-  pipeline as shipped, which already picks channels-last for bf16 on CPUs
-  (:mod:`honestface.acceleration`); the lever "contiguous" undoes that.
+  pipeline as shipped, which in bf16 on CPUs already picks channels-last and keeps the
+  UNet in float32 with bf16 math (:mod:`honestface.acceleration`); the levers
+  "contiguous" and "bf16-unet" undo those (the latter is skipped for float32 rows).
 
 Every figure is reported as the speed-up over the baseline of the same run (baseline
 seconds per face / seconds per face), so runs on a busy machine stay comparable; seconds
@@ -43,7 +44,8 @@ Every configuration runs in its own process, so peak memory is that configuratio
   i.e. what the restorations themselves need.
 
 Latency is the median over ``--repeats`` timed batches (after ``--warmup`` untimed ones)
-divided by the batch size. The result is printed as a markdown table.
+divided by the batch size. The untimed calls are timed apart (``warmup_seconds`` in the
+JSON, "first call" in the progress lines): with ``compile`` the first one compiles. The result is printed as a markdown table.
 """
 
 from __future__ import annotations
