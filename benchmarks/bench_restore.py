@@ -18,8 +18,9 @@ Every run has two kinds of rows:
   (``auto`` = what :func:`honestface.loaders.sd21.resolve_dtype` picks for the device),
   LoRA merged or not, with optional levers (channels-last, compile, ...). "none" is the
   pipeline as shipped, which in bf16 on CPUs already picks channels-last and keeps the
-  UNet in float32 with bf16 math (:mod:`honestface.acceleration`); the levers
-  "contiguous" and "bf16-unet" undo those (the latter is skipped for float32 rows).
+  UNet and the VAE encoder in float32 with bf16 math (:mod:`honestface.acceleration`);
+  the levers "contiguous", "all-bf16" and "bf16-vae-encoder" undo those (the last two
+  are skipped for float32 rows).
 
 Every figure is reported as the speed-up over the baseline of the same run (baseline
 seconds per face / seconds per face), so runs on a busy machine stay comparable; seconds
@@ -70,7 +71,8 @@ LEVERS = {
     "none": "library defaults",
     "channels-last": "UNet, VAE, VQ encoder and inputs in channels-last memory format",
     "contiguous": "weights in NCHW even where the pipeline picks channels-last (bf16 on CPUs)",
-    "bf16-unet": "bf16 on CPUs: the UNet in bfloat16 too (no float32 parts, see honestface.acceleration)",
+    "all-bf16": "bf16 on CPUs: every part in bfloat16 (no float32 parts, see honestface.acceleration)",
+    "bf16-vae-encoder": "bf16 on CPUs: the VAE encoder in bfloat16, only the UNet float32 with bf16 math",
     "classic-attention": "diffusers' non-SDPA attention processor (AttnProcessor), to measure what SDPA gives",
     "vae-slicing": "the VAE encodes/decodes one face at a time (memory of large batches)",
     "compile": "torch.compile of the UNet and the VAE encoder/decoder (mode 'default')",
@@ -78,7 +80,7 @@ LEVERS = {
     "compile-reduce-overhead": "torch.compile mode 'reduce-overhead' (CUDA graphs for the fixed shapes)",
 }
 #: Levers that change only what a reduced precision keeps in float32.
-PRECISION_LEVERS = ("bf16-unet",)
+PRECISION_LEVERS = ("all-bf16", "bf16-vae-encoder")
 PRESETS = ("sd21", "nano", "tiny")
 FACE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -167,11 +169,14 @@ def apply_levers(model, levers: list[str]) -> None:
 
 
 def set_float32_parts(levers: list[str]) -> None:
-    """The lever that changes which parts keep float32 in bf16 on CPUs (before the pipeline is built)."""
+    """The levers that change which parts keep float32 in bf16 on CPUs (before the pipeline is built)."""
     from honestface import acceleration
 
-    if "bf16-unet" in levers:
+    if "all-bf16" in levers:
         acceleration.CPU_BF16_FLOAT32_PARTS = ()
+    if "bf16-vae-encoder" in levers:
+        acceleration.CPU_BF16_FLOAT32_PARTS = tuple(name for name in acceleration.CPU_BF16_FLOAT32_PARTS
+                                                    if not name.startswith("restorer.vae."))
 
 
 def load_faces(folder: str, count: int, size: int):

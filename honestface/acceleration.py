@@ -7,16 +7,20 @@ Measured with ``benchmarks/bench_restore.py`` (numbers in the README, "Benchmark
   ate the whole bf16 gain (the nano model: 0.84x of the float32 baseline in NCHW, 3.5x in
   NHWC). In float32 channels-last did not help on CPUs, so it is used in reduced precision
   only. On CUDA it is left to ``bench_gpu.sh`` to decide (not measured yet).
-- **the UNet in float32 with bf16 math on CPUs in bfloat16.** With every part in bf16 the
-  SD 2.1-size model (random weights, 512 px) gave 38.3 dB PSNR against float32. The loss
+- **the UNet and the VAE encoder in float32 with bf16 math on CPUs in bfloat16.** With
+  every part in bf16 the SD 2.1-size model (random weights, 512 px) gave 38.3 dB PSNR
+  against float32. The loss
   is spread over the whole UNet (measured at 256 px): keeping any one kind of layer in
   float32 (norms, attention, time embedding, conv_in/conv_out, ResNet blocks) gained at
   most 0.3 dB, all down or all up blocks 0.7-0.8 dB, the whole UNet 2.4 dB. Rounding the activations to bf16 after every layer is
-  what costs; the multiplications themselves can stay bf16. So the UNet keeps float32
-  weights and activations and oneDNN runs its convolutions and matrix products with bf16
-  inputs, float32 accumulation and float32 outputs (``fp32_precision = "bf16"``, set only
-  during its forward): 40.1 dB at 512 px for 1.21x the CPU time of an all-bf16 model
-  (the nano model: no measurable cost), and the UNet's weights take float32 memory.
+  what costs; the multiplications themselves can stay bf16. So these parts keep float32
+  weights and activations and oneDNN runs their convolutions and matrix products with
+  bf16 inputs, float32 accumulation and float32 outputs (``fp32_precision = "bf16"``,
+  set only during their forward). The UNet alone so gave 40.0-40.1 dB on two faces
+  (39.96 dB min), at the line; with the VAE encoder too (its rounding reaches the UNet's
+  input) 41.9 dB min, 42.3 mean, for about 1.46x the CPU time of an all-bf16 model; the
+  weights of these parts take float32 memory. On the nano model the PSNR is 56 dB either
+  way, so there it only costs.
 
 Results are unchanged up to the rounding of a different summation order.
 """
@@ -29,7 +33,7 @@ from torch import nn
 #: Sub-modules (names in :class:`~honestface.models.HonestFaceModel`) that keep float32
 #: weights and activations when the model runs in bfloat16 on a CPU, computed with the
 #: CPU's bf16 units through oneDNN's bf16 math mode (:func:`cpu_bf16_math`).
-CPU_BF16_FLOAT32_PARTS: tuple[str, ...] = ("restorer.unet",)
+CPU_BF16_FLOAT32_PARTS: tuple[str, ...] = ("restorer.unet", "restorer.vae.encoder", "restorer.vae.quant_conv")
 
 #: Precisions in which CPUs gain from channels-last (oneDNN's native bf16/fp16 layouts).
 _CPU_CHANNELS_LAST_DTYPES = (torch.bfloat16, torch.float16)
@@ -93,9 +97,12 @@ def keep_float32_with_bf16_math(module: nn.Module) -> nn.Module:
     The caller keeps ``module``'s weights in float32 and gives it float32 inputs (the
     restorer casts the UNet's inputs to its parameters' dtype). Returns ``module``.
     """
+    if getattr(module, "_bf16_math_hooks", None) is not None:
+        return module  # placed before (hooks run in registration order: a second pair would not nest)
     hooks = _CpuBf16Math()
     module.register_forward_pre_hook(hooks.enter)
     module.register_forward_hook(hooks.leave, always_call=True)
+    module._bf16_math_hooks = hooks
     return module
 
 

@@ -127,7 +127,7 @@ class HonestFacePipeline:
                 raise ConfigError(f"identity backend '{getattr(identity_backend, 'name', '?')}' gives {dim}-d "
                                   f"embeddings but the model expects {model.config.ide.identity_dim}-d")
             warn_on_identity_mismatch(str(getattr(identity_backend, "name", "")), model.config.identity_backend)
-        place_model(self.model, self.device, self.dtype)  # bf16 on CPUs: channels-last, a float32 UNet with bf16 math
+        place_model(self.model, self.device, self.dtype)  # bf16 on CPUs: channels-last, float32 UNet/encoder
         self.model.eval()
 
     @property

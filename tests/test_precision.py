@@ -1,5 +1,6 @@
 """dtype "auto" everywhere a user picks precision, and the bf16-on-CPU policy of
-:mod:`honestface.acceleration`: the UNet keeps float32 weights computed with bf16 math."""
+:mod:`honestface.acceleration`: the UNet and the VAE encoder keep float32 weights and
+activations computed with bf16 math."""
 
 from __future__ import annotations
 
@@ -72,12 +73,14 @@ def test_only_bf16_on_cpus_keeps_float32_parts():
 
 
 @needs_bf16_math
-def test_place_model_keeps_the_unet_float32_with_its_exact_weights():
+def test_place_model_keeps_the_float32_parts_with_their_exact_weights():
     model = _tiny_model()
     original = {name: p.detach().clone() for name, p in model.named_parameters()}
     place_model(model, "cpu", torch.bfloat16)
+    kept = tuple(name + "." for name in CPU_BF16_FLOAT32_PARTS)
+    assert any(name.startswith(kept) for name, _ in model.named_parameters())
     for name, parameter in model.named_parameters():
-        if name.startswith("restorer.unet."):
+        if name.startswith(kept):
             assert parameter.dtype is torch.float32
             torch.testing.assert_close(parameter, original[name], rtol=0, atol=0)  # never rounded
         else:
@@ -87,20 +90,25 @@ def test_place_model_keeps_the_unet_float32_with_its_exact_weights():
 
 
 @needs_bf16_math
-def test_bf16_math_is_on_only_during_the_unet_forward():
+def test_bf16_math_is_on_only_during_the_float32_parts():
     model = _tiny_model()
     pipeline = HonestFacePipeline(model, device="cpu", dtype=torch.bfloat16)
-    unet = pipeline.model.restorer.unet
-    seen = []
-    probe = unet.conv_in.register_forward_hook(lambda *_: seen.append(_math_modes()))
+    restorer = pipeline.model.restorer
+    unet = restorer.unet
+    seen = {}
+    probes = [module.conv_in.register_forward_hook(lambda *_, name=name: seen.setdefault(name, _math_modes()) and None)
+              for name, module in (("unet", unet), ("encoder", restorer.vae.encoder),
+                                   ("decoder", restorer.vae.decoder))]
     before = _math_modes()
+    assert before != ("bf16", "bf16")
     size = model.config.image_size
     with torch.inference_mode():
         pipeline.restore(torch.rand(1, 3, size, size))
-    assert seen == [("bf16", "bf16")]
+    assert seen == {"unet": ("bf16", "bf16"), "encoder": ("bf16", "bf16"), "decoder": before}
     assert _math_modes() == before
     # restored when the forward fails, too
-    probe.remove()
+    for probe in probes:
+        probe.remove()
     unet.conv_in.register_forward_hook(lambda *_: (_ for _ in ()).throw(RuntimeError("inside the UNet")))
     with pytest.raises(RuntimeError, match="inside the UNet"), torch.inference_mode():
         pipeline.restore(torch.rand(1, 3, size, size))
@@ -108,8 +116,8 @@ def test_bf16_math_is_on_only_during_the_unet_forward():
 
 
 @needs_bf16_math
-def test_float32_unet_brings_bf16_closer_to_float32():
-    """The reason for the policy: the same faces, closer to float32 than with a bf16 UNet."""
+def test_float32_parts_bring_bf16_closer_to_float32():
+    """The reason for the policy: the same faces, closer to float32 than with every part in bf16."""
     size = HonestFaceConfig.from_preset("tiny").image_size
     lq = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(3))
 
@@ -126,7 +134,7 @@ def test_float32_unet_brings_bf16_closer_to_float32():
     assert 0 < mixed < plain
 
 
-def test_bench_compares_the_policy_with_a_bf16_unet_in_reduced_precision_only():
+def test_bench_compares_the_policy_with_all_bf16_in_reduced_precision_only():
     import importlib.util
     from pathlib import Path
 
@@ -134,7 +142,19 @@ def test_bench_compares_the_policy_with_a_bf16_unet_in_reduced_precision_only():
     spec = importlib.util.spec_from_file_location("bench_restore_precision", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    args = bench.build_parser().parse_args(["--dtypes", "float32", "auto", "--levers", "none", "bf16-unet"])
+    args = bench.build_parser().parse_args(["--dtypes", "float32", "auto", "--levers", "none", "all-bf16"])
     args.device = "cpu"
     rows = [(s["dtype"], s["levers"]) for s in bench.plan(args) if s["kind"] == "honestface"]
-    assert rows == [("float32", "none"), ("auto", "none"), ("auto", "bf16-unet")]
+    assert rows == [("float32", "none"), ("auto", "none"), ("auto", "all-bf16")]
+
+
+@needs_bf16_math
+def test_placing_a_model_twice_still_restores_the_math_mode():
+    model = _tiny_model()
+    before = _math_modes()
+    pipeline = HonestFacePipeline(model, device="cpu", dtype=torch.bfloat16)
+    again = HonestFacePipeline(pipeline.model, device="cpu", dtype=torch.bfloat16)
+    size = model.config.image_size
+    with torch.inference_mode():
+        again.restore(torch.rand(1, 3, size, size))
+    assert _math_modes() == before

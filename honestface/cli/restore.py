@@ -90,8 +90,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--device", default="auto",
                        help="torch device; auto: CUDA, then Apple MPS, then CPU (default: auto)")
     model.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
-                       help="model precision; auto: bfloat16 on CPUs with AVX512-BF16 or AMX (the UNet in "
-                            "float32 with bf16 math), float32 on other CPUs, bfloat16 (else float16) on CUDA "
+                       help="model precision; auto: bfloat16 on CPUs with AVX512-BF16 or AMX (the UNet and "
+                            "the VAE encoder in float32 with bf16 math), float32 on other CPUs, bfloat16 (else float16) on CUDA "
                             "(default: auto)")
     model.add_argument("--batch-size", type=int, default=4,
                        help="faces per forward pass, across photos and frames (default: 4)")
