@@ -9,20 +9,20 @@ Measured with ``benchmarks/bench_restore.py`` (numbers in the README, "Benchmark
   only. On CUDA it is left to ``bench_gpu.sh`` to decide (not measured yet).
 - **the UNet and the VAE encoder in float32 with bf16 math on CPUs in bfloat16.** With
   every part in bf16 the SD 2.1-size model (random weights, 512 px) gave 38.3 dB PSNR
-  against float32. The loss
-  is spread over the whole UNet (measured at 256 px): keeping any one kind of layer in
-  float32 (norms, attention, time embedding, conv_in/conv_out, ResNet blocks) gained at
-  most 0.3 dB, all down or all up blocks 0.7-0.8 dB, the whole UNet 2.4 dB. Rounding the activations to bf16 after every layer is
-  what costs; the multiplications themselves can stay bf16. So these parts keep float32
-  weights and activations and oneDNN runs their convolutions and matrix products with
-  bf16 inputs, float32 accumulation and float32 outputs (``fp32_precision = "bf16"``,
-  set only during their forward). The UNet alone so gave 40.0-40.1 dB on two faces
-  (39.96 dB min), at the line; with the VAE encoder too (its rounding reaches the UNet's
-  input) 41.9 dB min, 42.3 mean, for about 1.46x the CPU time of an all-bf16 model; the
-  weights of these parts take float32 memory. On the nano model the PSNR is 56 dB either
-  way, so there it only costs.
+  against float32. The loss is spread over the whole UNet (measured at 256 px): keeping
+  any one kind of layer in float32 (norms, attention, time embedding, conv_in/conv_out,
+  ResNet blocks) gained at most 0.3 dB, all down or all up blocks 0.7-0.8 dB, the whole
+  UNet 2.4 dB. Rounding the activations to bf16 after every layer is what costs; the
+  multiplications themselves can stay bf16. So these parts keep float32 weights and
+  activations and oneDNN runs their convolutions and matrix products with bf16 inputs,
+  float32 accumulation and float32 outputs (``fp32_precision = "bf16"``, set only during
+  their forward). The UNet alone so gave 40.0-40.1 dB on two faces (39.96 dB min), at the
+  line; with the VAE encoder too (its rounding reaches the UNet's input) 41.9 dB min,
+  42.3 mean, for about 1.46x the CPU time of an all-bf16 model; the weights of these
+  parts take float32 memory. On the nano model the PSNR is 56 dB either way, so there it
+  only costs.
 
-Results are unchanged up to the rounding of a different summation order.
+Channels-last leaves results unchanged up to the rounding of a different summation order.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from torch import nn
 
 #: Sub-modules (names in :class:`~honestface.models.HonestFaceModel`) that keep float32
 #: weights and activations when the model runs in bfloat16 on a CPU, computed with the
-#: CPU's bf16 units through oneDNN's bf16 math mode (:func:`cpu_bf16_math`).
+#: CPU's bf16 units through oneDNN's bf16 math mode (:func:`keep_float32_with_bf16_math`).
 CPU_BF16_FLOAT32_PARTS: tuple[str, ...] = ("restorer.unet", "restorer.vae.encoder", "restorer.vae.quant_conv")
 
 #: Precisions in which CPUs gain from channels-last (oneDNN's native bf16/fp16 layouts).
