@@ -17,8 +17,10 @@ Every run has two kinds of rows:
   ``--references`` references per face (and their identity embeddings), in each dtype
   (``auto`` = what :func:`honestface.loaders.sd21.resolve_dtype` picks for the device),
   LoRA merged or not, with optional levers (channels-last, compile, ...). "none" is the
-  pipeline as shipped, which already picks channels-last for bf16 on CPUs
-  (:mod:`honestface.acceleration`); the lever "contiguous" undoes that.
+  pipeline as shipped, which in bf16 on CPUs already picks channels-last and keeps the
+  UNet and the VAE encoder in float32 with bf16 math (:mod:`honestface.acceleration`);
+  the levers "contiguous", "all-bf16" and "bf16-vae-encoder" undo those (the last two
+  are skipped for float32 rows).
 
 Every figure is reported as the speed-up over the baseline of the same run (baseline
 seconds per face / seconds per face), so runs on a busy machine stay comparable; seconds
@@ -43,7 +45,8 @@ Every configuration runs in its own process, so peak memory is that configuratio
   i.e. what the restorations themselves need.
 
 Latency is the median over ``--repeats`` timed batches (after ``--warmup`` untimed ones)
-divided by the batch size. The result is printed as a markdown table.
+divided by the batch size. The untimed calls are timed apart (``warmup_seconds`` in the
+JSON, "first call" in the progress lines): with ``compile`` the first one compiles. The result is printed as a markdown table.
 """
 
 from __future__ import annotations
@@ -68,12 +71,16 @@ LEVERS = {
     "none": "library defaults",
     "channels-last": "UNet, VAE, VQ encoder and inputs in channels-last memory format",
     "contiguous": "weights in NCHW even where the pipeline picks channels-last (bf16 on CPUs)",
+    "all-bf16": "bf16 on CPUs: every part in bfloat16 (no float32 parts, see honestface.acceleration)",
+    "bf16-vae-encoder": "bf16 on CPUs: the VAE encoder in bfloat16, only the UNet float32 with bf16 math",
     "classic-attention": "diffusers' non-SDPA attention processor (AttnProcessor), to measure what SDPA gives",
     "vae-slicing": "the VAE encodes/decodes one face at a time (memory of large batches)",
     "compile": "torch.compile of the UNet and the VAE encoder/decoder (mode 'default')",
     "compile-max-autotune": "torch.compile mode 'max-autotune' (Triton autotuning; CUDA graphs on GPUs)",
     "compile-reduce-overhead": "torch.compile mode 'reduce-overhead' (CUDA graphs for the fixed shapes)",
 }
+#: Levers that change only what a reduced precision keeps in float32.
+PRECISION_LEVERS = ("all-bf16", "bf16-vae-encoder")
 PRESETS = ("sd21", "nano", "tiny")
 FACE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -161,6 +168,17 @@ def apply_levers(model, levers: list[str]) -> None:
             vae.decoder = torch.compile(vae.decoder, mode=mode, dynamic=False)
 
 
+def set_float32_parts(levers: list[str]) -> None:
+    """The levers that change which parts keep float32 in bf16 on CPUs (before the pipeline is built)."""
+    from honestface import acceleration
+
+    if "all-bf16" in levers:
+        acceleration.CPU_BF16_FLOAT32_PARTS = ()
+    if "bf16-vae-encoder" in levers:
+        acceleration.CPU_BF16_FLOAT32_PARTS = tuple(name for name in acceleration.CPU_BF16_FLOAT32_PARTS
+                                                    if not name.startswith("restorer.vae."))
+
+
 def load_faces(folder: str, count: int, size: int):
     """``count`` face crops from ``folder`` (sorted, repeated if too few) as (count, 3, size, size)."""
     import torch
@@ -222,6 +240,7 @@ def run_one(spec: dict) -> dict:
     levers = [] if baseline else parse_levers(spec["levers"])
     started = time.perf_counter()
     model = build_model(spec)
+    set_float32_parts(levers)
     pipeline = HonestFacePipeline(model, device=device, dtype=dtype, batch_size=spec["batch"])
     apply_levers(model, levers)
     build_seconds = time.perf_counter() - started
@@ -247,9 +266,12 @@ def run_one(spec: dict) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    warmup_seconds = []  # the first call includes torch.compile's compilation
     for _ in range(spec["warmup"]):
+        start = time.perf_counter()
         restore()
-    synchronize()
+        synchronize()
+        warmup_seconds.append(time.perf_counter() - start)
     weights_bytes = sum(t.numel() * t.element_size() for t in model.parameters())
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -280,7 +302,7 @@ def run_one(spec: dict) -> dict:
     return dict(spec, resolved_dtype=str(dtype).removeprefix("torch."), batch_seconds=batch_seconds,
                 face_seconds=batch_seconds / batch, cpu_face_seconds=statistics.median(cpu_times) / batch,
                 load_average=loads, peak_bytes=peak, baseline_bytes=baseline_bytes, weights_bytes=weights_bytes,
-                build_seconds=build_seconds, peak_method=peak_method, times=times,
+                build_seconds=build_seconds, warmup_seconds=warmup_seconds, peak_method=peak_method, times=times,
                 device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
                 threads=torch.get_num_threads(), torch=torch.__version__)
 
@@ -326,6 +348,8 @@ def plan(args: argparse.Namespace) -> list[dict]:
         for lora in args.lora:
             for batch in args.batch:
                 for levers in args.levers or ["none"]:
+                    if dtype == "float32" and set(parse_levers(levers)) & set(PRECISION_LEVERS):
+                        continue  # they only change reduced precision
                     specs.append(dict(common, kind="honestface", dtype=dtype, lora=lora, levers=levers, batch=batch,
                                       references=args.references))
     return specs
@@ -532,8 +556,9 @@ def main(argv: list[str] | None = None) -> int:
             if "error" in result:
                 print(f"{label}: FAILED {result['error']}", file=sys.stderr, flush=True)
             else:
+                first = result["warmup_seconds"][0] if result["warmup_seconds"] else float("nan")
                 print(f"{label}: {result['face_seconds'] * 1000:.0f} ms/face (CPU {result['cpu_face_seconds']:.2f} s), "
-                      f"load {result['load_average'][-1]:.1f}", file=sys.stderr, flush=True)
+                      f"first call {first:.1f} s, load {result['load_average'][-1]:.1f}", file=sys.stderr, flush=True)
         add_comparisons(results)
     for r in results:
         r.pop("output", None)

@@ -31,7 +31,7 @@ from typing import Sequence
 
 import torch
 
-from .acceleration import apply_inference_layout
+from .acceleration import place_model
 from .config import HonestFaceConfig
 from .errors import ImageError
 from .image_io import resize_to, to_rgb
@@ -136,8 +136,7 @@ class HonestFacePipeline:
                 raise ConfigError(f"identity backend '{getattr(identity_backend, 'name', '?')}' gives {dim}-d "
                                   f"embeddings but the model expects {model.config.ide.identity_dim}-d")
             warn_on_identity_mismatch(str(getattr(identity_backend, "name", "")), model.config.identity_backend)
-        self.model.to(device=self.device, dtype=self.dtype)
-        apply_inference_layout(self.model, self.device, self.dtype)  # channels-last for bf16 on CPUs
+        place_model(self.model, self.device, self.dtype)  # bf16 on CPUs: channels-last, float32 UNet/encoder
         self.model.eval()
 
     @property
@@ -477,7 +476,7 @@ class HonestFacePipeline:
     def from_pretrained(cls, sd21: str | Path | None = None, checkpoint: str | Path | None = None,
                         osdface_dir: str | Path | None = None, models_dir: str | Path | None = None,
                         landmark_backend=None, identity_backend=None, device: str = "cpu",
-                        dtype: torch.dtype = torch.float32, merge_lora: bool = True,
+                        dtype: str | torch.dtype = "auto", merge_lora: bool = True,
                         batch_size: int = 4, vgg: str | Path | None = None,
                         config: HonestFaceConfig | str | None = None) -> "HonestFacePipeline":
         """Build the real model from files.
@@ -491,10 +490,15 @@ class HonestFacePipeline:
                 encoder, alone it gives OSDFace (no references).
             vgg: torchvision VGG16 weights (default: ``config.ide.vgg_file`` in
                 ``<models>/honestface``; required when ``checkpoint`` is given).
+            dtype: a torch dtype or its name; ``"auto"`` (default) is what ``device`` computes
+                natively, see :func:`honestface.loaders.sd21.resolve_dtype`.
             merge_lora: fold the LoRA into the UNet weights (faster; not for training).
             config: for OSDFace weights without a checkpoint: a preset name or config
                 (default: the preset matching the UNet's cross-attention width).
         """
         model = load_model(sd21=sd21, checkpoint=checkpoint, osdface_dir=osdface_dir,
                                        models_dir=models_dir, vgg=vgg, merge_lora=merge_lora, config=config)
-        return cls(model, landmark_backend, identity_backend, device=device, dtype=dtype, batch_size=batch_size)
+        from .loaders.sd21 import resolve_dtype
+
+        return cls(model, landmark_backend, identity_backend, device=device, dtype=resolve_dtype(dtype, device),
+                   batch_size=batch_size)

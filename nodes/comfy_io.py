@@ -158,14 +158,26 @@ DTYPE_CHOICES = ["auto", "float32", "float16", "bfloat16"]
 
 
 def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
-    """``auto``: float16 where ComfyUI says the device handles it well, else float32."""
+    """The model precision for ``device``.
+
+    ``auto``: on the CPU what it computes natively (bfloat16 with AVX512-BF16 or AMX, else
+    float32; :func:`honestface.cpu_features.auto_dtype`); on a GPU reduced precision where
+    ComfyUI says the device handles it well (``should_use_fp16``), bfloat16 where CUDA
+    supports it, else float16; float32 otherwise.
+    """
     if choice == "float32":
         return torch.float32
     if choice == "float16":
         return torch.float16
     if choice == "bfloat16":
         return torch.bfloat16
-    if device.type != "cpu" and model_management.should_use_fp16(device):
+    if device.type == "cpu":
+        from honestface.cpu_features import auto_dtype
+
+        return auto_dtype(device)
+    if model_management.should_use_fp16(device):
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
         return torch.float16
     return torch.float32
 

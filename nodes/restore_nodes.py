@@ -122,7 +122,9 @@ class HonestFaceModelLoader:
                 "tooltip": "OSDFace release folder that supplies the VQ encoder of the visual tokens (VRE) for a "
                            "HonestFace checkpoint. auto: the chosen OSDFace folder, else the first one found."}),
             "dtype": (DTYPE_CHOICES, {"default": "auto", "tooltip":
-                "Weight precision. auto: float16 on GPUs that handle it well, float32 on the CPU."}),
+                "Model precision. auto: bfloat16 on CPUs with native bf16 (AVX512-BF16 or AMX; the UNet and the VAE "
+                "encoder stay float32 with bf16 math), float32 on other CPUs; on GPUs that handle reduced precision well "
+                "bfloat16 where supported, else float16."}),
             "device": (DEVICE_CHOICES, {"default": "auto", "tooltip":
                 "auto: the device ComfyUI's model management uses (respects --cpu, --lowvram ...)."}),
         }}

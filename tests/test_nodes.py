@@ -233,7 +233,7 @@ def test_ald_score_node_shows_the_landmarks(pack, io, shared_data, temp_folder):
 @pytest.mark.slow
 def test_model_loader_and_restore_through_comfyui_model_management(pack, tmp_path):
     """Tiny models through the loader node: ComfyUI's memory manager puts the weights on its
-    device (float16 on a GPU with dtype auto), results come back as float32 IMAGEs on the
+    device (reduced precision on a GPU and on CPUs with native bf16 with dtype auto), results come back as float32 IMAGEs on the
     intermediate device, runs repeat exactly, and the unload node empties everything."""
     import folder_paths
 
@@ -251,9 +251,14 @@ def test_model_loader_and_restore_through_comfyui_model_management(pack, tmp_pat
         assert again is model  # cached between runs
         (restored,) = pack.HonestFaceRestoreAligned().restore(model, lq, "model default")
         (repeat,) = pack.HonestFaceRestoreAligned().restore(model, lq, "model default")
-        weight = next(model.pipeline.model.parameters())
+        weight = next(model.pipeline.model.restorer.vae.decoder.parameters())  # bf16 on CPUs too
         assert weight.device == model_management.get_torch_device()
-        assert weight.dtype == (torch.float16 if weight.device.type == "cuda" else torch.float32)
+        if weight.device.type == "cuda":
+            assert weight.dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        else:  # bf16 on CPUs that compute it natively (AVX512-BF16 / AMX)
+            from honestface.cpu_features import cpu_has_native_bf16
+
+            assert weight.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
         assert restored.shape == lq.shape and restored.dtype == torch.float32
         assert restored.device == model_management.intermediate_device()
         assert 0.0 <= float(restored.min()) and float(restored.max()) <= 1.0

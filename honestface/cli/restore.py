@@ -91,8 +91,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="models root in ComfyUI layout (default: $HONESTFACE_MODELS)")
     model.add_argument("--device", default="auto",
                        help="torch device; auto: CUDA, then Apple MPS, then CPU (default: auto)")
-    model.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
-                       help="model precision (default: float32)")
+    model.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
+                       help="model precision; auto: bfloat16 on CPUs with AVX512-BF16 or AMX (the UNet and "
+                            "the VAE encoder in float32 with bf16 math), float32 on other CPUs, bfloat16 (else float16) on CUDA "
+                            "(default: auto)")
     model.add_argument("--batch-size", type=int, default=4,
                        help="faces per forward pass, across photos and frames (default: 4)")
     model.add_argument("--seed", type=int, default=0,
@@ -297,7 +299,7 @@ def resolve_weights(weights: str | Path, models_dir: str | Path | None) -> Path:
 
 def build_pipeline(sd: str | Path | None, weights: str | Path, *, osdface: str | Path | None = None,
                    vgg: str | Path | None = None, models_dir: str | Path | None = None,
-                   device: str = "cpu", dtype: str | torch.dtype = "float32", batch_size: int = 4,
+                   device: str = "cpu", dtype: str | torch.dtype = "auto", batch_size: int = 4,
                    landmarks: str | None = "dlib", identity: str | None = None,
                    merge_lora: bool = True):
     """A ready :class:`~honestface.pipeline.HonestFacePipeline` from command-line style arguments.
@@ -311,7 +313,7 @@ def build_pipeline(sd: str | Path | None, weights: str | Path, *, osdface: str |
     from ..loaders.sd21 import resolve_dtype
     from ..pipeline import HonestFacePipeline
 
-    torch_dtype = resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype, device)  # "auto": what the device computes natively
     weights_path = resolve_weights(weights, models_dir)
     if weights_path.is_dir():
         files = resolve_model_files(sd21=sd, osdface_dir=weights_path, models_dir=models_dir)

@@ -87,6 +87,8 @@ def resolve_dtype(dtype: str | torch.dtype | None = "auto", device: str | torch.
     ``"auto"`` (also ``None``, the default) is the fastest precision ``device`` (default CPU)
     computes natively: bfloat16 on CPUs with AVX512-BF16 or AMX, float32 on other CPUs,
     bfloat16 (else float16) on CUDA GPUs; see :func:`honestface.cpu_features.auto_dtype`.
+    In bfloat16 on CPUs the pipeline keeps the UNet and the VAE encoder in float32 with
+    bf16 math (:func:`honestface.acceleration.place_model`).
     """
     if dtype is None:
         dtype = "auto"

@@ -42,6 +42,12 @@ def one_step_x0(latent: torch.Tensor, noise_pred: torch.Tensor, alpha_cumprod: f
     return x0.to(latent.dtype)
 
 
+def _weight_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of ``module``'s first weight: in bf16 on CPUs some parts keep float32
+    (:mod:`honestface.acceleration`), so the VAE's halves may differ."""
+    return next(module.parameters()).dtype
+
+
 @dataclass
 class RestorerOutput:
     image: torch.Tensor  # (B, 3, H, W) in [-1, 1]
@@ -70,7 +76,7 @@ class OneStepRestorer(nn.Module):
     # ----------------------------------------------------------------- steps
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> z_L (B, 4, H/f, W/f), scaled by ``scaling_factor``."""
-        posterior = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+        posterior = self.vae.encode(images.to(_weight_dtype(self.vae.encoder))).latent_dist
         if self.config.latent_mode == "sample":
             latent = posterior.sample(generator=generator)
         else:
@@ -88,7 +94,8 @@ class OneStepRestorer(nn.Module):
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """z_H (scaled) -> (B, 3, H, W) in [-1, 1] (clamped)."""
-        image = self.vae.decode(latent.to(self.vae.dtype) / self.scaling_factor).sample
+        first = self.vae.post_quant_conv if self.vae.post_quant_conv is not None else self.vae.decoder
+        image = self.vae.decode(latent.to(_weight_dtype(first)) / self.scaling_factor).sample
         # NCHW even when the VAE runs channels-last (honestface.acceleration): callers index it
         return image.clamp(-1.0, 1.0).contiguous()
 
