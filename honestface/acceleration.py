@@ -100,10 +100,19 @@ def keep_float32_with_bf16_math(module: nn.Module) -> nn.Module:
     if getattr(module, "_bf16_math_hooks", None) is not None:
         return module  # placed before (hooks run in registration order: a second pair would not nest)
     hooks = _CpuBf16Math()
-    module.register_forward_pre_hook(hooks.enter)
-    module.register_forward_hook(hooks.leave, always_call=True)
-    module._bf16_math_hooks = hooks
+    module._bf16_math_hooks = (module.register_forward_pre_hook(hooks.enter),
+                               module.register_forward_hook(hooks.leave, always_call=True))
     return module
+
+
+def drop_bf16_math(module: nn.Module) -> None:
+    """Undo :func:`keep_float32_with_bf16_math` on ``module`` and all its sub-modules."""
+    for part in module.modules():
+        handles = getattr(part, "_bf16_math_hooks", None)
+        if handles is not None:
+            for handle in handles:
+                handle.remove()
+            del part._bf16_math_hooks
 
 
 def place_model(model: nn.Module, device: str | torch.device, dtype: torch.dtype,
@@ -117,6 +126,10 @@ def place_model(model: nn.Module, device: str | torch.device, dtype: torch.dtype
     """
     names = float32_parts(device, dtype) if keep_float32 is None else tuple(keep_float32)
     kept = [model.get_submodule(name) for name in names]
+    # a model placed before for another device or precision: its other parts lose the bf16 math
+    for part in model.modules():
+        if getattr(part, "_bf16_math_hooks", None) is not None and not any(part is k for k in kept):
+            drop_bf16_math(part)
     _cast_except(model, device, dtype, kept)
     for part in kept:
         keep_float32_with_bf16_math(part)
@@ -137,5 +150,5 @@ def _cast_except(module: nn.Module, device, dtype: torch.dtype, kept: list[nn.Mo
         _cast_except(child, device, dtype, kept)
 
 
-__all__ = ["CPU_BF16_FLOAT32_PARTS", "apply_inference_layout", "cpu_bf16_math_available", "float32_parts",
-           "keep_float32_with_bf16_math", "place_model", "prefers_channels_last"]
+__all__ = ["CPU_BF16_FLOAT32_PARTS", "apply_inference_layout", "cpu_bf16_math_available", "drop_bf16_math",
+           "float32_parts", "keep_float32_with_bf16_math", "place_model", "prefers_channels_last"]

@@ -116,11 +116,14 @@ class HonestFacePipeline:
             ``model.config.ide.identity_dim``.
         device, dtype: where and in which precision the model runs (default: the model's).
         batch_size: faces per forward pass in :meth:`restore`.
+        keep_float32: sub-modules kept in float32 with bf16 math (default: what
+            :func:`honestface.acceleration.float32_parts` gives for ``device`` and ``dtype``;
+            set it for a model built on one device to compute on another).
     """
 
     def __init__(self, model: HonestFaceModel, landmark_backend=None, identity_backend=None,
                  device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                 batch_size: int = 4) -> None:
+                 batch_size: int = 4, keep_float32: tuple[str, ...] | None = None) -> None:
         self.model = model
         self.landmark_backend = landmark_backend
         self.identity_backend = identity_backend
@@ -136,7 +139,8 @@ class HonestFacePipeline:
                 raise ConfigError(f"identity backend '{getattr(identity_backend, 'name', '?')}' gives {dim}-d "
                                   f"embeddings but the model expects {model.config.ide.identity_dim}-d")
             warn_on_identity_mismatch(str(getattr(identity_backend, "name", "")), model.config.identity_backend)
-        place_model(self.model, self.device, self.dtype)  # bf16 on CPUs: channels-last, float32 UNet/encoder
+        # bf16 on CPUs: channels-last, the UNet and the VAE encoder in float32 with bf16 math
+        place_model(self.model, self.device, self.dtype, keep_float32)
         self.model.eval()
 
     @property

@@ -63,6 +63,7 @@ def resolve_base_model(name: str):
 
 
 def build_model(base_model: str, weights: str, osdface_folder: str, dtype: str, device: str) -> ModelHandle:
+    from honestface.acceleration import float32_parts
     from honestface.loaders import model_files
     from honestface.pipeline import HonestFacePipeline
 
@@ -85,7 +86,10 @@ def build_model(base_model: str, weights: str, osdface_folder: str, dtype: str, 
                                             find=lambda name, what: find_in_folders("honestface", name, what))
     load_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, load_device)
-    pipeline = HonestFacePipeline(model_files.build_model(files), device="cpu", dtype=torch_dtype)
+    # Built on the CPU (ComfyUI moves it when a node needs it), in the precision policy of the
+    # device it will compute on: a GPU runs every part in torch_dtype.
+    pipeline = HonestFacePipeline(model_files.build_model(files), device="cpu", dtype=torch_dtype,
+                                  keep_float32=float32_parts(load_device, torch_dtype))
     kind = "OSDFace (no references)" if checkpoint is None else "HonestFace"
     return ModelHandle(pipeline=pipeline, module=pipeline.model, load_device=load_device,
                            offload_device=torch.device("cpu"), dtype=torch_dtype,

@@ -158,3 +158,22 @@ def test_placing_a_model_twice_still_restores_the_math_mode():
     with torch.inference_mode():
         again.restore(torch.rand(1, 3, size, size))
     assert _math_modes() == before
+
+
+@needs_bf16_math
+def test_a_model_placed_in_float32_after_bf16_computes_in_float32():
+    """The same model object used by a bf16 pipeline, then a float32 one (a node whose precision
+    changed, a script comparing both): the float32 run has no bf16 math left."""
+    model = _tiny_model()
+    size = model.config.image_size
+    lq = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(5))
+    HonestFacePipeline(model, device="cpu", dtype=torch.bfloat16)
+    seen = []
+    model.restorer.unet.conv_in.register_forward_hook(lambda *_: seen.append(_math_modes()) and None)
+    with torch.inference_mode():
+        after = HonestFacePipeline(model, device="cpu", dtype=torch.float32).restore(lq)
+    assert seen and seen[0] != ("bf16", "bf16")
+    assert not any(hasattr(m, "_bf16_math_hooks") for m in model.modules())
+    with torch.inference_mode():
+        fresh = HonestFacePipeline(_tiny_model(), device="cpu", dtype=torch.float32).restore(lq)
+    torch.testing.assert_close(after, fresh, atol=2e-2, rtol=0)  # only the bf16 rounding of the other weights
