@@ -78,7 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--weights", default=None, metavar="PATH",
                        help="HonestFace .safetensors checkpoint or OSDFace release folder (path or name); default: "
                             f"{NANO_WEIGHTS}, the small demonstration model shipped with the package (128 px, "
-                            "trained here on few people; not the paper's model)")
+                            "trained on few people; not the paper's model)")
     model.add_argument("--sd", default=None, metavar="PATH",
                        help="SD 2.1-base: diffusers folder or .safetensors/.ckpt checkpoint (path or name); "
                             "not needed for honestface-nano.safetensors, which bundles its own UNet and VAE")
