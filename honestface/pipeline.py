@@ -169,9 +169,6 @@ class HonestFacePipeline:
             return None
         return self.identity_backend.embed(images).float().cpu()
 
-    _landmarks = detect_landmarks
-    _embeddings = embed_identities
-
     def encode_references(self, images: torch.Tensor | ReferenceSet, name: str = "references") -> ReferenceSet:
         """(N, 3, H, W) references of one person -> :class:`ReferenceSet`, computed once.
 
@@ -388,7 +385,7 @@ class HonestFacePipeline:
         prepared = self.prepare_images(images, "lq")
         batch = prepared.shape[0]
         if isinstance(references, ReferenceSet):  # one person's references for every face
-            references = [self.encode_references(references)] * batch
+            references = [references] * batch
         if references is not None:
             if isinstance(references, torch.Tensor) or len(references) != batch:
                 raise ImageError(f"references must be a list with one entry (tensor or None) per LQ face "

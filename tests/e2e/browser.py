@@ -8,6 +8,7 @@ ComfyUI requirement) is needed; Chromium is Debian's ``chromium`` package.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -36,6 +38,23 @@ def find_chromium() -> str | None:
 
 class BrowserError(RuntimeError):
     pass
+
+
+@contextlib.contextmanager
+def headless_web_ui(url: str) -> Iterator["HeadlessComfyUI"]:
+    """ComfyUI's web UI at ``url`` open in a started headless Chromium, closed afterwards;
+    the calling test is skipped where Chromium is not installed."""
+    import pytest
+
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("Chromium not installed (Debian: apt-get install chromium); set HONESTFACE_CHROMIUM to a binary")
+    browser = HeadlessComfyUI(url, chromium)
+    try:
+        browser.start()
+        yield browser
+    finally:
+        browser.close()
 
 
 class HeadlessComfyUI:

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from browser import HeadlessComfyUI, find_chromium
+from browser import headless_web_ui
 from comfyui_server import (API_WORKFLOWS, REPO_ROOT, TIMINGS, WORKFLOWS, ComfyUIServer, execution_error,
                             load_workflow, start_node_pack_server, tiny_model_choices, with_tiny_models,
                             write_workflow_inputs)
@@ -171,15 +171,8 @@ def test_newest_frontend_converts_every_workflow(env_server):
     name, server = env_server
     if name != "frontend-latest":
         pytest.skip("the web UI is checked with the newest frontend only (the pinned one: test_web_ui.py)")
-    chromium = find_chromium()
-    if chromium is None:
-        pytest.skip("Chromium not installed (Debian: apt-get install chromium)")
-    browser = HeadlessComfyUI(server.url, chromium)
-    try:
-        browser.start()
+    with headless_web_ui(server.url) as browser:
         for path in sorted(WORKFLOWS.glob("*.json")):
             workflow = load_workflow(path)
             sent = without_frontend_widgets(browser.graph_to_prompt(workflow))
             assert sent == without_frontend_widgets(load_workflow(API_WORKFLOWS / path.name)), path.name
-    finally:
-        browser.close()

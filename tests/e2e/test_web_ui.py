@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from browser import HeadlessComfyUI, find_chromium
+from browser import headless_web_ui
 from comfyui_server import API_WORKFLOWS, TIMINGS, WORKFLOWS, execution_error, load_workflow, with_tiny_models
 from workflow_format import model_hints
 
@@ -23,15 +23,8 @@ UI_WORKFLOWS = sorted(WORKFLOWS.glob("*.json"))
 
 @pytest.fixture(scope="module")
 def web_ui(comfyui_server):
-    chromium = find_chromium()
-    if chromium is None:
-        pytest.skip("Chromium not installed (Debian: apt-get install chromium); set HONESTFACE_CHROMIUM to a binary")
-    browser = HeadlessComfyUI(comfyui_server.url, chromium)
-    try:
-        browser.start()
+    with headless_web_ui(comfyui_server.url) as browser:
         yield browser
-    finally:
-        browser.close()
 
 
 def test_every_ui_workflow_has_an_api_twin():
