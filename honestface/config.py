@@ -196,6 +196,21 @@ def _tiny_vae_config() -> dict:
 
 
 @dataclass
+class FidelityConfig:
+    """The automatic-fidelity estimator (:mod:`honestface.models.fidelity`; not in the paper).
+
+    Attributes:
+        enabled: the model has one (then the pipeline blends ``x + w (R - x)`` by default).
+        resolution: side (px) at which it looks at the input and the restoration.
+        channels: width of its first convolution (doubled twice).
+    """
+
+    enabled: bool = False
+    resolution: int = 64
+    channels: int = 16
+
+
+@dataclass
 class HonestFaceConfig:
     """Everything needed to build :class:`honestface.models.HonestFaceModel`.
 
@@ -212,6 +227,7 @@ class HonestFaceConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    fidelity: FidelityConfig = field(default_factory=FidelityConfig)
     identity_backend: str = "arcface-onnx"
     #: Colour correction after decoding: "none", "wavelet" or "adain" (w.r.t. the LQ input).
     color_correction: str = "none"
@@ -313,7 +329,7 @@ class HonestFaceConfig:
             raise ConfigError(f"config format version {version} is newer than this library ({FORMAT_VERSION})")
         sections = {name: section_reader(section, f"config section '{name}'") for name, section in
                     (("vre", VREConfig), ("ide", IDEConfig), ("fusion", FusionConfig), ("lora", LoRAConfig),
-                     ("diffusion", DiffusionConfig))}
+                     ("diffusion", DiffusionConfig), ("fidelity", FidelityConfig))}
         return strict_from_dict(cls, data, "config", sections).validate()
 
     @classmethod

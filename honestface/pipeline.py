@@ -33,9 +33,10 @@ import torch
 
 from .acceleration import place_model
 from .config import HonestFaceConfig
-from .errors import ImageError
+from .errors import ConfigError, ImageError
 from .image_io import resize_to, to_rgb
 from .loaders.model_files import load_model  # public here too
+from .models.fidelity import blend_fidelity
 from .models.honestface import HonestFaceModel, HonestFaceOutput
 from .models.ide import IDEOutput, ReferenceTokens
 from .progress import ProgressCallback, report
@@ -131,6 +132,8 @@ class HonestFacePipeline:
         self.device = torch.device(device) if device is not None else first.device
         self.dtype = dtype or first.dtype
         self.batch_size = max(1, int(batch_size))
+        #: (B,) automatic-fidelity weights of the last :meth:`restore` call, or None
+        self.last_fidelity: torch.Tensor | None = None
         if identity_backend is not None:
             dim = int(getattr(identity_backend, "embedding_dim", model.config.ide.identity_dim))
             if dim != model.config.ide.identity_dim:
@@ -351,7 +354,7 @@ class HonestFacePipeline:
                 progress: ProgressCallback | None = None, generator: torch.Generator | None = None,
                 output_size: int | tuple[int, int] | None = None,
                 color_correction: str | None = None, strength: float = 1.0,
-                release_compat: bool = False) -> torch.Tensor:
+                release_compat: bool = False, fidelity: bool | None = None) -> torch.Tensor:
         """Restore aligned faces.
 
         Args:
@@ -369,12 +372,23 @@ class HonestFacePipeline:
             release_compat: do what the OSDFace release does (:mod:`honestface.release_compat`):
                 bilinear resize, sampled latent, no colour correction by default, output at
                 the model size (``output_size`` is ignored).
+            fidelity: blend each face with its input by the model's automatic fidelity
+                ``x + w (R - x)`` (:mod:`honestface.models.fidelity`; not in the paper).
+                None: when the model has the estimator (``config.fidelity.enabled``, e.g.
+                the shipped nano model); False: never (the paper's path); True: required.
+                The weights of the last call are kept in :attr:`last_fidelity`.
 
         Returns:
             (B, 3, H, W) restored faces in [0, 1], float32 on the CPU.
         """
         if not 0.0 <= float(strength) <= 1.0:
             raise ImageError(f"strength must be in [0, 1], got {strength}")
+        has_estimator = getattr(self.model, "fidelity", None) is not None
+        if fidelity and not has_estimator:
+            raise ConfigError("these weights have no automatic-fidelity estimator; restore without it "
+                              "(fidelity off) or use weights trained with one (e.g. honestface-nano)")
+        use_fidelity = has_estimator and fidelity is not False and not release_compat
+        self.last_fidelity = None
         if release_compat:
             from .release_compat import release_restore
 
@@ -392,15 +406,21 @@ class HonestFacePipeline:
                                  f"({batch}), got {type(references).__name__} of length "
                                  f"{len(references) if hasattr(references, '__len__') else '?'}")
             references = self._encode_shared(references)
-        results = []
+        results, weights = [], []
         report(progress, 0, batch)
         for start in range(0, batch, self.batch_size):
             stop = min(start + self.batch_size, batch)
             chunk = prepared[start:stop]
             refs = None if references is None else self.prepare_references(references[start:stop])
             output = self._forward_chunk(chunk, refs, generator, color_correction)
-            results.append(output.image.float().cpu())
+            image = output.image.float().cpu()
+            if use_fidelity and output.fidelity is not None:
+                image = blend_fidelity(chunk.float().cpu(), image, output.fidelity.float().cpu()).clamp(0, 1)
+                weights.append(output.fidelity.float().cpu())
+            results.append(image)
             report(progress, stop, batch)
+        if weights:
+            self.last_fidelity = torch.cat(weights)
         restored = torch.cat(results)
         if tuple(restored.shape[-2:]) != out_size:
             restored = resize_to(restored, out_size)

@@ -505,7 +505,8 @@ class Trainer:
             self._count_landmarks(found)
             with self.accelerator.autocast():
                 terms = self.objective.generator_losses(output.image, gt, output.latent_restored, mask,
-                                                       step=self.step)
+                                                       step=self.step, lq=batch["lq"].to(self.device),
+                                                       fidelity=output.fidelity)
             (terms["total"] / accumulation).backward()
             for name, value in terms.items():
                 logged[f"loss/{name}"] = logged.get(f"loss/{name}", 0.0) + float(value.detach()) / accumulation
@@ -560,9 +561,16 @@ class Trainer:
             grid_rows = None
             for start in range(0, len(keys), loop.val_batch_size):
                 batch = collate([self.val_set[k] for k in keys[start:start + loop.val_batch_size]])
-                restored = self._model_forward(batch).image.float().cpu().clamp(0, 1)
+                output = self._model_forward(batch)
+                restored = output.image.float().cpu().clamp(0, 1)
                 gt, lq = batch["gt"], batch["lq"]
                 results["psnr"] += psnr(restored, gt).tolist()
+                if output.fidelity is not None:  # what the pipeline returns: x + w (R - x)
+                    from honestface.models.fidelity import blend_fidelity
+
+                    blended = blend_fidelity(lq, restored, output.fidelity.float().cpu()).clamp(0, 1)
+                    results.setdefault("psnr_fidelity", []).extend(psnr(blended, gt).tolist())
+                    results.setdefault("fidelity_weight", []).extend(output.fidelity.float().cpu().tolist())
                 results["psnr_lq"] += psnr(lq, gt).tolist()
                 results["ald_eyes"] += self._ald(restored, gt)
                 results["deg"] += self._deg(restored, gt)

@@ -41,7 +41,7 @@ from ..models.discriminator import (
 from .identity import IdentityLoss, check_jitter_strength
 from .perceptual import DISTS_FILE, LPIPS_FILE, VGG16_FILE, EdgeAwareDISTS, build_dists, build_lpips, build_vgg16
 
-LOSS_NAMES = ("mse", "ea_dists", "identity", "mfa", "adversarial")
+LOSS_NAMES = ("mse", "ea_dists", "identity", "mfa", "adversarial", "fidelity")
 
 
 @dataclass
@@ -50,6 +50,9 @@ class LossConfig:
 
     Attributes:
         mse, ea_dists, identity, mfa, adversarial: weights (0 = off).
+        fidelity: weight of the automatic-fidelity estimator's loss (not in the paper; models
+            with ``config.fidelity.enabled``): MSE of ``x + w (R - x)`` against the ground
+            truth with the restoration ``R`` detached, so only the estimator learns from it.
         pretrained: load real weights (default). ``False`` = random networks, tests only.
         identity_backends: recognisers of the identity ensemble (names of
             :func:`honestface.face.load_identity_backend`).
@@ -72,6 +75,7 @@ class LossConfig:
     identity: float = 0.1
     mfa: float = 1.0
     adversarial: float = 0.02
+    fidelity: float = 0.0
     pretrained: bool = True
     identity_backends: tuple[str, ...] = ("arcface-torch", "adaface")
     mfa_landmarks: str = "fan"
@@ -247,7 +251,9 @@ class TrainingObjective(nn.Module):
 
     def generator_losses(self, restored: torch.Tensor, target: torch.Tensor,
                          latent_restored: torch.Tensor | None = None,
-                         mask: torch.Tensor | None = None, step: int | None = None) -> dict[str, torch.Tensor]:
+                         mask: torch.Tensor | None = None, step: int | None = None,
+                         lq: torch.Tensor | None = None,
+                         fidelity: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Unweighted terms and their weighted ``"total"``.
 
         Args:
@@ -256,6 +262,8 @@ class TrainingObjective(nn.Module):
             latent_restored: (B, 4, h, w) z_hat_H, needed by the adversarial term.
             mask: (B, 1, H, W) MFA mask of the LQ input (see :meth:`mfa_masks`).
             step: the optimiser step; losses whose ``start_steps`` entry is later are skipped.
+            lq: (B, 3, H, W) x_L in [0, 1] and fidelity: (B,) the model's automatic fidelity
+                ``w``, for the fidelity term.
         """
         config = self.config
         target = target.to(restored.dtype)
@@ -277,6 +285,12 @@ class TrainingObjective(nn.Module):
             noisy = forward_noise(latent_restored.float(), timesteps, self.alphas_cumprod)
             # D's weights get gradients here too; the trainer zeroes them before the D step.
             terms["adversarial"] = generator_loss(self.discriminator(noisy, timesteps))
+        if config.active("fidelity", step):
+            if fidelity is None or lq is None:
+                raise ConfigError("losses.fidelity needs a model with a fidelity estimator "
+                                  "(model.overrides: fidelity.enabled: true)")
+            blended = lq.float() + fidelity.float().view(-1, 1, 1, 1) * (restored.detach().float() - lq.float())
+            terms["fidelity"] = F.mse_loss(blended * 2 - 1, target.float() * 2 - 1)
         total = sum(float(getattr(config, name)) * value for name, value in terms.items())
         terms["total"] = total if isinstance(total, torch.Tensor) else restored.new_zeros(())
         return terms

@@ -16,6 +16,7 @@ from torch import nn
 from ..config import BUNDLED_PARTS, HonestFaceConfig
 from ..errors import ConfigError, ImageError
 from .color import color_correct
+from .fidelity import FidelityEstimator
 from .fusion import build_fusion
 from .ide import IdentityEmbedder, ReferenceTokens
 from .restorer import OneStepRestorer
@@ -33,6 +34,9 @@ class HonestFaceOutput:
     prompt: torch.Tensor  # (B, n, k) fused prompt p
     reference_index: torch.Tensor  # (B,) r0 of Eq. 6 (-1 where the element has no reference)
     vre_valid: torch.Tensor  # (B, n3) bool, which VRE tokens hold a code
+    #: (B,) automatic fidelity w in [0, 1] (models with ``config.fidelity.enabled``; not
+    #: applied to ``image``: the pipeline blends ``lq + w (image - lq)``), else None
+    fidelity: torch.Tensor | None = None
 
 
 class HonestFaceModel(nn.Module):
@@ -64,6 +68,7 @@ class HonestFaceModel(nn.Module):
         self.ide = IdentityEmbedder(config.ide, config.token_dim, vgg_state_dict)
         self.fusion = build_fusion(config.fusion, config.token_dim)
         self.restorer = OneStepRestorer(unet, vae, config.diffusion)
+        self.fidelity = FidelityEstimator(config.fidelity) if config.fidelity.enabled else None
         #: False for OSDFace weights (untrained IDE): references are then ignored.
         self.accepts_references = True
         #: Key-count lines of the files the model was loaded from (set by the loaders).
@@ -97,6 +102,7 @@ class HonestFaceModel(nn.Module):
             "ide.feature_extractor.projection": self.ide.feature_extractor.projection,
             "ide.identity_encoder": self.ide.identity_encoder,
             "fusion": self.fusion,
+            **({"fidelity": self.fidelity} if self.fidelity is not None else {}),
             **self.bundled_modules(),
         }
 
@@ -256,9 +262,12 @@ class HonestFaceModel(nn.Module):
         method = self.config.color_correction if color_correction is None else color_correction
         if method != "none":
             image = color_correct(image, lq_signed, method).clamp(-1.0, 1.0)
-        return HonestFaceOutput(image=(image + 1.0) / 2.0, latent_lq=restored.latent_lq,
+        image = (image + 1.0) / 2.0
+        # the estimator learns from the restoration, it does not shape it
+        fidelity = None if self.fidelity is None else self.fidelity(lq, image.detach().clamp(0, 1))
+        return HonestFaceOutput(image=image, latent_lq=restored.latent_lq,
                                 latent_restored=restored.latent_restored, noise_pred=restored.noise_pred,
-                                prompt=prompt, reference_index=index, vre_valid=valid)
+                                prompt=prompt, reference_index=index, vre_valid=valid, fidelity=fidelity)
 
 
 def build_diffusers(config: HonestFaceConfig, seed: int | None = 0) -> tuple[nn.Module, nn.Module]:

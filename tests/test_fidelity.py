@@ -1,0 +1,99 @@
+"""Automatic fidelity: the estimator, its checkpoint round trip, the pipeline's blend and the
+loss that trains it (against independent computations)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from honestface.config import FidelityConfig, HonestFaceConfig
+from honestface.errors import ConfigError
+from honestface.loaders.checkpoint import save_checkpoint
+from honestface.losses import LossConfig, TrainingObjective
+from honestface.models import HonestFaceModel, build_diffusers
+from honestface.models.fidelity import FidelityEstimator
+from honestface.pipeline import HonestFacePipeline, load_model
+
+from test_bundled import bundled_config, faces
+
+
+def fidelity_model(seed: int = 0) -> HonestFaceModel:
+    config = bundled_config()
+    config.fidelity = FidelityConfig(enabled=True, resolution=32, channels=8)
+    unet, vae = build_diffusers(config, seed)
+    torch.manual_seed(seed + 1)
+    model = HonestFaceModel(config, unet, vae).eval()
+    with torch.no_grad():  # a head that does not sit at w = 0.5 for every face
+        model.fidelity.head.weight.normal_(0, 0.5)
+    return model
+
+
+def test_estimator_gives_one_weight_per_face_in_0_1():
+    estimator = FidelityEstimator(FidelityConfig(resolution=32, channels=8))
+    lq, restored = torch.rand(5, 3, 64, 64), torch.rand(5, 3, 64, 64)
+    weight = estimator(lq, restored)
+    assert weight.shape == (5,) and bool(((weight > 0) & (weight < 1)).all())
+    # starts undecided: the head's bias is 0 and a zero weight gives exactly 0.5
+    with torch.no_grad():
+        estimator.head.weight.zero_()
+    assert torch.equal(estimator(lq, restored), torch.full((5,), 0.5))
+
+
+def test_checkpoint_round_trip_and_pipeline_blend(tmp_path):
+    model = fidelity_model()
+    path = save_checkpoint(model, tmp_path / "fidelity.safetensors")
+    loaded = load_model(checkpoint=path).eval()
+    assert loaded.config.fidelity == model.config.fidelity and loaded.fidelity is not None
+    for (name, a), (_, b) in zip(model.fidelity.state_dict().items(), loaded.fidelity.state_dict().items()):
+        assert torch.equal(a, b), name
+    lq, _ = faces(batch=3)
+    pipeline = HonestFacePipeline(loaded, batch_size=2)
+    raw = pipeline.restore(lq, fidelity=False)
+    assert pipeline.last_fidelity is None
+    blended = pipeline.restore(lq)
+    weight = pipeline.last_fidelity
+    # independent: the model's weight of each face from the raw restoration
+    with torch.no_grad():
+        expected_w = model.fidelity(lq, model(lq).image.clamp(0, 1))
+    torch.testing.assert_close(weight, expected_w, atol=1e-5, rtol=0)
+    torch.testing.assert_close(blended, (lq + expected_w.view(-1, 1, 1, 1) * (raw - lq)).clamp(0, 1),
+                               atol=1e-5, rtol=0)
+    assert not torch.allclose(blended, raw, atol=1e-3)
+
+
+def test_weights_without_estimator_refuse_a_required_blend():
+    config = bundled_config()
+    unet, vae = build_diffusers(config, 0)
+    pipeline = HonestFacePipeline(HonestFaceModel(config, unet, vae).eval())
+    lq, _ = faces(batch=1)
+    out = pipeline.restore(lq)  # the paper's path: nothing to blend
+    assert pipeline.last_fidelity is None and out.shape == lq.shape
+    with pytest.raises(ConfigError, match="no automatic-fidelity estimator"):
+        pipeline.restore(lq, fidelity=True)
+
+
+def test_fidelity_loss_trains_only_the_estimator():
+    model = fidelity_model()
+    model.set_trainable()
+    objective = TrainingObjective.build(LossConfig(mse=0.0, ea_dists=0.0, identity=0.0, mfa=0.0, adversarial=0.0,
+                                                   fidelity=1.0, pretrained=False), model.unet,
+                                        model.restorer.alphas_cumprod.float())
+    lq, _ = faces(batch=2)
+    gt = torch.rand_like(lq)
+    output = model(lq)
+    terms = objective.generator_losses(output.image, gt, lq=lq, fidelity=output.fidelity)
+    w = output.fidelity.detach().view(-1, 1, 1, 1)
+    expected = F.mse_loss((lq + w * (output.image.detach() - lq)) * 2 - 1, gt * 2 - 1)
+    torch.testing.assert_close(terms["fidelity"], expected)
+    terms["total"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.fidelity.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.unet.parameters())
+    with pytest.raises(ConfigError, match="fidelity estimator"):
+        objective.generator_losses(output.image, gt, lq=lq, fidelity=None)
+
+
+def test_older_configs_read_without_the_fidelity_section():
+    data = HonestFaceConfig.from_preset("tiny").to_dict()
+    del data["fidelity"]
+    assert HonestFaceConfig.from_dict(data).fidelity.enabled is False
