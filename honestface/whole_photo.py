@@ -71,7 +71,8 @@ def restore_whole_photos(pipeline: HonestFacePipeline, photos: Sequence[torch.Te
                          limit_masks: Sequence[torch.Tensor | None] | None = None,
                          color_correction: str | None = None, generator: torch.Generator | None = None,
                          progress: ProgressCallback | None = None, names: Sequence[str] | None = None,
-                         landmark_backend=None) -> list[PhotoResult]:
+                         landmark_backend=None, paste_mode: str = "change",
+                         fidelity: bool | None = None) -> list[PhotoResult]:
     """Restore every selected face of every photo; faces of all photos are batched together.
 
     Args:
@@ -94,6 +95,11 @@ def restore_whole_photos(pipeline: HonestFacePipeline, photos: Sequence[torch.Te
             where it is > 0 (the photo is kept where it is 0).
         color_correction, generator, progress: passed to ``pipeline.restore``.
         names: photo names for messages (default "photo <i>").
+        paste_mode: "change" (default) adds what the restorer changed in each aligned crop,
+            so faces larger than the model's size keep their detail; "replace" pastes the
+            restored crops themselves (:data:`~honestface.face.photo.PASTE_MODES`).
+        fidelity: passed to ``pipeline.restore`` (automatic fidelity of models that have it);
+            each face's weight goes to ``face.extra["fidelity"]``.
 
     Returns:
         One :class:`PhotoResult` per photo, in order.
@@ -147,9 +153,13 @@ def restore_whole_photos(pipeline: HonestFacePipeline, photos: Sequence[torch.Te
     if crops:
         per_face = [sets[i] if face.with_references else None for i, face in owners]
         restored = pipeline.restore(torch.stack(crops), references=per_face if any(s is not None for s in per_face) else None,
-                                    progress=progress, generator=generator, color_correction=color_correction)
-        for (_, face), image in zip(owners, restored):
+                                    progress=progress, generator=generator, color_correction=color_correction,
+                                    fidelity=fidelity)
+        weights = pipeline.last_fidelity
+        for index, ((_, face), image) in enumerate(zip(owners, restored)):
             face.restored = image
+            if weights is not None:
+                face.extra["fidelity"] = float(weights[index])
 
     # 5. Paste back, photo by photo.
     results = []
@@ -158,7 +168,8 @@ def restore_whole_photos(pipeline: HonestFacePipeline, photos: Sequence[torch.Te
             results.append(PhotoResult(photo.clone(), torch.zeros(photo.shape[-2:]), photo_faces, "no face"))
             continue
         image, alpha = paste_restored_faces(photo, photo_faces, size, paste_mask_config, float(strength),
-                                            None if limit_masks is None else limit_masks[i], names[i])
+                                            None if limit_masks is None else limit_masks[i], names[i],
+                                            mode=paste_mode)
         results.append(PhotoResult(image, alpha, photo_faces, "restored"))
     return results
 

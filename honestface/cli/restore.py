@@ -103,6 +103,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="colour correction against the input (default: the model config's)")
     model.add_argument("--strength", "--blend", dest="strength", type=float, default=1.0,
                        help="0 keeps the input, 1 the restored face (default: 1)")
+    model.add_argument("--fidelity", default="auto", choices=("auto", "off"),
+                       help="auto: weights that estimate how much each face needs (the shipped nano model) "
+                            "blend input and restoration by that amount, so a face that needs nothing is left "
+                            "as it was; off: the full restoration, as the paper (default: auto)")
+    model.add_argument("--paste", default="change", choices=("change", "replace"),
+                       help="photos: change adds what the restorer changed to the photo, so faces larger than "
+                            "the model keep their detail; replace pastes the restored face (default: change)")
     model.add_argument("--landmarks", default="dlib", metavar="NAME",
                        help="landmark backend for alignment, reference choice and eye crops: dlib or fan (default: dlib)")
     model.add_argument("--identity", default=None, metavar="NAME",
@@ -498,6 +505,11 @@ class Restorer:
 
     # ---------------------------------------------------------------- options
     @property
+    def fidelity(self) -> bool | None:
+        """``pipeline.restore``'s ``fidelity``: the model's own choice, or off."""
+        return False if self.args.fidelity == "off" else None
+
+    @property
     def selection(self):
         from ..face.photo import FaceSelection
 
@@ -613,7 +625,12 @@ class Restorer:
         use_refs = any(entry is not None for entry in entries)
         restored = self.pipeline.restore(crops, entries if use_refs else None, generator=self.generator,
                                          output_size=size, color_correction=self.args.color_correction,
-                                         strength=self.args.strength, release_compat=release)
+                                         strength=self.args.strength, release_compat=release,
+                                         fidelity=self.fidelity)
+        weights = self.pipeline.last_fidelity
+        if weights is not None:
+            notes = [", ".join(filter(None, [note, f"automatic fidelity {float(w):.2f}"]))
+                     for note, w in zip(notes, weights)]
         for job, crop, result, note in zip(jobs, crops, restored, notes):
             # the release writes every face at the model size
             image = result if release else resize_to(result[None], tuple(job.image.shape[-2:]))[0]
@@ -635,7 +652,8 @@ class Restorer:
             ref_match=self.args.ref_match, match_threshold=self.args.match_threshold, selection=self.selection,
             paste_mask=self.paste_mask, strength=self.args.strength, on_no_face="pass",
             color_correction=self.args.color_correction, generator=self.generator,
-            names=[job.item.path.name for job in jobs], landmark_backend=self.landmark_backend)
+            names=[job.item.path.name for job in jobs], landmark_backend=self.landmark_backend,
+            paste_mode=self.args.paste, fidelity=self.fidelity)
         for job, result in zip(jobs, results):
             name = job.item.path.name
             if result.status == "no face" and self.args.on_no_face == "error":
@@ -710,7 +728,7 @@ class Restorer:
                         ref_match=self.args.ref_match, match_threshold=self.args.match_threshold,
                         selection=self.selection, paste_mask=self.paste_mask, strength=self.args.strength,
                         on_no_face="pass", color_correction=self.args.color_correction, generator=self.generator,
-                        landmark_backend=self.landmark_backend)
+                        landmark_backend=self.landmark_backend, paste_mode=self.args.paste, fidelity=self.fidelity)
                     for (frame, _), result in zip(frames, results):
                         writer.write(result.image, frame.pts)
                         if compare is not None:

@@ -220,12 +220,17 @@ def paste_back(image: torch.Tensor, crops: torch.Tensor, affines: torch.Tensor, 
 
 
 def paste_faces(image: torch.Tensor, crops: torch.Tensor, affines: torch.Tensor, masks: torch.Tensor,
-                blend: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                blend: float = 1.0, inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`paste_back` with explicit crop-space masks, also returning where it pasted.
 
     Args:
         image: (3, H, W) photo; crops: (K, 3, S, S); affines: (K, 2, 3) photo -> crop;
         masks: (S, S) or (K, S, S) crop-space masks in [0, 1].
+        inputs: (K, 3, S, S) the aligned crops the restorer was given. With them only the
+            *change* ``crops - inputs`` is warped back and added to the photo, so a face
+            larger than S keeps the photo's detail finer than the crop can hold (and a face
+            the restorer left alone is left exactly as it was); without them the restored
+            crops replace the photo's pixels.
 
     Returns:
         ``(result (3, H, W), alpha (H, W))``: alpha is the combined weight of the pasted
@@ -239,11 +244,18 @@ def paste_faces(image: torch.Tensor, crops: torch.Tensor, affines: torch.Tensor,
     masks = masks.expand(crops.shape[0], size, size) if masks.dim() == 2 else masks
     height, width = photo.shape[-2:]
     inverse = invert_affine(affines.to(crops.device, crops.dtype))
+    if inputs is not None:
+        if inputs.shape != crops.shape:
+            raise ImageError(f"inputs {tuple(inputs.shape)} must match the crops {tuple(crops.shape)}")
+        crops = crops - inputs.to(crops.device, crops.dtype)
     warped = warp(torch.cat([crops, masks[:, None]], dim=1), inverse, (height, width), padding_mode="zeros")
     result = photo[0].to(crops.dtype)
     kept = torch.ones(height, width, dtype=crops.dtype, device=crops.device)
     for face in warped:
         alpha = (face[3:4] * blend).clamp(0, 1)
-        result = result * (1 - alpha) + face[:3] * alpha
+        if inputs is None:
+            result = result * (1 - alpha) + face[:3] * alpha
+        else:
+            result = result + face[:3] * alpha
         kept = kept * (1 - alpha[0])
     return result.clamp(0, 1), 1 - kept

@@ -301,17 +301,26 @@ def align_selected_faces(photo: torch.Tensor, faces: Sequence[PhotoFace], size: 
     return chosen
 
 
+#: How restored faces go back into a photo: "change" adds what the restorer changed in the
+#: aligned crop (the photo keeps its detail finer than the model's size: a 512 px face
+#: restored by a 128 px model stays sharp), "replace" puts the restored crop in its place.
+PASTE_MODES = ("change", "replace")
+
+
 def paste_restored_faces(photo: torch.Tensor, faces: Sequence[PhotoFace], size: int, mask: PasteMask | None = None,
                          strength: float = 1.0, limit: torch.Tensor | None = None,
-                         name: str = "photo") -> tuple[torch.Tensor, torch.Tensor]:
+                         name: str = "photo", mode: str = "change") -> tuple[torch.Tensor, torch.Tensor]:
     """Blend the ``restored`` crops of ``faces`` back into their (3, H, W) photo.
 
     Each face is pasted through its :func:`paste_mask` (from its landmarks in crop space)
-    times ``strength``; ``limit`` (H, W) in [0, 1] keeps the photo where it is 0.
+    times ``strength``; ``limit`` (H, W) in [0, 1] keeps the photo where it is 0. ``mode``:
+    one of :data:`PASTE_MODES`.
 
     Returns:
         (3, H, W) image in [0, 1] and the (H, W) weight of the pasted faces.
     """
+    if mode not in PASTE_MODES:
+        raise ConfigError(f"paste mode must be one of {', '.join(PASTE_MODES)}, got '{mode}'")
     done = [f for f in faces if f.restored is not None]
     height, width = photo.shape[-2:]
     if not done:
@@ -319,7 +328,8 @@ def paste_restored_faces(photo: torch.Tensor, faces: Sequence[PhotoFace], size: 
     masks = torch.stack([paste_mask(f.crop_landmarks, size, mask) for f in done])
     image, alpha = paste_faces(photo, torch.stack([f.restored for f in done]),
                                torch.from_numpy(np.stack([f.affine for f in done])).float(), masks,
-                               blend=float(strength))
+                               blend=float(strength),
+                               inputs=torch.stack([f.crop for f in done]) if mode == "change" else None)
     if limit is not None:
         limit = torch.as_tensor(limit).float().cpu().squeeze()
         if tuple(limit.shape) != (height, width):
