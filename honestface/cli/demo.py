@@ -70,6 +70,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="OSDFace release folder for the VRE encoder of a HonestFace checkpoint "
                              "(default: <models>/honestface/OSDFace)")
     parser.add_argument("--models-dir", default=None, help="models folder (ComfyUI layout)")
+    parser.add_argument("--harm-faces", type=int, default=12,
+                        help="held-out faces for the do-no-harm curve: what the model does to faces from clean "
+                             "to heavily degraded (0 skips it; default: %(default)s)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
@@ -267,7 +270,41 @@ def _number(value: float) -> str:
     return "0" if abs(value) < 1e-9 else f"{value:.4g}"
 
 
-def _write_report(faces: list[DemoFace], output: Path, header: list[str]) -> tuple[Path, Path]:
+def _do_no_harm(pipeline, data: Path, identities: list[str], count: int, identity_backend,
+                output: Path) -> tuple[list[str], list[str]]:
+    """The do-no-harm curve of ``count`` held-out faces: (HTML parts, printed lines)."""
+    from ..evaluation.do_no_harm import LEVELS, evaluate_do_no_harm, plot_do_no_harm
+    from ..evaluation.heldout import load_heldout_faces
+    from ..image_io import save_image
+
+    cases = load_heldout_faces(data, identities, pipeline.image_size, count, 3)
+    result = evaluate_do_no_harm(lambda lq, refs: pipeline.restore(lq, refs), torch.stack([c.gt for c in cases]),
+                                 [c.references for c in cases], identity_backend, [c.name for c in cases])
+    output.mkdir(parents=True, exist_ok=True)
+    plot = save_image(plot_do_no_harm(result), output / "do_no_harm.png")
+    levels = "; ".join(f"{level.name}: " + (f"blur {level.blur_sigma:g} px, {level.downsample:g}x smaller, "
+                                             f"noise {level.noise_sigma:g}, " if level.blur_sigma else "")
+                       + f"JPEG {level.jpeg_quality}" for level in LEVELS)
+    table = result.table()
+    rows = "".join(f"<tr><td>{level}</td><td>{condition}</td><td>{row['PSNR change']:+.2f} dB</td>"
+                   f"<td>{row['ID change']:+.3f}</td><td>{row['worse']}/{len(cases)}</td></tr>"
+                   for level, conditions in table.items() for condition, row in conditions.items())
+    parts = ["<h2>Do no harm: from clean to heavily degraded faces</h2>",
+             f"<p>{len(cases)} faces of people the model never saw, degraded at four levels ({html.escape(levels)}; "
+             "at 128 px), restored without and with 3 other photos of the person. Above zero on the left and "
+             "below zero on the right, the restoration made the faces better than they came in.</p>",
+             f"<p><img class='sheet' src='{plot.name}' alt='PSNR change and identity change against the "
+             "degradation level'></p>",
+             "<table class='metrics'><tr><th>level</th><th>references</th><th>PSNR change</th>"
+             "<th>identity change</th><th>clearly worse</th></tr>" + rows + "</table>"]
+    return parts, ["do no harm (PSNR change / identity change per level):"] + [
+        f"  {level:<9} {condition:<8} {row['PSNR change']:+6.2f} dB  {row['ID change']:+.3f}  "
+        f"worse {row['worse']}/{len(cases)}" for level, conditions in table.items()
+        for condition, row in conditions.items()] + [f"do-no-harm curve: {plot}"]
+
+
+def _write_report(faces: list[DemoFace], output: Path, header: list[str],
+                  sections: list[str] | None = None) -> tuple[Path, Path]:
     from ..image_io import save_image
     from ..visualize import contact_sheet
 
@@ -301,6 +338,7 @@ def _write_report(faces: list[DemoFace], output: Path, header: list[str]) -> tup
         parts.append("</table>")
     parts.append("<p>PSNR/SSIM: higher is better. ALD-e/ALD-m (affine landmark distance, eyes/mouth), "
                  "L2-LD and ID dist (dlib descriptor distance): lower is better.</p>")
+    parts.extend(sections or [])
     parts.append(f"<h2>Contact sheet</h2><p><a href='{sheet_path.name}'><img class='sheet' src='{sheet_path.name}' "
                  "alt='all faces and columns in one picture'></a></p>")
     page = output / "report.html"
@@ -356,12 +394,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{index + 1}/{len(faces)}] {face.name}")
         analyse(face, lq, landmark_backend, identity_backend, pipeline)
     output = Path(args.output)
-    page, sheet = _write_report(faces, output, header)
+    sections, harm_lines = [], []
+    if pipeline is not None and heldout and data and data.is_dir() and args.harm_faces > 0:
+        print(f"do no harm: {args.harm_faces} held-out faces at four degradation levels")
+        try:
+            sections, harm_lines = _do_no_harm(pipeline, data, heldout, args.harm_faces, identity_backend, output)
+        except HonestFaceError as error:
+            header.append(f"Do-no-harm curve skipped: {error}")
+    page, sheet = _write_report(faces, output, header, sections)
     (output / "metrics.json").write_text(json.dumps({f.name: f.metrics for f in faces}, indent=2))
     for line in header:
         print(line)
     for face in faces:
         for name, row in face.metrics.items():
             print(f"{face.name:>12}  {name:<20} " + "  ".join(f"{k} {v:.4g}" for k, v in row.items()))
+    for line in harm_lines:
+        print(line)
     print(f"report: {page}\ncontact sheet: {sheet}")
     return 0
