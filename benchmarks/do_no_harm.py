@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="HonestFace checkpoint that bundles its UNet/VAE (default: the shipped nano model)")
     parser.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "data"),
                         help="folder holding celeba/ and lfw/ (default: ../shared/data)")
+    parser.add_argument("--heldout-from", default=None,
+                        help="checkpoint whose metadata names the held-out people (default: --weights; a training "
+                             "checkpoint of the same run has none)")
     parser.add_argument("--faces", type=int, default=24, help="held-out faces for the aligned-crop curve")
     parser.add_argument("--photos", type=int, default=12, help="LFW photos (0 skips the whole-photo checks)")
     parser.add_argument("--big-faces", type=int, default=4, help="held-out faces pasted into photos at 256/512 px")
@@ -142,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         weights = find_model_file("honestface", args.weights, what="HonestFace checkpoint")
         pipeline, _, identity = heldout_pipeline(weights, batch_size=args.batch_size)
-        identities = heldout_identities(weights)
+        identities = heldout_identities(find_model_file("honestface", args.heldout_from, what="HonestFace checkpoint")
+                                        if args.heldout_from else weights)
         faces = load_heldout_faces(Path(args.data), identities, pipeline.image_size, args.faces, 3)
         gt = torch.stack([f.gt for f in faces])
         result = evaluate_do_no_harm(lambda lq, refs: pipeline.restore(lq, refs), gt,

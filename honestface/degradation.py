@@ -52,6 +52,10 @@ def _as_range(value: Any, name: str) -> tuple[float, float]:
     return (low, high)
 
 
+#: Interpolations a degradation may shrink an image with (see ``DegradationConfig.downsample_modes``).
+DOWNSAMPLE_MODES = ("bilinear", "bicubic", "area")
+
+
 @dataclass
 class DegradationConfig:
     """Ranges of the random degradation; defaults are VQFR's (paper Sec. 4.1).
@@ -80,6 +84,10 @@ class DegradationConfig:
             evenly (training a model that must leave good faces as they are).
         clean_probability: chance that an image is not degraded at all (only quantised),
             so a model learns that a clean face needs no change.
+        downsample_modes: interpolation of the down-sampling, one drawn per image from
+            ``"bilinear"`` (VQFR's ``cv2.INTER_LINEAR``, no anti-aliasing), ``"bicubic"``
+            and ``"area"`` (both anti-aliased, as photo software shrinks images): a model
+            trained on one kernel only meets others in real photos.
     """
 
     kernel_size: int = 41
@@ -94,8 +102,15 @@ class DegradationConfig:
     gray_ground_truth: bool = True
     severity_spread: float | None = None
     clean_probability: float = 0.0
+    downsample_modes: tuple[str, ...] = ("bilinear",)
 
     def __post_init__(self) -> None:
+        self.downsample_modes = (self.downsample_modes,) if isinstance(self.downsample_modes, str) \
+            else tuple(self.downsample_modes)
+        unknown = sorted(set(self.downsample_modes) - set(DOWNSAMPLE_MODES))
+        if not self.downsample_modes or unknown:
+            raise ConfigError(f"downsample_modes must name some of {', '.join(DOWNSAMPLE_MODES)}, "
+                              f"got {list(self.downsample_modes)}")
         if self.severity_spread is not None and not 0.0 <= float(self.severity_spread) <= 1.0:
             raise ConfigError(f"severity_spread must lie in [0, 1] or be null, got {self.severity_spread}")
         if not 0.0 <= float(self.clean_probability) <= 1.0:
@@ -167,6 +182,8 @@ class DegradationParams:
     noise_seed: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     gray: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))  # (B,) or empty: none
     clean: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))  # (B,) or empty: none
+    #: (B,) index into the config's ``downsample_modes``, or empty: its first mode
+    downsample_mode: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
 
     def __len__(self) -> int:
         return int(self.sigma_x.shape[0])
@@ -252,7 +269,11 @@ def sample_degradation_params(batch_size: int, config: DegradationConfig | None 
             quality = at_severity(high, low).round().clamp(1, 100).to(torch.int64)
     if config.clean_probability > 0:
         clean = _uniform(generator, n, 0.0, 1.0) < config.clean_probability
-    return DegradationParams(sigma_x, sigma_y, theta, scale, noise_sigma, quality, noise_seed, gray, clean)
+    mode = torch.zeros(0, dtype=torch.int64)
+    if len(config.downsample_modes) > 1:
+        count = len(config.downsample_modes)
+        mode = (_uniform(generator, n, 0.0, 1.0) * count).floor().clamp(0, count - 1).to(torch.int64)
+    return DegradationParams(sigma_x, sigma_y, theta, scale, noise_sigma, quality, noise_seed, gray, clean, mode)
 
 
 # ----------------------------------------------------------------------------- operations
@@ -373,9 +394,17 @@ def apply_degradation(images: torch.Tensor, params: DegradationParams,
     work = blur(work, gaussian_kernels(params.sigma_x, params.sigma_y, params.theta, kernel_size))
 
     small = []
-    for image, scale in zip(work, params.scale.tolist()):
+    for index, (image, scale) in enumerate(zip(work, params.scale.tolist())):
         size = (max(1, int(h / scale)), max(1, int(w / scale)))
-        small.append(F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0])
+        mode = config.downsample_modes[int(params.downsample_mode[index])] if len(params.downsample_mode) \
+            else config.downsample_modes[0]
+        if mode == "bilinear":
+            small.append(F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0])
+        elif mode == "bicubic":
+            small.append(F.interpolate(image[None], size=size, mode="bicubic", align_corners=False,
+                                       antialias=True)[0].clamp(0, 1))
+        else:
+            small.append(F.interpolate(image[None], size=size, mode="area")[0])
     sizes = {tuple(s.shape) for s in small}
     if not config.resize_back and len(sizes) > 1:
         raise ConfigError("resize_back=False needs one downsample_scale for the whole batch")

@@ -220,3 +220,30 @@ def replace_quantize(config: DegradationConfig) -> DegradationConfig:
     from dataclasses import replace
 
     return replace(config, quantize=False)
+
+
+def test_downsample_modes_are_drawn_per_image_and_applied():
+    import torch.nn.functional as F
+
+    from honestface.degradation import DegradationConfig, apply_degradation, sample_degradation_params
+
+    config = DegradationConfig(kernel_size=3, blur_sigma=(0.1, 0.1), downsample_scale=(4.0, 4.0),
+                               noise_sigma=(0.0, 0.0), jpeg_quality=None, resize_back=False, quantize=False,
+                               gray_probability=0.0, downsample_modes=("bilinear", "bicubic", "area"))
+    params = sample_degradation_params(300, config, generator=0)
+    counts = torch.bincount(params.downsample_mode, minlength=3)
+    assert bool((counts > 70).all()), counts
+    images = torch.rand(3, 3, 32, 32)
+    picks = [int(torch.nonzero(params.downsample_mode == m)[0]) for m in range(3)]
+    chosen = type(params)(**{k: (v[picks] if isinstance(v, torch.Tensor) and v.numel() else v)
+                             for k, v in vars(params).items()})
+    out = apply_degradation(images, chosen, config)
+    from honestface.degradation import blur, gaussian_kernels
+
+    blurred = blur(images, gaussian_kernels(chosen.sigma_x, chosen.sigma_y, chosen.theta, 3))
+    expected = [F.interpolate(blurred[0:1], size=(8, 8), mode="bilinear", align_corners=False),
+                F.interpolate(blurred[1:2], size=(8, 8), mode="bicubic", align_corners=False, antialias=True),
+                F.interpolate(blurred[2:3], size=(8, 8), mode="area")]
+    torch.testing.assert_close(out, torch.cat(expected).clamp(0, 1), atol=1e-6, rtol=0)
+    with pytest.raises(Exception, match="downsample_modes"):
+        DegradationConfig(downsample_modes=("nearest",))
