@@ -790,6 +790,9 @@ def describe_faces(faces) -> str:
                          and f.identity_distance == f.identity_distance]
             text += f" ({len(with_refs)} with references" + (
                 f", identity distance {', '.join(distances)} deg)" if distances else ")")
+        weights = [f"{f.extra['fidelity']:.2f}" for f in restored if "fidelity" in getattr(f, "extra", {})]
+        if weights:
+            text += f", automatic fidelity {', '.join(weights)}"
     if left:
         reasons = Counter(f.skipped or "not restored" for f in left)
         text += f", {len(left)} left (" + "; ".join(f"{n} {r}" if n > 1 else r for r, n in reasons.items()) + ")"
