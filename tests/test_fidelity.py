@@ -83,8 +83,9 @@ def test_fidelity_loss_trains_only_the_estimator():
     gt = torch.rand_like(lq)
     output = model(lq)
     terms = objective.generator_losses(output.image, gt, lq=lq, fidelity=output.fidelity)
-    w = output.fidelity.detach().view(-1, 1, 1, 1)
-    expected = F.mse_loss((lq + w * (output.image.detach() - lq)) * 2 - 1, gt * 2 - 1)
+    change, wanted = (output.image.detach() - lq).flatten(1), (gt - lq).flatten(1)
+    best = ((change * wanted).sum(1) / change.pow(2).sum(1)).clamp(0, 1)
+    expected = F.mse_loss(output.fidelity, best.detach())
     torch.testing.assert_close(terms["fidelity"], expected)
     terms["total"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.fidelity.parameters())
@@ -97,3 +98,16 @@ def test_older_configs_read_without_the_fidelity_section():
     data = HonestFaceConfig.from_preset("tiny").to_dict()
     del data["fidelity"]
     assert HonestFaceConfig.from_dict(data).fidelity.enabled is False
+
+
+def test_optimal_blend_weight_minimises_the_blend_error():
+    from honestface.losses.objective import optimal_blend_weight
+
+    generator = torch.Generator().manual_seed(0)
+    lq, gt = torch.rand(3, 3, 16, 16, generator=generator), torch.rand(3, 3, 16, 16, generator=generator)
+    restored = torch.stack([gt[0], lq[1] + 0.5 * (gt[1] - lq[1]), lq[2] - (gt[2] - lq[2])]).clamp(0, 1)
+    best = optimal_blend_weight(lq, restored, gt)
+    grid = torch.linspace(0, 1, 1001)
+    errors = torch.stack([((lq + w * (restored - lq) - gt) ** 2).flatten(1).sum(1) for w in grid])
+    torch.testing.assert_close(best, grid[errors.argmin(dim=0)], atol=1.5e-3, rtol=0)
+    assert float(best[0]) == pytest.approx(1.0, abs=1e-4) and float(best[2]) == 0.0

@@ -51,6 +51,9 @@ class ModelSection:
             config (scaling factor included) becomes the model's.
         freeze: bundled parts (``unet``, ``vae``, ``vq``, ``vgg``) kept frozen, e.g.
             ``[vae]`` after stage 1, as SD's VAE is for the paper's model.
+        train_only: train only these parts of a model (names of
+            ``HonestFaceModel.trainable_modules()``, e.g. ``[fidelity]``, or ``lora``); empty
+            trains all of them. With ``init: checkpoint``: fit one part to a finished model.
         overrides: changes to the preset's :class:`honestface.config.HonestFaceConfig`
             (dotted keys, e.g. ``{"lora.rank": 8}``).
     """
@@ -69,6 +72,7 @@ class ModelSection:
     gradient_checkpointing: bool = False
     vae: str | None = None
     freeze: list[str] = field(default_factory=list)
+    train_only: list[str] = field(default_factory=list)
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -80,7 +84,8 @@ class ModelSection:
                               "VAE comes from model.sd21")
         if self.init not in ("random", "sd21", "osdface", "checkpoint"):
             raise ConfigError(f"model.init must be random, sd21, osdface or checkpoint, got '{self.init}'")
-        if self.init in ("sd21", "osdface", "checkpoint") and not self.sd21:
+        # init checkpoint: a checkpoint that bundles its UNet and VAE needs no SD 2.1-base (the loader says)
+        if self.init in ("sd21", "osdface") and not self.sd21:
             raise ConfigError(f"model.init '{self.init}' needs model.sd21 (SD 2.1-base folder or file)")
         if self.init == "osdface" and not self.osdface:
             raise ConfigError("model.init 'osdface' needs model.osdface (the release folder)")

@@ -85,6 +85,16 @@ def build_model(section, seed: int) -> HonestFaceModel:
     parts = {"unet": model.unet, "vae": model.vae, "vq": model.vre.vq, "vgg": model.ide.feature_extractor.vgg}
     for name in section.freeze:
         parts[name].requires_grad_(False)
+    if section.train_only:
+        modules = model.trainable_modules()
+        unknown = sorted(set(section.train_only) - set(modules) - {"lora"})
+        if unknown:
+            raise ConfigError(f"model.train_only: {unknown} not among this model's trainable parts "
+                              f"{sorted(modules) + ['lora']}")
+        model.requires_grad_(False)
+        for name in section.train_only:
+            for parameter in (model.restorer.lora_parameters() if name == "lora" else modules[name].parameters()):
+                parameter.requires_grad_(True)
     if section.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
         # the frozen VAE decoder sits between the loss and the LoRA: recompute it as well

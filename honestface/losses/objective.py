@@ -51,8 +51,12 @@ class LossConfig:
     Attributes:
         mse, ea_dists, identity, mfa, adversarial: weights (0 = off).
         fidelity: weight of the automatic-fidelity estimator's loss (not in the paper; models
-            with ``config.fidelity.enabled``): MSE of ``x + w (R - x)`` against the ground
-            truth with the restoration ``R`` detached, so only the estimator learns from it.
+            with ``config.fidelity.enabled``): squared error of its ``w`` against the best
+            blend weight of each face, ``w* = clamp(<R - x, y - x> / |R - x|^2, 0, 1)``
+            (``x`` input, ``R`` detached restoration, ``y`` ground truth: the ``w`` that
+            minimises the error of ``x + w (R - x)``). Only the estimator learns from it.
+            (The error of the blend itself gives gradients of the order of the squared
+            pixel change, below Adam's epsilon: the estimator never moved.)
         pretrained: load real weights (default). ``False`` = random networks, tests only.
         identity_backends: recognisers of the identity ensemble (names of
             :func:`honestface.face.load_identity_backend`).
@@ -131,6 +135,13 @@ class LossConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "LossConfig":
         return strict_from_dict(cls, data, "the loss options")
+
+
+def optimal_blend_weight(lq: torch.Tensor, restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B,) weight ``w`` in [0, 1] minimising ``|lq + w (restored - lq) - target|^2`` per image."""
+    change = (restored.float() - lq.float()).flatten(1)
+    wanted = (target.float() - lq.float()).flatten(1)
+    return ((change * wanted).sum(1) / change.pow(2).sum(1).clamp_min(1e-12)).clamp(0, 1)
 
 
 def build_identity_backend(name: str, pretrained: bool, models_dir: str | Path | None,
@@ -289,8 +300,7 @@ class TrainingObjective(nn.Module):
             if fidelity is None or lq is None:
                 raise ConfigError("losses.fidelity needs a model with a fidelity estimator "
                                   "(model.overrides: fidelity.enabled: true)")
-            blended = lq.float() + fidelity.float().view(-1, 1, 1, 1) * (restored.detach().float() - lq.float())
-            terms["fidelity"] = F.mse_loss(blended * 2 - 1, target.float() * 2 - 1)
+            terms["fidelity"] = F.mse_loss(fidelity.float(), optimal_blend_weight(lq, restored.detach(), target))
         total = sum(float(getattr(config, name)) * value for name, value in terms.items())
         terms["total"] = total if isinstance(total, torch.Tensor) else restored.new_zeros(())
         return terms
