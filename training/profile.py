@@ -72,7 +72,8 @@ def measure_loader(dataset, batch_size: int, num_workers: int, batches: int, see
     samples = batches * batch_size
     report = {"num_workers": num_workers, "batch_size": batch_size, "batches": batches, "seconds": seconds,
               "samples_per_second": samples / seconds}
-    if num_workers == 0:  # the work ran in this process: its CPU time is the loader's
+    if num_workers == 0:  # the work ran in this process, on one thread: its CPU time is the loader's
+        report["torch_threads"] = 1
         report["cpu_seconds"] = cpu_seconds
         report["samples_per_cpu_second"] = samples / max(cpu_seconds, 1e-9)
     return report
@@ -180,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({args.batches} batches of {config.train.batch_size}, {config.data.image_size} px, "
               f"up to {config.data.max_references} references)")
     print(json.dumps({"image_size": config.data.image_size, "max_references": config.data.max_references,
-                      "torch_threads": torch.get_num_threads(), "loader": results}))
+                      "loader": results}))
     return 0
 
 
