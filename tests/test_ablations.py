@@ -65,6 +65,26 @@ def test_every_ablation_is_paper_yaml_with_its_switches():
         load_config(path, ["model.osdface=OSDFace"])  # valid as it stands, given the release folder
 
 
+def test_base_configs_merge_section_by_section_and_loops_fail(tmp_path):
+    (tmp_path / "parent.yaml").write_text("seed: 3\nlosses: {mse: 0.5, identity: 0.2}\n"
+                                          "model: {overrides: {lora.rank: 8}}\n", encoding="utf-8")
+    (tmp_path / "sub").mkdir()
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text("base: ../parent.yaml\nlosses: {identity: 0}\nmodel: {overrides: {ide.use_fie: false}}\n",
+                     encoding="utf-8")
+    data = read_config_file(child)
+    assert data == {"seed": 3, "losses": {"mse": 0.5, "identity": 0},
+                    "model": {"overrides": {"lora.rank": 8, "ide.use_fie": False}}}
+    config = load_config(child, ["losses.mse=2", "model.init=random"])
+    assert (config.seed, config.losses.mse, config.losses.identity) == (3, 2.0, 0.0)
+    (tmp_path / "parent.yaml").write_text("base: sub/child.yaml\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="loops back"):
+        read_config_file(child)
+    child.write_text("base: ../missing.yaml\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not found"):
+        read_config_file(child)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", ABLATIONS, ids=[p.stem for p in ABLATIONS])
 def test_ablation_trains_from_real_format_files(path, tiny_models, celeba_subset, tmp_path):
