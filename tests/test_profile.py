@@ -26,6 +26,13 @@ def fresh_accelerator_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+def test_profile_needs_a_step(capsys):
+    from training.train import main
+
+    assert main(["--config", str(TINY), "--profile", "0"]) == 2
+    assert "--profile needs a number of steps >= 1" in capsys.readouterr().err
+
+
 def test_workers_needed():
     # 4 samples per 0.5 s step = 8 samples/s; one core makes 3 samples/s: 3 workers
     assert workers_needed(4, 0.5, 3.0) == 3
