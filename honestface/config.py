@@ -118,6 +118,13 @@ class IDEConfig:
     pool_heads: int = 4  # attention heads of the FIE pooling
     #: Landmarks used by the A-LD reference choice (Eq. 6): "eyes", "mouth", "all".
     selection_subset: str = "eyes"
+    #: The IDE's two branches (paper Table 3c ablates them): the facial feature extractor
+    #: (``p_F``, eye patches through VGG16) and the face identity encoder (``p_I``,
+    #: recogniser embeddings). A branch switched off is not built, gives no tokens (the VRE
+    #: keeps their places in the prompt) and needs no files (no VGG16 without the FFE).
+    #: Both off is no IDE at all: that is ``fusion.name: vre_only``.
+    use_ffe: bool = True
+    use_fie: bool = True
     #: Subtract a stored mean embedding (``ide.identity_encoder.identity_center``, set from
     #: the training data) before normalising. Recognisers whose raw embeddings share a
     #: large common component (dlib's descriptor: cosine ~0.8 between different people)
@@ -296,6 +303,14 @@ class HonestFaceConfig:
         for stage in (self.ide.color_stage, self.ide.structure_stage):
             if not 0 <= stage <= 4:
                 raise ConfigError(f"VGG16 stage {stage} outside 0..4")
+        if not (self.ide.use_ffe or self.ide.use_fie):
+            raise ConfigError("ide.use_ffe and ide.use_fie are both off: for a model without an IDE "
+                              "set fusion.name to vre_only instead")
+        if self.ide.center_identity and not self.ide.use_fie:
+            raise ConfigError("ide.center_identity needs the face identity encoder: set ide.use_fie to true")
+        if "vgg" in self.bundled and not self.ide.use_ffe:
+            raise ConfigError("a bundled VGG16 belongs to the facial feature extractor: set ide.use_ffe "
+                              "to true or remove 'vgg' from bundled")
         unknown = sorted(set(self.bundled) - set(BUNDLED_PARTS))
         if unknown:
             raise ConfigError(f"unknown bundled part(s) {unknown}; known: {sorted(BUNDLED_PARTS)}")

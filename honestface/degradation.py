@@ -73,7 +73,8 @@ class DegradationConfig:
         jpeg_quality: JPEG quality range (integer, 1..100); ``None`` skips JPEG.
         resize_back: resize the degraded image back to the input size.
         quantize: round the result to 8-bit levels (like saving it as PNG).
-        gray_probability: chance of a grayscale LQ (VQFR's ``gray_prob``).
+        gray_probability: chance of a grayscale LQ (VQFR's ``gray_prob``, which its released
+            training configs leave unset: 0; the 0.01 default is GFPGAN's, paper.yaml sets 0).
         gray_ground_truth: convert the ground truth of a grayscale LQ too (VQFR's
             ``gt_gray``); see :func:`degrade_pair`.
         severity_spread: ``None`` (VQFR, the paper) draws every parameter independently,

@@ -510,7 +510,8 @@ class HonestFacePipeline:
             osdface_dir: an OSDFace release folder; with ``checkpoint`` it supplies the VQ
                 encoder, alone it gives OSDFace (no references).
             vgg: torchvision VGG16 weights (default: ``config.ide.vgg_file`` in
-                ``<models>/honestface``; required when ``checkpoint`` is given).
+                ``<models>/honestface``; required when ``checkpoint`` is given, unless its
+                IDE has no facial feature extractor or bundles VGG16).
             dtype: a torch dtype or its name; ``"auto"`` (default) is what ``device`` computes
                 natively, see :func:`honestface.loaders.sd21.resolve_dtype`.
             merge_lora: fold the LoRA into the UNet weights (faster; not for training).

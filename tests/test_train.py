@@ -412,9 +412,9 @@ def test_paper_config_runs_from_real_format_files(celeba_subset, tmp_path):
     dists = load_tensors(models / tiny.DISTS_HEAD, what="DISTS head")
     assert torch.equal(objective.ea_dists.dists.alpha, dists["alpha"].flatten())
     lins = load_tensors(models / tiny.LPIPS_HEAD, what="LPIPS head")
-    assert torch.equal(objective.lpips.lin4, lins["lin4.model.1.weight"])
+    assert torch.equal(objective.mfa_distance.lin4, lins["lin4.model.1.weight"])
     vgg = load_tensors(models / "honestface" / "vgg16-397923af.pth", what="VGG16")
-    assert torch.equal(objective.lpips.vgg.features[28].weight, vgg["features.28.weight"])
+    assert torch.equal(objective.mfa_distance.vgg.features[28].weight, vgg["features.28.weight"])
     fan = load_tensors(models / tiny.FAN_WEIGHTS, what="FAN")
     assert torch.equal(objective.heatmap_backend.network.l0.weight, fan["l0.weight"])  # one hourglass stack
     assert objective.heatmap_backend.detect is False and trainer.landmarks.detect is False

@@ -11,6 +11,10 @@ Sections (every key is optional; defaults are the paper's set-up where it gives 
 
 Overrides use dotted keys and YAML values: ``train.max_steps=100``,
 ``losses.adversarial=0``, ``data.roots=[a,b]``.
+
+A config may start from another: ``base: ../paper.yaml`` (relative to its own file)
+reads that one first and merges this file's sections into it, key by key (mappings
+merge, every other value replaces). The ablation configs are written this way.
 """
 
 from __future__ import annotations
@@ -251,20 +255,41 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
+def merge_sections(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` merged in: mappings merge key by key, other values replace."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_sections(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The plain dict of a YAML config, its ``base`` chain merged in (see the module doc)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: 'base' loops back to a config already read ({_seen[0]})")
+    with open(path, encoding="utf-8") as handle:
+        data = parse_yaml(handle.read()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be the path of another config, relative to this one")
+    return merge_sections(read_config_file(path.parent / base, (*_seen, path.resolve())), data)
+
+
 def read_config_dict(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """A YAML config file as a dict with ``key=value`` overrides applied (not validated)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        with open(path, encoding="utf-8") as handle:
-            data = parse_yaml(handle.read()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-    return apply_overrides(data, overrides)
+    """A YAML config (and its ``base``) as a dict with ``key=value`` overrides applied (not validated)."""
+    return apply_overrides(read_config_file(path) if path is not None else {}, overrides)
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML config, apply overrides and validate."""
+    """Read a YAML config (and its ``base``), apply overrides and validate."""
     return TrainConfig.from_dict(read_config_dict(path, overrides))

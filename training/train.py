@@ -1,7 +1,7 @@
 """Train HonestFace.
 
     python training/train.py --config training/configs/tiny.yaml [--resume PATH|auto]
-                             [--output DIR] [key=value ...]
+                             [--output DIR] [--profile N] [key=value ...]
     accelerate launch --num_processes 4 training/train.py --config training/configs/paper.yaml
 
 What is trained (paper Sec. 3, 4.1): the UNet LoRA (rank 16, alpha 16), the VRE
@@ -20,6 +20,8 @@ same weights. Checkpoints (``<output>/checkpoints/step-N``) hold everything need
 continue exactly (see :mod:`training.state`); ``--resume auto`` takes the newest. At the
 end the model is exported to ``<output>/<train.export_name>``, the inference checkpoint
 format of :mod:`honestface.loaders.checkpoint`. TensorBoard logs go to ``<output>/logs``.
+``--profile N`` runs N steps, saves nothing and reports step time, peak memory and the
+data loader's throughput (:mod:`training.profile`).
 """
 
 from __future__ import annotations
@@ -154,8 +156,10 @@ def build_model_from_files(section) -> HonestFaceModel:
             _set_dotted(config, key, value)
         return config
 
-    vgg = model_files.library_finder(models_dir)(section.vgg or configured().ide.vgg_file,
-                                                 "VGG16 weights of the facial feature extractor")
+    vgg = None
+    if configured().ide.use_ffe:  # an IDE without the FFE has no VGG16
+        vgg = model_files.library_finder(models_dir)(section.vgg or configured().ide.vgg_file,
+                                                     "VGG16 weights of the facial feature extractor")
     # init osdface: the release file decides which modules carry LoRA (and its rank), as at inference
     files = model_files.ModelFiles(config=lambda unet, vae: configured(unet, vae).validate(), sd21=section.sd21,
                                    osdface_dir=osdface, vgg=vgg, models_dir=models_dir,
@@ -509,7 +513,7 @@ class Trainer:
             batch = next(stream)
             gt = batch["gt"].to(self.device)
             output = self._model_forward(batch)
-            mfa_on = self.objective.lpips is not None and self.config.losses.active("mfa", self.step)
+            mfa_on = self.objective.mfa_active(self.step)
             found: list[bool] = []
             mask = self.objective.mfa_masks(batch["lq"].to(self.device), found) if mfa_on else None
             self._count_landmarks(found)
@@ -740,16 +744,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", help="YAML config (training/configs/*.yaml)")
     parser.add_argument("--resume", help="checkpoint folder, or 'auto' for the newest in the output folder")
     parser.add_argument("--output", help="output folder (overrides output_dir)")
+    parser.add_argument("--profile", type=int, metavar="N",
+                        help="run N steps, save nothing, report step time, peak memory and data-loader samples/s")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=100")
     return parser.parse_intermixed_args(argv)  # overrides may come before and after the options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.profile is not None and args.profile < 1:
+        print("train.py: error: --profile needs a number of steps >= 1", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         config = load_config(args.config, args.overrides)
         trainer = Trainer(config, output_dir=args.output, resume=args.resume)
+        if args.profile is not None:
+            return _profile(trainer, args.profile)
         summary = trainer.run()
     except HonestFaceError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
@@ -760,6 +771,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if summary["samples_per_second"] > 0 or not path.is_file():  # a re-export keeps the run's summary
             with open(path, "w", encoding="utf-8") as handle:
                 json.dump(summary, handle, indent=1)
+    return 0
+
+
+def _profile(trainer: Trainer, steps: int) -> int:
+    from training.profile import format_profile, profile_training
+
+    report = profile_training(trainer, steps)
+    if trainer.writer is not None:
+        trainer.writer.close()
+    if trainer.is_main:
+        print(format_profile(report))
+        print(json.dumps(report))
     return 0
 
 

@@ -125,7 +125,7 @@ def resolve_model_files(sd21: str | Path | None = None, checkpoint: str | Path |
         logger.info("%s bundles its UNet and VAE: the SD 2.1-base file %s is not used", checkpoint.name, sd21)
         sd21 = None
     vgg_path = None
-    if "vgg" not in bundled:
+    if "vgg" not in bundled and model_config.ide.use_ffe:  # without the FFE there is no VGG16
         vgg_path = find(vgg if vgg is not None else model_config.ide.vgg_file,
                         "VGG16 weights of the facial feature extractor")
     osdface = None if "vq" in bundled or osdface_dir is None else find(osdface_dir, "OSDFace release folder")

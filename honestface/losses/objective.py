@@ -2,6 +2,9 @@
 
     L_G = w_mse * MSE + w_per * EA-DISTS (Eq. 9) + w_id * L_ID (Eq. 8)
           + w_mfa * L_MFA (Eq. 13) + w_adv * L_G^GAN (Eq. 5)
+
+L_MFA's distance (LPIPS) and its heatmap weighting are switchable for the ablations of
+Table 3b (``mfa_distance``, ``mfa_heatmaps``).
     L_D = L_D^GAN (Eq. 5), on forward-noised latents, alternated with L_G
 
 Default weights (the paper gives none; public OSDFace reimplementations use these):
@@ -42,6 +45,16 @@ from .identity import IdentityLoss, check_jitter_strength
 from .perceptual import DISTS_FILE, LPIPS_FILE, VGG16_FILE, EdgeAwareDISTS, build_dists, build_lpips, build_vgg16
 
 LOSS_NAMES = ("mse", "ea_dists", "identity", "mfa", "adversarial", "fidelity")
+#: Distances MFA can compare the masked faces with (Eq. 13 uses LPIPS; Table 3b also DISTS and MSE)
+MFA_DISTANCES = ("lpips", "dists", "mse")
+
+
+class MSEDistance(nn.Module):
+    """Per-image mean squared error ``(B,)`` on [-1, 1] images (as the MSE term), for
+    MFA's MSE ablation; the inputs are [0, 1] images."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return ((a * 2 - 1) - (b * 2 - 1)).pow(2).flatten(1).mean(dim=1)
 
 
 @dataclass
@@ -64,6 +77,11 @@ class LossConfig:
         mfa_k: sharpening constant of Eq. 11 (10 in the paper).
         mfa_normalize_raw: divide M_raw by its per-image maximum before Eq. 11 (not in the
             paper, off by default; see :func:`honestface.mfa.mfa_mask`).
+        mfa_distance: what Eq. 13 compares the masked faces with: ``"lpips"`` (the paper),
+            ``"dists"`` (plain DISTS, not edge-aware) or ``"mse"`` (Table 3b's ablations).
+        mfa_heatmaps: weight MFA by the heatmap mask of Eq. 10-12 (the paper). ``False``
+            (Table 3b's ablation) uses a mask of ones: the distance on the whole face, and
+            no landmark network is built.
         vgg_file, dists_file, lpips_file: weight files in ``<models>/honestface``.
         discriminator: :class:`DiscriminatorConfig` of the latent discriminator.
         backend_options: extra keyword arguments per backend name (e.g. model file names).
@@ -85,6 +103,8 @@ class LossConfig:
     mfa_landmarks: str = "fan"
     mfa_k: float = DEFAULT_K
     mfa_normalize_raw: bool = False
+    mfa_distance: str = "lpips"
+    mfa_heatmaps: bool = True
     vgg_file: str = VGG16_FILE
     dists_file: str = DISTS_FILE
     lpips_file: str = LPIPS_FILE
@@ -109,6 +129,8 @@ class LossConfig:
         for name in LOSS_NAMES:
             if float(getattr(self, name)) < 0:
                 raise ConfigError(f"loss weight {name} must be >= 0, got {getattr(self, name)}")
+        if self.mfa_distance not in MFA_DISTANCES:
+            raise ConfigError(f"mfa_distance must be one of {', '.join(MFA_DISTANCES)}, got '{self.mfa_distance}'")
         if self.identity > 0 and not self.identity_backends:
             raise ConfigError("identity loss is on but identity_backends is empty")
         unknown = sorted(set(self.start_steps) - set(LOSS_NAMES))
@@ -184,21 +206,24 @@ class TrainingObjective(nn.Module):
     """
 
     def __init__(self, config: LossConfig, alphas_cumprod: torch.Tensor,
-                 ea_dists: nn.Module | None = None, lpips: nn.Module | None = None,
+                 ea_dists: nn.Module | None = None, mfa_distance: nn.Module | None = None,
                  identity: IdentityLoss | None = None, heatmap_backend=None,
                  discriminator: LatentDiscriminator | None = None) -> None:
         super().__init__()
         self.config = config
         self.register_buffer("alphas_cumprod", alphas_cumprod.double(), persistent=False)
         self.ea_dists = ea_dists
-        self.lpips = lpips
+        #: Eq. 13's distance ``(a, b) -> (B,)`` on [0, 1] images: LPIPS, or an ablation's
+        self.mfa_distance = mfa_distance
         self.identity = identity
         self.heatmap_backend = heatmap_backend
         self.discriminator = discriminator
-        for name in ("ea_dists", "identity", "mfa", "adversarial"):
-            needed = {"ea_dists": ea_dists, "identity": identity, "mfa": lpips, "adversarial": discriminator}[name]
-            if config.enabled(name) and needed is None:
+        needed = {"ea_dists": ea_dists, "identity": identity, "mfa": mfa_distance, "adversarial": discriminator}
+        for name, network in needed.items():
+            if config.enabled(name) and network is None:
                 raise ConfigError(f"loss '{name}' is on but its network was not given")
+        if config.enabled("mfa") and config.mfa_heatmaps and heatmap_backend is None:
+            raise ConfigError("the MFA loss weights by heatmaps but no landmark backend was given")
 
     @classmethod
     def build(cls, config: LossConfig, unet: nn.Module, alphas_cumprod: torch.Tensor,
@@ -210,15 +235,23 @@ class TrainingObjective(nn.Module):
         passes ``{"detect": False}`` for aligned crops).
         """
         vgg = None
-        if config.enabled("ea_dists") or config.enabled("mfa"):
+        mfa_vgg = config.enabled("mfa") and config.mfa_distance != "mse"
+        if config.enabled("ea_dists") or mfa_vgg:
             vgg = build_vgg16(config.pretrained, models_dir, config.vgg_file)
-        ea_dists = lpips = identity = heatmaps = discriminator = None
+        ea_dists = mfa_distance = identity = heatmaps = discriminator = None
+        dists = None
+        if config.enabled("ea_dists") or (config.enabled("mfa") and config.mfa_distance == "dists"):
+            dists = build_dists(config.pretrained, models_dir, config.dists_file, vgg=vgg)
         if config.enabled("ea_dists"):
-            ea_dists = EdgeAwareDISTS(build_dists(config.pretrained, models_dir, config.dists_file, vgg=vgg))
+            ea_dists = EdgeAwareDISTS(dists)
         if config.enabled("mfa"):
-            lpips = build_lpips(config.pretrained, models_dir, config.lpips_file, vgg=vgg)
-            options = {**(config.backend_options.get(config.mfa_landmarks) or {}), **(heatmap_options or {})}
-            heatmaps = build_landmark_backend(config.mfa_landmarks, models_dir, device, options)
+            if config.mfa_distance == "lpips":
+                mfa_distance = build_lpips(config.pretrained, models_dir, config.lpips_file, vgg=vgg)
+            else:
+                mfa_distance = dists if config.mfa_distance == "dists" else MSEDistance()
+            if config.mfa_heatmaps:
+                options = {**(config.backend_options.get(config.mfa_landmarks) or {}), **(heatmap_options or {})}
+                heatmaps = build_landmark_backend(config.mfa_landmarks, models_dir, device, options)
         if config.enabled("identity"):
             identity = IdentityLoss([
                 build_identity_backend(name, config.pretrained, models_dir, device, config.backend_options.get(name))
@@ -226,23 +259,30 @@ class TrainingObjective(nn.Module):
             ], jitter=config.identity_jitter)
         if config.enabled("adversarial"):
             discriminator = LatentDiscriminator(unet, config.discriminator)
-        return cls(config, alphas_cumprod, ea_dists, lpips, identity, heatmaps, discriminator).to(device)
+        return cls(config, alphas_cumprod, ea_dists, mfa_distance, identity, heatmaps, discriminator).to(device)
 
     def train(self, mode: bool = True) -> "TrainingObjective":
         super().train(mode)
-        for frozen in (self.ea_dists, self.lpips, self.identity):
+        for frozen in (self.ea_dists, self.mfa_distance, self.identity):
             if frozen is not None:
                 frozen.eval()
         return self
 
     # ------------------------------------------------------------------ masks
+    def mfa_active(self, step: int | None = None) -> bool:
+        """Whether L_MFA is computed at ``step`` (its network is built and its start reached)."""
+        return self.mfa_distance is not None and self.config.active("mfa", step)
+
     def mfa_masks(self, lq: torch.Tensor, found: list[bool] | None = None) -> torch.Tensor | None:
         """(B, 1, H, W) MFA masks from the heatmaps of the LQ faces (no gradient).
 
         A face whose landmarks were not found has all-zero heatmaps, so its mask is zero
         and its L_MFA term vanishes; when ``found`` is a list, one flag per face (False
-        for such a face) is appended to it, so the caller can count the misses.
+        for such a face) is appended to it, so the caller can count the misses. Without
+        heatmap weighting (``mfa_heatmaps: false``) the mask is all ones and nothing is counted.
         """
+        if self.mfa_distance is not None and not self.config.mfa_heatmaps:
+            return lq.new_ones(lq.shape[0], 1, *lq.shape[-2:], dtype=torch.float32)
         if self.heatmap_backend is None:
             return None
         with torch.no_grad():
@@ -285,10 +325,10 @@ class TrainingObjective(nn.Module):
             terms["ea_dists"] = self.ea_dists(restored.float(), target.float()).mean()
         if self.identity is not None and config.active("identity", step):
             terms["identity"] = self.identity(restored.float(), target.float()).mean()
-        if self.lpips is not None and config.active("mfa", step):
+        if self.mfa_active(step):
             if mask is None:
                 raise ConfigError("the MFA loss needs the mask of the LQ input")
-            terms["mfa"] = mfa_loss(restored.float(), target.float(), mask, self.lpips)
+            terms["mfa"] = mfa_loss(restored.float(), target.float(), mask, self.mfa_distance)
         if self.discriminator is not None and config.active("adversarial", step):
             if latent_restored is None:
                 raise ConfigError("the adversarial loss needs the restored latent")

@@ -90,21 +90,23 @@ class HonestFaceModel(nn.Module):
 
     def bundled_modules(self) -> dict[str, nn.Module]:
         """The parts of ``config.bundled``, keyed by their checkpoint prefix."""
-        parts = {"unet": self.unet, "vae": self.vae, "vq": self.vre.vq, "vgg": self.ide.feature_extractor.vgg}
-        return {BUNDLED_PARTS[name]: parts[name] for name in BUNDLED_PARTS if name in self.config.bundled}
+        parts = {"unet": lambda: self.unet, "vae": lambda: self.vae, "vq": lambda: self.vre.vq,
+                 "vgg": lambda: self.ide.feature_extractor.vgg}  # no FFE: no VGG (validate() sees to it)
+        return {BUNDLED_PARTS[name]: parts[name]() for name in BUNDLED_PARTS if name in self.config.bundled}
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         """Modules whose weights a HonestFace checkpoint stores (besides the UNet LoRA)."""
-        return {
-            "vre.projection": self.vre.projection,
-            "ide.feature_extractor.color_head": self.ide.feature_extractor.color_head,
-            "ide.feature_extractor.structure_head": self.ide.feature_extractor.structure_head,
-            "ide.feature_extractor.projection": self.ide.feature_extractor.projection,
-            "ide.identity_encoder": self.ide.identity_encoder,
-            "fusion": self.fusion,
-            **({"fidelity": self.fidelity} if self.fidelity is not None else {}),
-            **self.bundled_modules(),
-        }
+        modules = {"vre.projection": self.vre.projection}
+        ffe = self.ide.feature_extractor
+        if ffe is not None:
+            modules.update({"ide.feature_extractor.color_head": ffe.color_head,
+                            "ide.feature_extractor.structure_head": ffe.structure_head,
+                            "ide.feature_extractor.projection": ffe.projection})
+        if self.ide.identity_encoder is not None:
+            modules["ide.identity_encoder"] = self.ide.identity_encoder
+        if self.fidelity is not None:
+            modules["fidelity"] = self.fidelity
+        return {**modules, "fusion": self.fusion, **self.bundled_modules()}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """LoRA + VRE projection + IDE heads + fusion + bundled parts (what the optimiser updates)."""

@@ -267,8 +267,16 @@ class IdentityEmbedder(nn.Module):
                  vgg_state_dict: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.config = config
-        self.feature_extractor = FacialFeatureExtractor(config, token_dim, vgg_state_dict)
-        self.identity_encoder = FaceIdentityEncoder(config, token_dim)
+        self.token_dim = token_dim
+        #: None where the config switches the branch off (``use_ffe`` / ``use_fie``): no tokens
+        self.feature_extractor = (FacialFeatureExtractor(config, token_dim, vgg_state_dict)
+                                  if config.use_ffe else None)
+        self.identity_encoder = FaceIdentityEncoder(config, token_dim) if config.use_fie else None
+
+    @property
+    def num_feature_tokens(self) -> int:
+        """n1 of the prompt: 0 without the FFE."""
+        return self.config.num_feature_tokens if self.feature_extractor is not None else 0
 
     def encode(self, references: torch.Tensor, reference_mask: torch.Tensor,
                reference_landmarks: torch.Tensor | None = None,
@@ -283,17 +291,20 @@ class IdentityEmbedder(nn.Module):
         batch, count = references.shape[:2]
         reference_mask = reference_mask.to(device=references.device, dtype=torch.bool)
         ffe = self.feature_extractor
-        features = references.new_zeros(batch * count, ffe.num_tokens, ffe.token_dim)
+        features = references.new_zeros(batch * count, self.num_feature_tokens, self.token_dim)
         real = reference_mask.flatten()  # the FFE runs on real references only
-        if bool(real.any()):
+        if ffe is not None and bool(real.any()):
             landmarks = None
             if reference_landmarks is not None:
                 landmarks = reference_landmarks.flatten(0, 1)[real.to(reference_landmarks.device)]
             found = ffe(references.flatten(0, 1)[real], landmarks)  # (M, n1, k)
             features = features.to(found.dtype).index_put((real,), found)
-        identity_mask = reference_mask if identity_embeddings is not None else None
-        identity = self.identity_encoder(identity_embeddings, identity_mask, batch)
-        return ReferenceTokens(features.view(batch, count, ffe.num_tokens, ffe.token_dim), identity,
+        if self.identity_encoder is not None:
+            identity_mask = reference_mask if identity_embeddings is not None else None
+            identity = self.identity_encoder(identity_embeddings, identity_mask, batch)
+        else:
+            identity = features.new_zeros(batch, 0, self.token_dim)
+        return ReferenceTokens(features.view(batch, count, self.num_feature_tokens, self.token_dim), identity,
                                reference_mask, reference_landmarks)
 
     def choose(self, tokens: ReferenceTokens, lq_landmarks: torch.Tensor | None = None) -> IDEOutput:
