@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.profile import workers_needed
+from training.cost import workers_needed
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = REPO_ROOT / "training" / "configs" / "tiny.yaml"

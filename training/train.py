@@ -21,7 +21,7 @@ continue exactly (see :mod:`training.state`); ``--resume auto`` takes the newest
 end the model is exported to ``<output>/<train.export_name>``, the inference checkpoint
 format of :mod:`honestface.loaders.checkpoint`. TensorBoard logs go to ``<output>/logs``.
 ``--profile N`` runs N steps, saves nothing and reports step time, peak memory and the
-data loader's throughput (:mod:`training.profile`).
+data loader's throughput (:mod:`training.cost`).
 """
 
 from __future__ import annotations
@@ -775,7 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _profile(trainer: Trainer, steps: int) -> int:
-    from training.profile import format_profile, profile_training
+    from training.cost import format_profile, profile_training
 
     report = profile_training(trainer, steps)
     if trainer.writer is not None:

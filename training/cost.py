@@ -1,7 +1,7 @@
 """What a run will cost, measured before renting: ``train.py --profile N``.
 
     python training/train.py --config training/configs/paper.yaml --profile 5 [key=value ...]
-    python training/profile.py --config training/configs/paper.yaml --workers 0 2 [key=value ...]
+    python training/cost.py --config training/configs/paper.yaml --workers 0 2 [key=value ...]
 
 The second form measures the data loader alone (no model, no model files).
 
