@@ -83,6 +83,25 @@ class ReferenceSet:
 
 
 @dataclass
+class RestoreInfo:
+    """What :meth:`HonestFacePipeline.restore` did per face, filled in when the caller passes
+    one (``restore(..., info=RestoreInfo())``); for the CLI summary, nodes and evaluations.
+
+    ``landmarks_missed[i]`` is True when face ``i`` was restored with references and the
+    landmark backend found no face in it: the reference choice (Eq. 6) then used the
+    landmarks fitted in the aligned face box (where a face sits in an aligned crop, as
+    training does for its aligned crops) instead of a detected face's.
+    """
+
+    landmarks_missed: list[bool] = field(default_factory=list)
+
+    @property
+    def landmark_misses(self) -> int:
+        """How many faces had no landmarks found."""
+        return sum(self.landmarks_missed)
+
+
+@dataclass
 class ReferenceBatch:
     """References of a batch, padded to the largest N, and their encoded conditioning."""
 
@@ -162,6 +181,30 @@ class HonestFacePipeline:
         if self.landmark_backend is None:
             return None
         return self.landmark_backend.landmarks(images).float().cpu()
+
+    def lq_landmarks(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Landmarks of aligned LQ faces for Eq. 6: (B, 3, S, S) -> ((B, 68, 2) or None
+        without a backend, (B,) bool missed).
+
+        Where the backend finds no face, the points are fitted in the aligned face box
+        (:data:`~honestface.face.dlib_backend.ALIGNED_FACE_BOX`, the box training fits its
+        aligned crops' landmarks in) and ``missed`` is True; they stay NaN only for a
+        backend that cannot fit points in a given box.
+        """
+        points = self.detect_landmarks(images)
+        if points is None:
+            return None, torch.zeros(images.shape[0], dtype=torch.bool)
+        missed = ~torch.isfinite(points).flatten(1).all(dim=1)
+        fit = getattr(self.landmark_backend, "landmarks_in_boxes", None)
+        if bool(missed.any()) and fit is not None:
+            from .face.dlib_backend import ALIGNED_FACE_BOX
+
+            height, width = images.shape[-2:]
+            box = torch.tensor([[ALIGNED_FACE_BOX[0] * width, ALIGNED_FACE_BOX[1] * height,
+                                 ALIGNED_FACE_BOX[2] * width, ALIGNED_FACE_BOX[3] * height]])
+            for i in missed.nonzero().flatten().tolist():
+                points[i] = fit(images[i], box)[0].float().cpu()
+        return points, missed
 
     def embed_identities(self, images: torch.Tensor) -> torch.Tensor | None:
         """(B, 3, S, S) prepared faces -> (B, D) identity embeddings, or None without a backend."""
@@ -311,7 +354,7 @@ class HonestFacePipeline:
             from .errors import ConfigError
 
             raise ConfigError("this model does not use references (OSDFace weights), or none were given")
-        lq_landmarks = self.detect_landmarks(prepared) if refs.landmarks is not None else None
+        lq_landmarks = self.lq_landmarks(prepared)[0] if refs.landmarks is not None else None
         tokens = refs.conditioning
         chosen = self.model.ide.choose(tokens, lq_landmarks)
         index = torch.where(tokens.mask.any(dim=1), chosen.reference_index.cpu(), torch.tensor(-1))
@@ -351,7 +394,7 @@ class HonestFacePipeline:
                 progress: ProgressCallback | None = None, generator: torch.Generator | None = None,
                 output_size: int | tuple[int, int] | None = None,
                 color_correction: str | None = None, strength: float = 1.0,
-                release_compat: bool = False) -> torch.Tensor:
+                release_compat: bool = False, info: RestoreInfo | None = None) -> torch.Tensor:
         """Restore aligned faces.
 
         Args:
@@ -369,6 +412,7 @@ class HonestFacePipeline:
             release_compat: do what the OSDFace release does (:mod:`honestface.release_compat`):
                 bilinear resize, sampled latent, no colour correction by default, output at
                 the model size (``output_size`` is ignored).
+            info: a :class:`RestoreInfo` filled in with per-face facts (landmark misses).
 
         Returns:
             (B, 3, H, W) restored faces in [0, 1], float32 on the CPU.
@@ -393,15 +437,21 @@ class HonestFacePipeline:
                                  f"{len(references) if hasattr(references, '__len__') else '?'}")
             references = self._encode_shared(references)
         results = []
+        missed: list[bool] = []
         report(progress, 0, batch)
         for start in range(0, batch, self.batch_size):
             stop = min(start + self.batch_size, batch)
             chunk = prepared[start:stop]
             refs = None if references is None else self.prepare_references(references[start:stop])
-            output = self._forward_chunk(chunk, refs, generator, color_correction)
+            output = self._forward_chunk(chunk, refs, generator, color_correction, missed)
             results.append(output.image.float().cpu())
             report(progress, stop, batch)
         restored = torch.cat(results)
+        if info is not None:
+            info.landmarks_missed = missed
+        if missed and any(missed):
+            logger.info("landmarks not found on %d of %d faces; their reference choice used the aligned-box "
+                        "landmarks", sum(missed), len(missed))
         if tuple(restored.shape[-2:]) != out_size:
             restored = resize_to(restored, out_size)
         if strength < 1.0:
@@ -428,10 +478,16 @@ class HonestFacePipeline:
         return out
 
     def _forward_chunk(self, lq: torch.Tensor, refs: ReferenceBatch | None,
-                       generator: torch.Generator | None, color_correction: str | None) -> HonestFaceOutput:
+                       generator: torch.Generator | None, color_correction: str | None,
+                       missed: list[bool] | None = None) -> HonestFaceOutput:
+        """One chunk through the model; ``missed`` gets one flag per face (see :class:`RestoreInfo`)."""
         lq_landmarks = None
+        flags = torch.zeros(lq.shape[0], dtype=torch.bool)
         if refs is not None and refs.mask.any() and refs.landmarks is not None:
-            lq_landmarks = self.detect_landmarks(lq)
+            lq_landmarks, flags = self.lq_landmarks(lq)
+            flags = flags & refs.mask.any(dim=1)  # faces without references choose nothing
+        if missed is not None:
+            missed.extend(bool(f) for f in flags)
         if refs is None:
             return self.forward_prepared(lq, generator=generator, color_correction=color_correction)
         if refs.conditioning is None:  # OSDFace weights: the model ignores references
