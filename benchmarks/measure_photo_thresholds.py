@@ -130,7 +130,7 @@ def measure_crops(data: Path, count: int, split: str, seed: int) -> None:
              if (lambda i: i.shape[1] == i.shape[2])(load_image(p, torch.uint8))]
     sets["real whole square photos"] = [record(load_image(p, torch.uint8)) for p in whole]
 
-    scores = sorted({-1.2, -1.0, -0.8, -0.6, -0.4, -0.2, 0.0, WEAK_FACE_SCORE})
+    scores = sorted({-2.5, -2.0, -1.5, -1.2, -1.0, -0.8, -0.6, -0.3, 0.0, WEAK_FACE_SCORE})
     print(f"split {split}: {len(identities)} CelebA identities, {len(people)} LFW people, {len(whole)} square "
           f"real whole photos; tolerance {ALIGNED_TOLERANCE}")
     totals: dict[float, list[int]] = {t: [0, 0] for t in scores}

@@ -75,7 +75,7 @@ def mixed_folder(shared_data, tmp_path_factory):
     _exif_rotated_copy(lfw / f"{PERSON}_0007.jpg", folder / "phone.jpg")
     save_image(_no_face_picture(shared_data, (120, 180)), folder / "empty.png")
     (folder / "broken.jpg").write_bytes((lfw / f"{PERSON}_0008.jpg").read_bytes()[:300])
-    whole = (lfw / f"{PERSON}_0009.jpg").read_bytes()
+    whole = (lfw / f"{PERSON}_0011.jpg").read_bytes()
     (folder / "cut.jpg").write_bytes(whole[: len(whole) * 2 // 3])  # header intact, scan truncated
     _png_bomb(folder / "bomb.png")
     (folder / "notes.txt").write_text("not a picture\n")

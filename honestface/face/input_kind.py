@@ -51,7 +51,7 @@ EVIDENCE_SIDE = 320
 #: Lowest HOG score (dlib's detection threshold is 0) of the weak face of a degraded crop.
 WEAK_FACE_SCORE = -0.6
 #: Least overlap (IoU) of that face's box with the aligned-crop face box.
-EVIDENCE_IOU = 0.5
+EVIDENCE_IOU = 0.3
 
 
 @dataclass
@@ -89,7 +89,7 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def aligned_face_evidence(image: torch.Tensor, floor: float = -2.0) -> AlignedFaceEvidence:
+def aligned_face_evidence(image: torch.Tensor, floor: float = -2.5) -> AlignedFaceEvidence:
     """Does a square (3, H, W) image (float in [0, 1] or uint8) look like an aligned face crop?
 
     dlib's HOG detector runs on a copy brought to :data:`EVIDENCE_SIDE` px with its
