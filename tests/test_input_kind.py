@@ -68,14 +68,14 @@ def test_alignment_error_is_zero_for_the_template_itself(shared_data, detector):
 
 
 def test_a_degraded_crop_without_a_detected_face_is_taken_for_a_crop(shared_data, detector):
-    """A real aligned face shrunk to 16 px and enlarged back (a heavy degradation): the
+    """A real aligned face shrunk to 12 px and enlarged back (a heavy degradation): the
     detector finds no face, the second look (aligned_face_evidence) takes it for a crop.
     A flat grey square and the face-free side of an LFW photo stay photos."""
     from honestface.face.input_kind import aligned_face_evidence
     from honestface.image_io import resize_to
 
     face = resize_to(load_image(sorted((shared_data / "celeba").glob("*/*.jpg"))[0])[None], 128)
-    small = torch.nn.functional.interpolate(face, size=(16, 16), mode="area")
+    small = torch.nn.functional.interpolate(face, size=(12, 12), mode="area")
     degraded = torch.nn.functional.interpolate(small, size=(128, 128), mode="bicubic").clamp(0, 1)[0]
     assert not [f for f in detect_photo_faces_(degraded, detector)]  # the case is real
     kind = classify_input(degraded, detector)
