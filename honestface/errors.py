@@ -51,6 +51,15 @@ class ImageTooSmallError(ImageError):
     """An image is smaller than :data:`honestface.image_io.MIN_IMAGE_SIDE` on a side: too small to hold a face."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image has more pixels than the reading limit (:data:`honestface.image_io.MAX_IMAGE_PIXELS`
+    by default): a decompression bomb, or a photo larger than the limit allows."""
+
+    def __init__(self, message: str, pixels: int, limit: int) -> None:
+        self.pixels, self.limit = int(pixels), int(limit)
+        super().__init__(message)
+
+
 class NoFaceError(HonestFaceError):
     """No face (or no usable landmarks) was found where one was required."""
 

@@ -84,6 +84,28 @@ class ReferenceSet:
 
 
 @dataclass
+class RestoreInfo:
+    """What :meth:`HonestFacePipeline.restore` did per face, filled in when the caller passes
+    one (``restore(..., info=RestoreInfo())``); for the CLI summary, nodes and evaluations.
+
+    ``landmarks_missed[i]`` is True when face ``i`` was restored with references and the
+    landmark backend found no face in it: the reference choice (Eq. 6) then used the
+    landmarks fitted in the aligned face box (where a face sits in an aligned crop, as
+    training does for its aligned crops) instead of a detected face's.
+    """
+
+    landmarks_missed: list[bool] = field(default_factory=list)
+    #: automatic-fidelity weight ``w`` of each face (models that have the estimator; see
+    #: :mod:`honestface.models.fidelity`), empty otherwise
+    fidelity: list[float] = field(default_factory=list)
+
+    @property
+    def landmark_misses(self) -> int:
+        """How many faces had no landmarks found."""
+        return sum(self.landmarks_missed)
+
+
+@dataclass
 class ReferenceBatch:
     """References of a batch, padded to the largest N, and their encoded conditioning."""
 
@@ -132,8 +154,6 @@ class HonestFacePipeline:
         self.device = torch.device(device) if device is not None else first.device
         self.dtype = dtype or first.dtype
         self.batch_size = max(1, int(batch_size))
-        #: (B,) automatic-fidelity weights of the last :meth:`restore` call, or None
-        self.last_fidelity: torch.Tensor | None = None
         if identity_backend is not None:
             dim = int(getattr(identity_backend, "embedding_dim", model.config.ide.identity_dim))
             if dim != model.config.ide.identity_dim:
@@ -165,6 +185,30 @@ class HonestFacePipeline:
         if self.landmark_backend is None:
             return None
         return self.landmark_backend.landmarks(images).float().cpu()
+
+    def lq_landmarks(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Landmarks of aligned LQ faces for Eq. 6: (B, 3, S, S) -> ((B, 68, 2) or None
+        without a backend, (B,) bool missed).
+
+        Where the backend finds no face, the points are fitted in the aligned face box
+        (:data:`~honestface.face.dlib_backend.ALIGNED_FACE_BOX`, the box training fits its
+        aligned crops' landmarks in) and ``missed`` is True; they stay NaN only for a
+        backend that cannot fit points in a given box.
+        """
+        points = self.detect_landmarks(images)
+        if points is None:
+            return None, torch.zeros(images.shape[0], dtype=torch.bool)
+        missed = ~torch.isfinite(points).flatten(1).all(dim=1)
+        fit = getattr(self.landmark_backend, "landmarks_in_boxes", None)
+        if bool(missed.any()) and fit is not None:
+            from .face.dlib_backend import ALIGNED_FACE_BOX
+
+            height, width = images.shape[-2:]
+            box = torch.tensor([[ALIGNED_FACE_BOX[0] * width, ALIGNED_FACE_BOX[1] * height,
+                                 ALIGNED_FACE_BOX[2] * width, ALIGNED_FACE_BOX[3] * height]])
+            for i in missed.nonzero().flatten().tolist():
+                points[i] = fit(images[i], box)[0].float().cpu()
+        return points, missed
 
     def embed_identities(self, images: torch.Tensor) -> torch.Tensor | None:
         """(B, 3, S, S) prepared faces -> (B, D) identity embeddings, or None without a backend."""
@@ -314,7 +358,7 @@ class HonestFacePipeline:
             from .errors import ConfigError
 
             raise ConfigError("this model does not use references (OSDFace weights), or none were given")
-        lq_landmarks = self.detect_landmarks(prepared) if refs.landmarks is not None else None
+        lq_landmarks = self.lq_landmarks(prepared)[0] if refs.landmarks is not None else None
         tokens = refs.conditioning
         chosen = self.model.ide.choose(tokens, lq_landmarks)
         index = torch.where(tokens.mask.any(dim=1), chosen.reference_index.cpu(), torch.tensor(-1))
@@ -354,7 +398,8 @@ class HonestFacePipeline:
                 progress: ProgressCallback | None = None, generator: torch.Generator | None = None,
                 output_size: int | tuple[int, int] | None = None,
                 color_correction: str | None = None, strength: float = 1.0,
-                release_compat: bool = False, fidelity: bool | None = None) -> torch.Tensor:
+                release_compat: bool = False, fidelity: bool | None = None,
+                info: RestoreInfo | None = None) -> torch.Tensor:
         """Restore aligned faces.
 
         Args:
@@ -376,7 +421,8 @@ class HonestFacePipeline:
                 ``x + w (R - x)`` (:mod:`honestface.models.fidelity`; not in the paper).
                 None: when the model has the estimator (``config.fidelity.enabled``, e.g.
                 the shipped nano model); False: never (the paper's path); True: required.
-                The weights of the last call are kept in :attr:`last_fidelity`.
+                The weights go to ``info.fidelity``.
+            info: a :class:`RestoreInfo` filled in with per-face facts (landmark misses, automatic fidelity).
 
         Returns:
             (B, 3, H, W) restored faces in [0, 1], float32 on the CPU.
@@ -388,7 +434,6 @@ class HonestFacePipeline:
             raise ConfigError("these weights have no automatic-fidelity estimator; restore without it "
                               "(fidelity off) or use weights trained with one (e.g. honestface-nano)")
         use_fidelity = has_estimator and fidelity is not False and not release_compat
-        self.last_fidelity = None
         if release_compat:
             from .release_compat import release_restore
 
@@ -407,21 +452,26 @@ class HonestFacePipeline:
                                  f"{len(references) if hasattr(references, '__len__') else '?'}")
             references = self._encode_shared(references)
         results, weights = [], []
+        missed: list[bool] = []
         report(progress, 0, batch)
         for start in range(0, batch, self.batch_size):
             stop = min(start + self.batch_size, batch)
             chunk = prepared[start:stop]
             refs = None if references is None else self.prepare_references(references[start:stop])
-            output = self._forward_chunk(chunk, refs, generator, color_correction)
+            output = self._forward_chunk(chunk, refs, generator, color_correction, missed)
             image = output.image.float().cpu()
             if use_fidelity and output.fidelity is not None:
                 image = blend_fidelity(chunk.float().cpu(), image, output.fidelity.float().cpu()).clamp(0, 1)
                 weights.append(output.fidelity.float().cpu())
             results.append(image)
             report(progress, stop, batch)
-        if weights:
-            self.last_fidelity = torch.cat(weights)
         restored = torch.cat(results)
+        if info is not None:
+            info.landmarks_missed = missed
+            info.fidelity = torch.cat(weights).tolist() if weights else []
+        if missed and any(missed):
+            logger.info("landmarks not found on %d of %d faces; their reference choice used the aligned-box "
+                        "landmarks", sum(missed), len(missed))
         if tuple(restored.shape[-2:]) != out_size:
             restored = resize_to(restored, out_size)
         if strength < 1.0:
@@ -448,10 +498,16 @@ class HonestFacePipeline:
         return out
 
     def _forward_chunk(self, lq: torch.Tensor, refs: ReferenceBatch | None,
-                       generator: torch.Generator | None, color_correction: str | None) -> HonestFaceOutput:
+                       generator: torch.Generator | None, color_correction: str | None,
+                       missed: list[bool] | None = None) -> HonestFaceOutput:
+        """One chunk through the model; ``missed`` gets one flag per face (see :class:`RestoreInfo`)."""
         lq_landmarks = None
+        flags = torch.zeros(lq.shape[0], dtype=torch.bool)
         if refs is not None and refs.mask.any() and refs.landmarks is not None:
-            lq_landmarks = self.detect_landmarks(lq)
+            lq_landmarks, flags = self.lq_landmarks(lq)
+            flags = flags & refs.mask.any(dim=1)  # faces without references choose nothing
+        if missed is not None:
+            missed.extend(bool(f) for f in flags)
         if refs is None:
             return self.forward_prepared(lq, generator=generator, color_correction=color_correction)
         if refs.conditioning is None:  # OSDFace weights: the model ignores references

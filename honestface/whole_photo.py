@@ -26,7 +26,7 @@ from .face.base import FaceDetector
 from .face.photo import (FaceSelection, PasteMask, PhotoFace, align_selected_faces, detect_photo_faces,
                          paste_restored_faces)
 from .image_io import MIN_IMAGE_SIDE, check_image_size, to_rgb
-from .pipeline import HonestFacePipeline, ReferenceSet
+from .pipeline import HonestFacePipeline, ReferenceSet, RestoreInfo
 from .progress import ProgressCallback
 
 
@@ -34,10 +34,18 @@ from .progress import ProgressCallback
 class PhotoResult:
     """One restored photo."""
 
-    image: torch.Tensor  # (3, H, W) in [0, 1]
+    image: torch.Tensor  # (3, H, W) in [0, 1], or uint8 for an 8-bit photo
     mask: torch.Tensor  # (H, W) in [0, 1]: weight of the pasted faces (0 = the photo's own pixels)
     faces: list[PhotoFace] = field(default_factory=list)  # every detected face, in selection order
     status: Literal["restored", "no face"] = "restored"
+
+
+def _as_photo(photo: torch.Tensor, name: str) -> torch.Tensor:
+    """An 8-bit (3, H, W) photo stays 8-bit (a quarter of float32's memory); anything else
+    becomes (3, H, W) float32 in [0, 1] (1 or 4 channels converted)."""
+    if torch.is_tensor(photo) and photo.dtype == torch.uint8 and photo.dim() == 3 and photo.shape[0] == 3:
+        return photo.cpu()
+    return to_rgb(photo, name)[0].float().cpu().clamp(0, 1)
 
 
 def _reference_sets(pipeline: HonestFacePipeline, references, count: int) -> list[ReferenceSet | None]:
@@ -78,7 +86,9 @@ def restore_whole_photos(pipeline: HonestFacePipeline, photos: Sequence[torch.Te
     Args:
         pipeline: the restorer (its ``batch_size`` sets the chunk size; its landmark
             backend refines detected landmarks unless ``landmark_backend`` is given).
-        photos: (3, H, W) images in [0, 1] (1 or 4 channels converted), any sizes.
+        photos: (3, H, W) images in [0, 1] (1 or 4 channels converted), any sizes; or
+            (3, H, W) uint8, kept 8-bit: faces are cut and pasted in their regions only,
+            so memory grows with the faces, not the megapixels (results are uint8).
         detector: finds faces; may be None when ``faces`` is given.
         faces: precomputed faces per photo (:func:`~honestface.face.photo.detect_photo_faces`,
             landmarks possibly smoothed); their ``selected`` flags are used as they are.
@@ -112,7 +122,7 @@ def restore_whole_photos(pipeline: HonestFacePipeline, photos: Sequence[torch.Te
         raise ImageError(f"strength must be in [0, 1], got {strength}")
     if isinstance(photos, torch.Tensor) and photos.dim() == 3:
         photos = [photos]
-    photos = [to_rgb(p, f"photos[{i}]")[0].float().cpu().clamp(0, 1) for i, p in enumerate(photos)]
+    photos = [_as_photo(p, f"photos[{i}]") for i, p in enumerate(photos)]
     count = len(photos)
     names = list(names) if names is not None else [f"photo {i}" for i in range(count)]
     if len(names) != count:
@@ -152,14 +162,14 @@ def restore_whole_photos(pipeline: HonestFacePipeline, photos: Sequence[torch.Te
     # 4. All faces through the model together (pipeline.restore chunks by batch_size).
     if crops:
         per_face = [sets[i] if face.with_references else None for i, face in owners]
+        info = RestoreInfo()
         restored = pipeline.restore(torch.stack(crops), references=per_face if any(s is not None for s in per_face) else None,
                                     progress=progress, generator=generator, color_correction=color_correction,
-                                    fidelity=fidelity)
-        weights = pipeline.last_fidelity
-        for index, ((_, face), image) in enumerate(zip(owners, restored)):
-            face.restored = image
-            if weights is not None:
-                face.extra["fidelity"] = float(weights[index])
+                                    fidelity=fidelity, info=info)
+        for index, ((_, face), image, missed) in enumerate(zip(owners, restored, info.landmarks_missed)):
+            face.restored, face.landmarks_missed = image, missed
+            if info.fidelity:
+                face.extra["fidelity"] = info.fidelity[index]
 
     # 5. Paste back, photo by photo.
     results = []

@@ -47,10 +47,27 @@ def _no_face_picture(shared_data, size: tuple[int, int]) -> torch.Tensor:
     return torch.nn.functional.interpolate(side[None], size=size, mode="bilinear", antialias=True)[0].clamp(0, 1)
 
 
+def _png_bomb(path, side: int = 20000) -> None:
+    """A ``side`` x ``side`` 1-bit PNG of zeros: a few tens of kB on disk, 400 megapixels
+    once decoded (a decompression bomb). Written row by row, never held whole."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = bytes(1 + (side + 7) // 8)  # filter byte + packed bits
+    packer = zlib.compressobj(9)
+    data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit grayscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
 @pytest.fixture(scope="module")
 def mixed_folder(shared_data, tmp_path_factory):
     """A folder as users have them: good photos, an aligned crop, an EXIF-rotated phone
-    picture, a photo without a face, a truncated JPEG, a text file and a tiny image."""
+    picture, a photo without a face, a JPEG cut after its header, a JPEG cut mid-scan, a
+    decompression bomb, a text file and a tiny image."""
     folder = tmp_path_factory.mktemp("mixed")
     lfw = shared_data / "lfw" / PERSON
     shutil.copy(lfw / f"{PERSON}_0001.jpg", folder / "uribe.jpg")
@@ -58,6 +75,9 @@ def mixed_folder(shared_data, tmp_path_factory):
     _exif_rotated_copy(lfw / f"{PERSON}_0007.jpg", folder / "phone.jpg")
     save_image(_no_face_picture(shared_data, (120, 180)), folder / "empty.png")
     (folder / "broken.jpg").write_bytes((lfw / f"{PERSON}_0008.jpg").read_bytes()[:300])
+    whole = (lfw / f"{PERSON}_0011.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(whole[: len(whole) * 2 // 3])  # header intact, scan truncated
+    _png_bomb(folder / "bomb.png")
     (folder / "notes.txt").write_text("not a picture\n")
     Image.new("RGB", (12, 12), (90, 90, 90)).save(folder / "tiny.png")
     return folder
@@ -91,13 +111,15 @@ def test_a_folder_with_bad_files_writes_every_good_output(mixed_run, mixed_folde
     assert f"reference {PERSON}_0002.jpg: photo, face aligned" in printed
     assert "references --ref: 2 face(s)" in printed
     # every skip has its one-line reason, and the summary lists them
-    for name, reason in (("broken.jpg", "unreadable"), ("notes.txt", "not an image"),
+    for name, reason in (("broken.jpg", "unreadable"), ("cut.jpg", "unreadable (image file is truncated"),
+                         ("bomb.png", "too large (400.0 megapixels, above --max-pixels 200000000; not read"),
+                         ("notes.txt", "not an image"),
                          ("tiny.png", "too small to hold a face (12x12 px; each side must be at least 32 px)")):
         assert f"{name}: skipped, {reason}" in errors
         assert f"  {name}: {reason}" in printed
     assert "restored 3 face(s) in 3 input(s)" in printed
     assert "passed through unchanged (no face): 1: empty.png" in printed
-    assert "skipped: 3" in printed
+    assert "skipped: 5" in printed
 
 
 def test_outputs_are_what_they_should_be(mixed_run, mixed_folder):

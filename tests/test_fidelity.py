@@ -13,7 +13,7 @@ from honestface.loaders.checkpoint import save_checkpoint
 from honestface.losses import LossConfig, TrainingObjective
 from honestface.models import HonestFaceModel, build_diffusers
 from honestface.models.fidelity import FidelityEstimator
-from honestface.pipeline import HonestFacePipeline, load_model
+from honestface.pipeline import HonestFacePipeline, RestoreInfo, load_model
 
 from test_bundled import bundled_config, faces
 
@@ -49,10 +49,11 @@ def test_checkpoint_round_trip_and_pipeline_blend(tmp_path):
         assert torch.equal(a, b), name
     lq, _ = faces(batch=3)
     pipeline = HonestFacePipeline(loaded, batch_size=2)
-    raw = pipeline.restore(lq, fidelity=False)
-    assert pipeline.last_fidelity is None
-    blended = pipeline.restore(lq)
-    weight = pipeline.last_fidelity
+    info = RestoreInfo()
+    raw = pipeline.restore(lq, fidelity=False, info=info)
+    assert info.fidelity == []
+    blended = pipeline.restore(lq, info=info)
+    weight = torch.tensor(info.fidelity)
     # independent: the model's weight of each face from the raw restoration
     with torch.no_grad():
         expected_w = model.fidelity(lq, model(lq).image.clamp(0, 1))
@@ -67,8 +68,9 @@ def test_weights_without_estimator_refuse_a_required_blend():
     unet, vae = build_diffusers(config, 0)
     pipeline = HonestFacePipeline(HonestFaceModel(config, unet, vae).eval())
     lq, _ = faces(batch=1)
-    out = pipeline.restore(lq)  # the paper's path: nothing to blend
-    assert pipeline.last_fidelity is None and out.shape == lq.shape
+    info = RestoreInfo()
+    out = pipeline.restore(lq, info=info)  # the paper's path: nothing to blend
+    assert info.fidelity == [] and out.shape == lq.shape
     with pytest.raises(ConfigError, match="no automatic-fidelity estimator"):
         pipeline.restore(lq, fidelity=True)
 

@@ -65,3 +65,30 @@ def test_alignment_error_is_zero_for_the_template_itself(shared_data, detector):
     assert alignment_error(in_crop, 256) < 1e-3
     assert abs(alignment_error(in_crop + torch.tensor([25.6, 0.0]), 256) - 0.1) < 1e-3
     assert classify_input(crop, detector).kind == "aligned"
+
+
+def test_a_degraded_crop_without_a_detected_face_is_taken_for_a_crop(shared_data, detector):
+    """A real aligned face shrunk to 12 px and enlarged back (a heavy degradation): the
+    detector finds no face, the second look (aligned_face_evidence) takes it for a crop.
+    A flat grey square and the face-free side of an LFW photo stay photos."""
+    from honestface.face.input_kind import aligned_face_evidence
+    from honestface.image_io import resize_to
+
+    face = resize_to(load_image(sorted((shared_data / "celeba").glob("*/*.jpg"))[0])[None], 128)
+    small = torch.nn.functional.interpolate(face, size=(12, 12), mode="area")
+    degraded = torch.nn.functional.interpolate(small, size=(128, 128), mode="bicubic").clamp(0, 1)[0]
+    assert not [f for f in detect_photo_faces_(degraded, detector)]  # the case is real
+    kind = classify_input(degraded, detector)
+    assert kind.kind == "aligned" and "weak one where aligned crops have it" in kind.reason, kind
+    assert classify_input((degraded * 255).round().to(torch.uint8), detector).kind == "aligned"  # 8-bit alike
+    photo = load_image(sorted((shared_data / "lfw").glob("*/*.jpg"))[0])
+    side = torch.nn.functional.interpolate(photo[None, :, 20:180, :55], size=(128, 128), mode="bilinear")[0]
+    for image in (torch.full((3, 128, 128), 0.5), side.clamp(0, 1)):
+        assert classify_input(image, detector) == InputKind("photo", "no face found", None)
+    assert aligned_face_evidence(torch.full((3, 128, 128), 0.5)).score == float("-inf")
+
+
+def detect_photo_faces_(image, detector):
+    from honestface.face import detect_photo_faces
+
+    return [f for f in detect_photo_faces(image, detector) if f.landmarks is not None]

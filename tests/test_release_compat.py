@@ -86,11 +86,12 @@ def test_cli_release_compat_samples_the_latent_and_writes_the_model_size(models,
 
     save_image(torch.rand(3, 40, 60), tmp_path / "photo" / "wide.png")
     capsys.readouterr()
-    # a photo is skipped with the reason (exit 3: some input not processed), nothing written for it
-    assert _restore(models, tmp_path / "photo", tmp_path / "out_photo", "--whole", "--release-compat") == 3
-    captured = capsys.readouterr()
-    assert "aligned crops only" in captured.out + captured.err
-    assert not (tmp_path / "out_photo" / "wide.png").exists()
+    # the release restores every input as an aligned crop: so does --release-compat, whatever
+    # auto (or --whole) would have decided, at the model size
+    assert _restore(models, tmp_path / "photo", tmp_path / "out_photo", "--release-compat") == 0
+    assert load_image(tmp_path / "out_photo" / "wide.png").shape == (3, size, size)
+    assert _restore(models, tmp_path / "photo", tmp_path / "out_whole", "--whole", "--release-compat") == 0
+    assert load_image(tmp_path / "out_whole" / "wide.png").shape == (3, size, size)
 
 
 def test_release_mode_on_real_crops_with_the_nano_model(shared_data):

@@ -21,9 +21,14 @@ written; 3 some inputs were skipped (everything else was written); 1 nothing cou
 done (missing model files, bad options, an output folder that would overwrite the inputs);
 2 wrong command-line syntax.
 
-``--release-compat`` restores aligned crops as the OSDFace release's ``infer.py`` does and
-writes them at the model size (:mod:`honestface.release_compat`); photos and videos are
-skipped with that reason.
+``--release-compat`` restores every image as an aligned crop, as the OSDFace release's
+``infer.py`` does, and writes it at the model size (:mod:`honestface.release_compat`);
+videos are skipped with that reason.
+
+Images larger than ``--max-pixels`` (default 200 megapixels: a decompression bomb, or a
+larger photo than that) are skipped before they are decoded, as are truncated files.
+Photos are kept 8-bit and worked on face by face, so memory grows with the faces, not
+with the megapixels.
 
 References (same person; raw photos or aligned crops, the largest face of a photo is
 detected and aligned, a reference without a face is dropped with a note):
@@ -49,13 +54,16 @@ from pathlib import Path
 
 import torch
 
-from ..errors import HonestFaceError, ImageError, ImageTooSmallError, MissingModelFileError
+from ..errors import HonestFaceError, ImageError, ImageTooLargeError, ImageTooSmallError, MissingModelFileError
 from ..paths import NANO_WEIGHTS
 
 MODES = ("auto", "aligned", "whole")
 COLOR_CORRECTIONS = ("none", "adain", "wavelet")
 NO_FACE_ACTIONS = ("pass", "error")
 REF_MATCHES = ("identity", "all")
+
+#: Said of a face restored with references whose landmarks were not found.
+LANDMARK_MISS_NOTE = "landmarks not found, reference chosen with the aligned-box landmarks"
 
 #: Exit codes (see the module docstring).
 EXIT_OK, EXIT_FAILED, EXIT_SKIPPED = 0, 1, 3
@@ -119,9 +127,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                             "(default: dlib)")
     model.add_argument("--no-merge-lora", action="store_true", help="keep the LoRA adapter separate (slower)")
     model.add_argument("--release-compat", action="store_true",
-                       help="aligned crops only: do what the OSDFace release's infer.py does (bilinear "
-                            "align_corners=True resize, sampled VAE latent, no colour correction, output at the "
-                            "model size, truncated to 8 bits); photos and videos are skipped; see "
+                       help="every image is an aligned crop, restored as the OSDFace release's infer.py does "
+                            "(bilinear align_corners=True resize, sampled VAE latent, no colour correction, output "
+                            "at the model size, truncated to 8 bits); videos are skipped; see "
                             "honestface.release_compat")
 
     kind = parser.add_argument_group("input kind")
@@ -168,6 +176,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                             "(--smooth alone: 2; default: off)")
 
     out = parser.add_argument_group("output")
+    out.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                     help="skip images with more than N pixels (width x height), unread: decompression bombs "
+                          "(default: 200000000)")
     out.add_argument("--skip-existing", action="store_true", help="leave inputs whose output already exists")
     out.add_argument("--save-faces", action="store_true",
                      help=f"also write the aligned input and restored crops to OUT/{CROPPED_FACES_DIR}/ and "
@@ -198,6 +209,7 @@ class Outcome:
     status: str  # "restored", "passed", "skipped", "existing"
     reason: str = ""
     faces: int = 0
+    landmark_misses: int = 0  # faces restored with references whose landmarks were not found
 
 
 def expand_images(items: Sequence[str | Path], what: str) -> list[Path]:
@@ -442,6 +454,11 @@ class References:
         return self.pipeline.encode_references(aligned.images)
 
 
+def _float(image: torch.Tensor) -> torch.Tensor:
+    """An image read 8-bit -> float in [0, 1]."""
+    return image.float() / 255.0 if image.dtype == torch.uint8 else image
+
+
 def _images_in(folder: Path) -> list[Path]:
     from ..image_io import list_images
 
@@ -465,7 +482,11 @@ RESTORE_ERRORS = (HonestFaceError, RuntimeError, OSError, ValueError)
 
 # ------------------------------------------------------------------------------ writers
 def comparison(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) input | output side by side: (3, H, 2W)."""
+    """(3, H, W) input | output side by side: (3, H, 2W); uint8 when either is uint8."""
+    if torch.uint8 in (before.dtype, after.dtype):
+        def eight_bit(image: torch.Tensor) -> torch.Tensor:
+            return image.cpu() if image.dtype == torch.uint8 else (image.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+        return torch.cat([eight_bit(before), eight_bit(after)], dim=-1)
     return torch.cat([before.float().cpu(), after.float().cpu()], dim=-1)
 
 
@@ -536,12 +557,19 @@ class Restorer:
     # ---------------------------------------------------------------- images
     def read(self, item: InputFile) -> Job | None:
         """Read, check and classify one image; None (and a skip) when it cannot be used."""
-        from ..image_io import MIN_IMAGE_SIDE, check_image_size, load_image
+        from ..image_io import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, check_image_size, load_image
 
         name = item.path.name
         try:
-            image = load_image(item.path)
+            # 8-bit: a 63 MP photo is 190 MB so, 760 MB as float32
+            image = load_image(item.path, dtype=torch.uint8, max_pixels=self.args.max_pixels)
             check_image_size(image, name)
+        except ImageTooLargeError as error:
+            limit = self.args.max_pixels or MAX_IMAGE_PIXELS
+            self.skip(name, f"too large ({error.pixels / 1e6:.1f} megapixels, above --max-pixels {limit}; "
+                            "not read: a decompression bomb, or raise --max-pixels to restore it)")
+            self.console.advance()
+            return None
         except ImageTooSmallError:
             height, width = image.shape[-2:]
             self.skip(name, f"too small to hold a face ({width}x{height} px; each side must be at least "
@@ -567,6 +595,8 @@ class Restorer:
     def decide(self, image: torch.Tensor) -> str:
         """"aligned crop (<why>)" or "photo (<why>)" under ``--mode``."""
         mode = self.args.mode
+        if self.args.release_compat:  # the release restores every input as an aligned crop
+            return "aligned crop (--release-compat)"
         if mode == "aligned":
             return "aligned crop (--aligned)"
         if mode == "whole":
@@ -612,31 +642,35 @@ class Restorer:
 
     def _restore_aligned(self, jobs: Sequence[Job]) -> None:
         from ..image_io import resize_to
+        from ..pipeline import RestoreInfo
         from ..release_compat import release_resize
 
         size = self.pipeline.image_size
         release = self.args.release_compat
         resize = (lambda image: release_resize(image[None], size)[0]) if release else \
             (lambda image: resize_to(image[None], size)[0])
-        crops = torch.stack([resize(job.image) for job in jobs])  # (B, 3, S, S)
+        crops = torch.stack([resize(_float(job.image)) for job in jobs])  # (B, 3, S, S)
         # one face per crop: its references always apply (as for a photo with one face)
         entries = [job.references for job in jobs]
         notes = [f"with references ({job.references_from})" if job.references is not None else "" for job in jobs]
         use_refs = any(entry is not None for entry in entries)
+        info = RestoreInfo()
         restored = self.pipeline.restore(crops, entries if use_refs else None, generator=self.generator,
                                          output_size=size, color_correction=self.args.color_correction,
                                          strength=self.args.strength, release_compat=release,
-                                         fidelity=self.fidelity)
-        weights = self.pipeline.last_fidelity
-        if weights is not None:
-            notes = [", ".join(filter(None, [note, f"automatic fidelity {float(w):.2f}"]))
-                     for note, w in zip(notes, weights)]
-        for job, crop, result, note in zip(jobs, crops, restored, notes):
+                                         fidelity=self.fidelity, info=info)
+        if info.fidelity:
+            notes = [", ".join(filter(None, [note, f"automatic fidelity {w:.2f}"]))
+                     for note, w in zip(notes, info.fidelity)]
+        missed = info.landmarks_missed or [False] * len(jobs)
+        for job, crop, result, note, miss in zip(jobs, crops, restored, notes, missed):
             # the release writes every face at the model size
             image = result if release else resize_to(result[None], tuple(job.image.shape[-2:]))[0]
             self._write_image(job, image, [(crop, result)])
+            if miss:
+                note += f"; {LANDMARK_MISS_NOTE}"
             self.console.line(f"{job.item.path.name}: {job.decision}; restored{', ' + note if note else ''}")
-            self.outcomes.append(Outcome(job.item.path.name, "restored", faces=1))
+            self.outcomes.append(Outcome(job.item.path.name, "restored", faces=1, landmark_misses=int(miss)))
             self.console.advance()
 
     def _restore_photos(self, jobs: Sequence[Job]) -> None:
@@ -668,9 +702,11 @@ class Restorer:
                 self.console.line(f"{name}: {job.decision}; {found}, written unchanged")
                 self.outcomes.append(Outcome(name, "passed", "no face"))
             else:
-                self.console.line(f"{name}: {job.decision}; {summary.lstrip(', ')}")
+                misses = sum(1 for f in result.faces if f.landmarks_missed)
+                note = f"; {misses} face(s): {LANDMARK_MISS_NOTE}" if misses else ""
+                self.console.line(f"{name}: {job.decision}; {summary.lstrip(', ')}{note}")
                 restored = sum(1 for f in result.faces if f.restored is not None and not f.skipped)
-                self.outcomes.append(Outcome(name, "restored", faces=restored))
+                self.outcomes.append(Outcome(name, "restored", faces=restored, landmark_misses=misses))
             self.console.advance()
 
     def _write_image(self, job: Job, image: torch.Tensor, crops: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -738,6 +774,7 @@ class Restorer:
                         counts["no face"] += result.status == "no face"
                         counts["faces"] += len(restored)
                         counts["with references"] += sum(1 for f in restored if f.with_references)
+                        counts["landmark misses"] += sum(1 for f in restored if f.landmarks_missed)
                         if self.args.save_faces:
                             save_face_crops(self.args.output, f"{item.output.stem}_{frame.index:05d}",
                                             [(f.crop, f.restored) for f in restored])
@@ -774,7 +811,9 @@ class Restorer:
         self.console.line(f"{name}: video, {counts['frames']} frames{turned}; {counts['faces']} face(s) restored{refs_note}, "
                           f"{counts['no face']} frame(s) without a face written unchanged; {audio}"
                           + (f"; landmarks smoothed over +-{self.args.smooth} frames" if self.args.smooth else ""))
-        self.outcomes.append(Outcome(name, "restored", faces=counts["faces"]))
+        if counts["landmark misses"]:
+            self.console.line(f"{name}: {counts['landmark misses']} face(s): {LANDMARK_MISS_NOTE}")
+        self.outcomes.append(Outcome(name, "restored", faces=counts["faces"], landmark_misses=counts["landmark misses"]))
 
 
 def describe_faces(faces) -> str:
@@ -813,6 +852,10 @@ def summarize(outcomes: Sequence[Outcome], elapsed: float, output: Path) -> tupl
              f"-> {output}"]
     if passed:
         lines.append(f"passed through unchanged (no face): {len(passed)}: {names(passed)}")
+    missed = [o for o in restored if o.landmark_misses]
+    if missed:
+        lines.append(f"landmarks not found on {sum(o.landmark_misses for o in missed)} face(s) restored with "
+                     f"references (their reference was chosen with the aligned-box landmarks): {names(missed)}")
     if existing:
         lines.append(f"already there (--skip-existing): {len(existing)}")
     if skipped:

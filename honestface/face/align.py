@@ -16,6 +16,11 @@ coordinates), applied with kornia's differentiable ``warp_affine``. Paste-back w
 to zero before the crop border, so no rectangle shows; faces partly outside the photo and
 rotated faces need nothing special, and several faces are pasted one after the other.
 
+Both work on face regions: a face is cut from (and pasted into) the part of the photo its
+crop covers, converted to float there alone, so memory grows with the faces, not with
+the photo's megapixels. A photo may be float in [0, 1] or 8-bit (uint8, values 0-255);
+pasting into an 8-bit photo writes 8-bit values.
+
 Landmarks may be 68 points (iBUG order) or 5 points (insightface order: left eye, right
 eye, nose, left mouth corner, right mouth corner).
 """
@@ -117,6 +122,63 @@ def transform_points(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor
     return points @ matrix[..., :2].transpose(-1, -2) + matrix[..., 2].unsqueeze(-2)
 
 
+def pool_factor(matrix: torch.Tensor) -> int:
+    """Integer factor by which :func:`warp` average-pools the source of a (2, 3) source ->
+    target affine before resampling (1: no pooling)."""
+    scale = math.sqrt(abs(float(torch.linalg.det(matrix[:, :2].double()))))
+    return max(1, int(1.0 / scale)) if scale > 0 else 1
+
+
+def _as_float(region: torch.Tensor) -> torch.Tensor:
+    """A photo region in float [0, 1] (uint8 values are divided by 255)."""
+    return region.float() / 255.0 if region.dtype == torch.uint8 else region.float()
+
+
+#: Rows of a photo region converted to float at a time (pooling for alignment, blending
+#: for paste-back), so a face filling a 60 MP photo needs no float copy of it.
+STRIP_ROWS = 1024
+
+
+def _pooled_float(region: torch.Tensor, factor: int) -> torch.Tensor:
+    """(3, h, w) region (uint8 or float) -> (1, 3, h // factor, w // factor) float block
+    means, computed a strip of rows at a time."""
+    rows = max(factor, STRIP_ROWS // factor * factor)
+    strips = [F.avg_pool2d(_as_float(region[:, top:top + rows])[None], factor, factor)
+              for top in range(0, region.shape[-2] // factor * factor, rows)]
+    return torch.cat(strips, dim=-2)
+
+
+def crop_region(matrix: torch.Tensor, size: tuple[int, int], height: int, width: int,
+                step: int = 1, margin: int = 2) -> tuple[int, int, int, int] | None:
+    """Part of a (height, width) source a warp by ``matrix`` (source -> target pixels, (2, 3))
+    to a target of ``size`` (h, w) reads: the bounding box of the target's footprint grown by
+    ``margin`` source pixels (bilinear taps), edges snapped outwards to multiples of ``step``
+    (so pooling by ``step`` sees the same blocks as on the whole source), clipped.
+
+    Returns:
+        ``(left, top, right, bottom)`` (right / bottom exclusive), or None when the
+        footprint misses the source.
+    """
+    target_h, target_w = size
+    corners = torch.tensor([[-0.5, -0.5], [target_w - 0.5, -0.5], [-0.5, target_h - 0.5],
+                            [target_w - 0.5, target_h - 0.5]], dtype=torch.float64)
+    source = transform_points(corners, invert_affine(matrix.detach().double().cpu()))
+    pad = margin + step
+    left = max(0, int(math.floor((float(source[:, 0].min()) - pad) / step)) * step)
+    top = max(0, int(math.floor((float(source[:, 1].min()) - pad) / step)) * step)
+    right = min(width, int(math.ceil((float(source[:, 0].max()) + pad) / step)) * step)
+    bottom = min(height, int(math.ceil((float(source[:, 1].max()) + pad) / step)) * step)
+    if right <= left or bottom <= top:
+        return None
+    return left, top, right, bottom
+
+
+def _shift_source(matrix: torch.Tensor, left: int, top: int) -> torch.Tensor:
+    """(2, 3) source -> target affine for a source cropped at (left, top)."""
+    offset = matrix[:, :2] @ torch.tensor([float(left), float(top)], dtype=matrix.dtype, device=matrix.device)
+    return torch.cat([matrix[:, :2], (matrix[:, 2] + offset)[:, None]], dim=1)
+
+
 def warp(images: torch.Tensor, matrix: torch.Tensor, size: tuple[int, int],
          padding_mode: str = "reflection") -> torch.Tensor:
     """Warp (B, C, H, W) by (B, 2, 3) source->target pixel affines to (B, C, *size).
@@ -133,8 +195,7 @@ def warp(images: torch.Tensor, matrix: torch.Tensor, size: tuple[int, int],
     outputs = []
     for image, m in zip(images, matrix):
         image, m = image[None], m[None]
-        scale = math.sqrt(abs(float(torch.linalg.det(m[0, :, :2]))))
-        factor = int(1.0 / scale) if scale > 0 else 1
+        factor = pool_factor(m[0])
         if factor >= 2 and min(image.shape[-2:]) >= 2 * factor:
             image = F.avg_pool2d(image, factor, factor)
             # Pooled pixel j covers source pixels j*factor .. j*factor+factor-1.
@@ -151,7 +212,8 @@ def align_face(image: torch.Tensor, landmarks, size: int = 512,
     """FFHQ-style aligned crops of the faces given by ``landmarks``.
 
     Args:
-        image: (3, H, W) one photo, or (B, 3, H, W) one photo per landmark set.
+        image: (3, H, W) one photo, or (B, 3, H, W) one photo per landmark set; float in
+            [0, 1] or uint8 (only each face's region is converted to float).
         landmarks: (68|5, 2) one face, or (K, 68|5, 2) several faces (with a (3, H, W)
             image all K are cut from it; with a batch, K must equal B).
         size: crop side in pixels.
@@ -165,12 +227,30 @@ def align_face(image: torch.Tensor, landmarks, size: int = 512,
     single_image = torch.is_tensor(image) and image.dim() == 3
     images = check_image_batch(image, "image")
     points, single_face = _as_batch_points(landmarks)
-    if images.shape[0] == 1 and points.shape[0] > 1:
-        images = images.expand(points.shape[0], -1, -1, -1)
-    if images.shape[0] != points.shape[0]:
+    if images.shape[0] != points.shape[0] and images.shape[0] != 1:
         raise ImageError(f"{images.shape[0]} images but {points.shape[0]} landmark sets")
     matrix = alignment_affine(points.to(images.device, torch.float32), size)
-    crops = warp(images.float(), matrix, (size, size), padding_mode)
+    height, width = images.shape[-2:]
+    crops = []
+    for i, m in enumerate(matrix):
+        photo = images[i if images.shape[0] > 1 else 0]
+        # only the part of the photo the crop covers is read (and converted to float)
+        region = crop_region(m, (size, size), height, width, step=pool_factor(m))
+        if region is None:  # the face lies wholly outside the photo
+            region = (0, 0, width, height)
+        left, top, right, bottom = region
+        matrix_here, factor = _shift_source(m, left, top), pool_factor(m)
+        if factor >= 2 and min(bottom - top, right - left) >= 2 * factor:
+            # pooled strip by strip (what warp would do on the whole region, in less memory);
+            # pooled pixel j covers region pixels j*factor .. j*factor+factor-1
+            source = _pooled_float(photo[:, top:bottom, left:right], factor)
+            pool = torch.tensor([[factor, 0.0, (factor - 1) / 2], [0.0, factor, (factor - 1) / 2], [0, 0, 1.0]],
+                                dtype=matrix_here.dtype, device=matrix_here.device)
+            matrix_here = matrix_here @ pool
+        else:
+            source = _as_float(photo[:, top:bottom, left:right])[None]
+        crops.append(warp(source, matrix_here[None], (size, size), padding_mode)[0])
+    crops = torch.stack(crops)
     if single_face and single_image:
         return crops[0], matrix[0]
     return crops, matrix
@@ -219,13 +299,36 @@ def paste_back(image: torch.Tensor, crops: torch.Tensor, affines: torch.Tensor, 
     return paste_faces(image, crops, affines, mask, blend)[0]
 
 
+def region_in_target(inverse: torch.Tensor, size: int, height: int, width: int,
+                     margin: int = 2) -> tuple[int, int, int, int] | None:
+    """Part of a (height, width) photo that a ``size`` crop covers once warped back by
+    ``inverse`` (crop -> photo pixels, (2, 3)): the bounding box of the crop's corners,
+    grown by ``margin`` pixels, clipped; None when it misses the photo."""
+    corners = torch.tensor([[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]],
+                           dtype=torch.float64)
+    points = transform_points(corners, inverse.detach().double().cpu())
+    left = max(0, int(math.floor(float(points[:, 0].min()))) - margin)
+    top = max(0, int(math.floor(float(points[:, 1].min()))) - margin)
+    right = min(width, int(math.ceil(float(points[:, 0].max()))) + margin + 1)
+    bottom = min(height, int(math.ceil(float(points[:, 1].max()))) + margin + 1)
+    if right <= left or bottom <= top:
+        return None
+    return left, top, right, bottom
+
+
+def _shift_target(matrix: torch.Tensor, left: int, top: int) -> torch.Tensor:
+    """(2, 3) source -> target affine for a target cropped at (left, top)."""
+    shift = torch.tensor([float(left), float(top)], dtype=matrix.dtype, device=matrix.device)
+    return torch.cat([matrix[:, :2], (matrix[:, 2] - shift)[:, None]], dim=1)
+
+
 def paste_faces(image: torch.Tensor, crops: torch.Tensor, affines: torch.Tensor, masks: torch.Tensor,
                 blend: float = 1.0, inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`paste_back` with explicit crop-space masks, also returning where it pasted.
 
     Args:
-        image: (3, H, W) photo; crops: (K, 3, S, S); affines: (K, 2, 3) photo -> crop;
-        masks: (S, S) or (K, S, S) crop-space masks in [0, 1].
+        image: (3, H, W) photo, float in [0, 1] or uint8; crops: (K, 3, S, S);
+        affines: (K, 2, 3) photo -> crop; masks: (S, S) or (K, S, S) crop-space masks in [0, 1].
         inputs: (K, 3, S, S) the aligned crops the restorer was given. With them only the
             *change* ``crops - inputs`` is warped back and added to the photo, so a face
             larger than S keeps the photo's detail finer than the crop can hold (and a face
@@ -233,29 +336,45 @@ def paste_faces(image: torch.Tensor, crops: torch.Tensor, affines: torch.Tensor,
             crops replace the photo's pixels.
 
     Returns:
-        ``(result (3, H, W), alpha (H, W))``: alpha is the combined weight of the pasted
+        ``(result (3, H, W), alpha (H, W))``: result in the photo's dtype (uint8 in, uint8
+        out; only the faces' regions are computed in float), alpha is the combined weight of the pasted
         crops at each photo pixel (``1 - prod(1 - alpha_k)``), 0 where the photo is kept.
     """
-    photo = check_image_batch(image, "image")
+    photo = check_image_batch(image, "image")[0]
     crops = check_image_batch(crops, "crops")
     affines = affines.unsqueeze(0) if affines.dim() == 2 else affines
     size = crops.shape[-1]
     masks = masks.to(crops.device, crops.dtype)
     masks = masks.expand(crops.shape[0], size, size) if masks.dim() == 2 else masks
     height, width = photo.shape[-2:]
-    inverse = invert_affine(affines.to(crops.device, crops.dtype))
     if inputs is not None:
         if inputs.shape != crops.shape:
             raise ImageError(f"inputs {tuple(inputs.shape)} must match the crops {tuple(crops.shape)}")
         crops = crops - inputs.to(crops.device, crops.dtype)
-    warped = warp(torch.cat([crops, masks[:, None]], dim=1), inverse, (height, width), padding_mode="zeros")
-    result = photo[0].to(crops.dtype)
-    kept = torch.ones(height, width, dtype=crops.dtype, device=crops.device)
-    for face in warped:
-        alpha = (face[3:4] * blend).clamp(0, 1)
-        if inputs is None:
-            result = result * (1 - alpha) + face[:3] * alpha
-        else:
-            result = result + face[:3] * alpha
-        kept = kept * (1 - alpha[0])
-    return result.clamp(0, 1), 1 - kept
+    eight_bit = photo.dtype == torch.uint8
+    inverse = invert_affine(affines.to(crops.device, torch.float32))
+    result = photo.clone() if eight_bit else photo.to(crops.dtype).clamp(0, 1)
+    kept = torch.ones(height, width, dtype=torch.float32, device=crops.device)
+    for crop, mask, matrix in zip(crops, masks, inverse):
+        # only the region the crop covers is blended (in float), in order: later faces on top
+        corners = region_in_target(matrix, size, height, width)
+        if corners is None:
+            continue
+        left, top, right, bottom = corners
+        layers = torch.cat([crop, mask[None]])[None]
+        for strip in range(top, bottom, STRIP_ROWS):  # a strip of rows at a time: bounded memory
+            end = min(bottom, strip + STRIP_ROWS)
+            face = warp(layers, _shift_target(matrix, left, strip)[None], (end - strip, right - left),
+                        padding_mode="zeros")[0].float()
+            alpha = (face[3:4] * blend).clamp(0, 1)
+            here = _as_float(result[:, strip:end, left:right])
+            if inputs is None:
+                blended = (here * (1 - alpha) + face[:3] * alpha).clamp(0, 1)
+            else:
+                blended = (here + face[:3] * alpha).clamp(0, 1)
+            if eight_bit:
+                result[:, strip:end, left:right] = (blended * 255.0).round().to(torch.uint8)
+            else:
+                result[:, strip:end, left:right] = blended.to(result.dtype)
+            kept[strip:end, left:right] *= 1 - alpha[0]
+    return result, kept.neg_().add_(1)

@@ -16,6 +16,21 @@ crops; 6 of 300 CelebA crops (2.0 %: one without a detected face, two where dlib
 another face or a profile) and 1 of 35 real crops (2.9 %) are taken for photos. That
 error is the cheap one: a crop taken for a photo still has its face found, aligned and
 restored.
+
+A degraded aligned crop (blurred, shrunk, noisy, JPEG) often has no face the detector finds
+at its usual threshold, and would pass through as "photo (no face found)". For a square
+image without a detected face a second look asks whether it *looks like* an aligned crop
+(:func:`aligned_face_evidence`): dlib's HOG detector, run with a lowered threshold on a
+copy brought to :data:`EVIDENCE_SIDE` px, must find a (weak) face whose box overlaps the
+box where faces sit in aligned crops (``ALIGNED_FACE_BOX``) by an IoU of at least
+:data:`EVIDENCE_IOU` with a score of at least :data:`WEAK_FACE_SCORE`, and the 68 points
+fitted in that box must fit the FFHQ template within the tolerance. Only images without a
+detected face take this path, so the photo decisions above stay as they were for every
+photo with a face. ``WEAK_FACE_SCORE`` was chosen on 12 CelebA identities and 12 LFW
+people (``benchmarks/measure_photo_thresholds.py crops --split tune``); on 40 other
+identities and 40 other LFW people (``--split report``), degraded crops at 128, 256 and
+512 px (moderate and heavy) are taken for crops 216 / 240 times (90.0 %; 121 / 240 by the
+detector alone), no LFW photo is (README, "Face analysis").
 """
 
 from __future__ import annotations
@@ -33,6 +48,13 @@ from .base import FaceDetector, LandmarkBackend
 
 #: Largest alignment error (fraction of the side, see the module doc) of an aligned crop.
 ALIGNED_TOLERANCE = 0.10
+
+#: Side (px) of the copy a square image without a detected face is searched again at.
+EVIDENCE_SIDE = 320
+#: Lowest HOG score (dlib's detection threshold is 0) of the weak face of a degraded crop.
+WEAK_FACE_SCORE = -2.0
+#: Least overlap (IoU) of that face's box with the aligned-crop face box.
+EVIDENCE_IOU = 0.3
 
 
 @dataclass
@@ -53,12 +75,61 @@ def alignment_error(landmarks, size: int) -> float:
     return float((moved - corners).norm(dim=-1).max()) / size
 
 
+@dataclass
+class AlignedFaceEvidence:
+    """What :func:`aligned_face_evidence` saw in a square image."""
+
+    score: float  # best HOG score of a box overlapping the aligned face box (-inf: none)
+    iou: float  # that box's IoU with the aligned face box (0: none)
+    error: float  # alignment error of the 68 points fitted in the aligned face box
+
+
+def _iou(a, b) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def aligned_face_evidence(image: torch.Tensor, floor: float = -2.5) -> AlignedFaceEvidence:
+    """Does a square (3, H, W) image (float in [0, 1] or uint8) look like an aligned face crop?
+
+    dlib's HOG detector runs on a copy brought to :data:`EVIDENCE_SIDE` px with its
+    threshold lowered to ``floor``; of the boxes it returns, those overlapping the aligned
+    face box (:data:`~honestface.face.dlib_backend.ALIGNED_FACE_BOX`) by IoU >=
+    :data:`EVIDENCE_IOU` count, and the best score among them is reported. The 68 points
+    are fitted in the aligned face box (as training does for its aligned crops) and their
+    :func:`alignment_error` is reported too.
+    """
+    import cv2
+
+    from ._images import to_uint8_hwc
+    from .dlib_backend import LANDMARKS_68_FILE, _aligned_box, _load, dlib_model_file, fit_shape
+
+    array = to_uint8_hwc(image, "image")[0]
+    side = array.shape[0]
+    work = array if side == EVIDENCE_SIDE else cv2.resize(
+        array, (EVIDENCE_SIDE, EVIDENCE_SIDE), interpolation=cv2.INTER_AREA if side > EVIDENCE_SIDE else cv2.INTER_CUBIC)
+    rects, scores, _ = _load("hog", "").run(work, 1, float(floor))
+    target = _aligned_box(EVIDENCE_SIDE, EVIDENCE_SIDE)
+    best, best_iou = float("-inf"), 0.0
+    for rect, score in zip(rects, scores):
+        overlap = _iou((rect.left(), rect.top(), rect.right(), rect.bottom()), target)
+        if overlap >= EVIDENCE_IOU and score > best:
+            best, best_iou = float(score), overlap
+    points = fit_shape(_load("shape", str(dlib_model_file(LANDMARKS_68_FILE))), array, _aligned_box(side, side))
+    return AlignedFaceEvidence(best, best_iou, alignment_error(points, side))
+
+
 def classify_input(image: torch.Tensor, detector: FaceDetector, landmark_backend: LandmarkBackend | None = None,
                    tolerance: float = ALIGNED_TOLERANCE) -> InputKind:
     """Aligned crop or photo, for one (3, H, W) image in [0, 1].
 
     Aligned iff the image is square and the landmarks of its largest detected face fit the
-    FFHQ alignment template within ``tolerance`` (:func:`alignment_error`).
+    FFHQ alignment template within ``tolerance`` (:func:`alignment_error`); a square image
+    without a detected face is aligned when it looks like a degraded aligned crop
+    (:func:`aligned_face_evidence`, see the module doc). ``image`` may be uint8.
     ``landmark_backend`` refines the detector's landmarks (as in whole-photo restoration).
     """
     from .photo import detect_photo_faces
@@ -72,6 +143,10 @@ def classify_input(image: torch.Tensor, detector: FaceDetector, landmark_backend
         return InputKind("photo", f"not square ({width}x{height})", None)
     faces = [f for f in detect_photo_faces(image, detector, landmark_backend) if f.landmarks is not None]
     if not faces:
+        evidence = aligned_face_evidence(image)
+        if evidence.score >= WEAK_FACE_SCORE and evidence.error <= tolerance:
+            return InputKind("aligned", f"square, no sharp face but a weak one where aligned crops have it "
+                                        f"(score {evidence.score:.2f}, error {evidence.error:.2f})", evidence.error)
         return InputKind("photo", "no face found", None)
     error = alignment_error(faces[0].landmarks, width)
     if error <= tolerance:

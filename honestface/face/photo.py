@@ -45,6 +45,9 @@ class PhotoFace:
     selected: bool = True  # chosen by the FaceSelection (and has landmarks)
     with_references: bool = False  # restored with the photo's references
     identity_distance: float | None = None  # degrees to the references' mean identity, when measured
+    #: restored with references but no landmarks found in its aligned crop: the reference
+    #: choice (Eq. 6) used the aligned-box landmarks (:class:`~honestface.pipeline.RestoreInfo`)
+    landmarks_missed: bool = False
 
     @property
     def crop_landmarks(self) -> np.ndarray | None:
@@ -208,7 +211,8 @@ def detect_photo_faces(photo: torch.Tensor, detector: FaceDetector, landmark_bac
     """Every face of one photo, in selection order, with landmarks in photo pixels.
 
     Args:
-        photo: (3, H, W) in [0, 1].
+        photo: (3, H, W) in [0, 1], or uint8 (the dlib backends read it as it is; others
+            get it in float).
         detector: finds the faces (and usually their landmarks).
         landmark_backend: refines each face's landmarks in its box. Skipped when the
             detector already gives 68 points from the same family (dlib detector + dlib
@@ -224,7 +228,7 @@ def detect_photo_faces(photo: torch.Tensor, detector: FaceDetector, landmark_bac
         raise ImageError(f"detect_photo_faces takes one (3, H, W) photo, got {getattr(photo, 'shape', type(photo))}")
     check_image_batch(photo, "photo")
     selection = selection or FaceSelection()
-    detections = detector.detect(photo)
+    detections = detector.detect(photo if _takes_uint8(detector) else _float_photo(photo))
     faces = []
     for index, position in enumerate(order_faces(detections, selection.order)):
         detection = detections[position]
@@ -242,6 +246,15 @@ def detect_photo_faces(photo: torch.Tensor, detector: FaceDetector, landmark_bac
             face.skipped = "no landmarks"
         faces.append(face)
     return select_faces(faces, photo.shape[-2], photo.shape[-1], selection)
+
+
+def _takes_uint8(backend) -> bool:
+    """The dlib backends read 8-bit photos as they are (they work on uint8 arrays)."""
+    return getattr(backend, "name", "") == "dlib"
+
+
+def _float_photo(photo: torch.Tensor) -> torch.Tensor:
+    return photo.float() / 255.0 if photo.dtype == torch.uint8 else photo
 
 
 def face_affine(face: PhotoFace, size: int) -> np.ndarray:
@@ -266,14 +279,21 @@ def face_landmarks(image: torch.Tensor, box, landmark_backend: LandmarkBackend) 
     falls outside the box (the backend picked a neighbouring face) are rejected.
     """
     height, width = image.shape[-2:]
-    if hasattr(landmark_backend, "landmarks_in_boxes"):
+    if hasattr(landmark_backend, "landmarks_in_boxes") and (image.dtype != torch.uint8 or _takes_uint8(landmark_backend)):
         points = landmark_backend.landmarks_in_boxes(image, torch.tensor([list(box)], dtype=torch.float32))[0]
         points = points.detach().float().cpu()
+    elif hasattr(landmark_backend, "landmarks_in_boxes"):  # an 8-bit photo: the box's region in float
+        left, top, right, bottom = _region(box, height, width, LANDMARK_REGION_SCALE)
+        if right - left < 8 or bottom - top < 8:
+            return None
+        shifted = torch.tensor([[box[0] - left, box[1] - top, box[2] - left, box[3] - top]], dtype=torch.float32)
+        points = landmark_backend.landmarks_in_boxes(_float_photo(image[:, top:bottom, left:right]), shifted)[0]
+        points = points.detach().float().cpu() + torch.tensor([left, top], dtype=torch.float32)
     else:
         left, top, right, bottom = _region(box, height, width, LANDMARK_REGION_SCALE)
         if right - left < 8 or bottom - top < 8:
             return None
-        points = landmark_backend.landmarks(image[None, :, top:bottom, left:right])[0].detach().float().cpu()
+        points = landmark_backend.landmarks(_float_photo(image[None, :, top:bottom, left:right]))[0].detach().float().cpu()
         points = points + torch.tensor([left, top], dtype=torch.float32)
     if not torch.isfinite(points).all():
         return None
@@ -317,7 +337,8 @@ def paste_restored_faces(photo: torch.Tensor, faces: Sequence[PhotoFace], size: 
     one of :data:`PASTE_MODES`.
 
     Returns:
-        (3, H, W) image in [0, 1] and the (H, W) weight of the pasted faces.
+        (3, H, W) image in the photo's dtype (float in [0, 1], or uint8: only the faces'
+        regions are computed in float) and the (H, W) weight of the pasted faces.
     """
     if mode not in PASTE_MODES:
         raise ConfigError(f"paste mode must be one of {', '.join(PASTE_MODES)}, got '{mode}'")
@@ -335,9 +356,12 @@ def paste_restored_faces(photo: torch.Tensor, faces: Sequence[PhotoFace], size: 
         if tuple(limit.shape) != (height, width):
             raise ImageError(f"limit mask of {name} is {tuple(limit.shape)}, the photo is {(height, width)}")
         limit = limit.clamp(0, 1)
-        image = photo + (image - photo) * limit
+        if image.dtype == torch.uint8:
+            image = (photo.float() + (image.float() - photo.float()) * limit).round().clamp(0, 255).to(torch.uint8)
+        else:
+            image = photo + (image - photo) * limit
         alpha = alpha * limit
-    return image.clamp(0, 1), alpha
+    return (image if image.dtype == torch.uint8 else image.clamp(0, 1)), alpha
 
 
 def restore_faces_in_photo(image: torch.Tensor,
