@@ -178,3 +178,28 @@ def test_photo_without_faces_is_returned_unchanged(detector):
     grey = torch.full((3, 120, 160), 0.5)
     result, faces = restore_faces_in_photo(grey, invert, detector, size=128)
     assert faces == [] and torch.equal(result, grey)
+
+
+def test_paste_of_the_change_keeps_what_the_restorer_left_alone():
+    """paste_faces(inputs=...): an unchanged crop leaves the photo exactly as it was (a big
+    face keeps its detail), a changed one adds the warped change under the mask."""
+    from honestface.face.align import align_face, paste_faces
+
+    generator = torch.Generator().manual_seed(0)
+    photo = torch.rand(3, 300, 260, generator=generator)  # detail finer than any crop can hold
+    points = torch.tensor([[130.0 + 60 * math.cos(a), 150.0 + 70 * math.sin(a)]
+                           for a in torch.linspace(0, 2 * math.pi, 69)[:68].tolist()])
+    crops, affines = align_face(photo, points, 64)
+    crops, affines = crops.reshape(1, 3, 64, 64), affines.reshape(1, 2, 3)
+    mask = torch.ones(64, 64)
+    same, alpha = paste_faces(photo, crops, affines, mask, inputs=crops)
+    assert torch.equal(same, photo.clamp(0, 1)) and float(alpha.max()) > 0.99
+    replaced, _ = paste_faces(photo, crops, affines, mask)
+    assert float((replaced - photo).abs().max()) > 0.2  # the 64 px crop cannot carry the photo's detail
+    brighter, alpha = paste_faces(photo * 0.5, crops * 0.5 + 0.1, affines, mask, inputs=crops * 0.5)
+    inside = alpha > 0.999  # at the crop's border the change and the mask both fade
+    torch.testing.assert_close(brighter[:, inside], (photo * 0.5 + 0.1)[:, inside], atol=2e-4, rtol=0)
+    assert torch.equal(brighter[:, alpha == 0], (photo * 0.5)[:, alpha == 0])
+    eight = (photo * 255).round().to(torch.uint8)
+    kept, _ = paste_faces(eight, crops, affines, mask, inputs=crops)
+    assert kept.dtype == torch.uint8 and torch.equal(kept, eight)
