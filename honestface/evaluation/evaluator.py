@@ -381,6 +381,9 @@ class Evaluator:
         if kinds & {"identity", "reference-identity"}:
             if self.protocol.name == "vqfr":
                 self.identity_backend, identity_error = self._metric_network("resnet_face18")
+                if identity_backend != "auto":
+                    self.notes.append(f"the vqfr protocol computes Deg. with resnet_face18; identity backend "
+                                      f"'{getattr(identity_backend, 'name', identity_backend)}' was not used")
             else:
                 self.identity_backend, identity_error = self._backend(identity_backend, "identity")
         landmark98_error = ""

@@ -8,11 +8,13 @@ embedding. This module builds the same network (same module names, so the distri
 state dict loads unchanged) and the same input:
 
 - :func:`grey128`: what ``cv2.imread(path, 0)`` then ``cv2.resize(.., (128, 128))`` and
-  ``(x - 127.5) / 127.5`` make of an 8-bit RGB image, on tensors: the BT.601 grey of
-  OpenCV's fixed-point conversion (``(4899 R + 9617 G + 1868 B + 2^13) >> 14``), stored as
-  8 bits, resized bilinearly (pixel centres, no antialiasing) and stored as 8 bits again.
-  For sizes that are an integer multiple of 128 (512 px faces) this is OpenCV's result
-  exactly; for other sizes OpenCV's fixed-point interpolation can differ by one grey level.
+  ``(x - 127.5) / 127.5`` make of an 8-bit RGB PNG, on tensors: OpenCV reads a PNG as grey
+  through libpng's conversion, ``(9797 R + 19234 G + 3737 B) >> 15`` (BT.601 weights,
+  truncated), then resizes bilinearly (pixel centres, no antialiasing) and stores 8 bits
+  again. For sizes that are an integer multiple of 128 (512 px faces) this is OpenCV's
+  result exactly; for other sizes OpenCV's fixed-point interpolation can differ by one grey
+  level. (A JPEG file is read as grey by libjpeg instead, which differs slightly: test sets
+  are PNG.)
 - :class:`ResNetFace`: conv3x3(1 -> 64) -> BN -> PReLU -> maxpool 2, four stages of
   :class:`IRBlock` (64, 128, 256, 512; stages 2-4 halve the size), BN, dropout,
   ``fc5`` (512 * 8 * 8 -> 512), ``bn5`` (BatchNorm1d). 128 -> 64 -> 8 px before ``fc5``.
@@ -146,14 +148,14 @@ def to_8bit(images: torch.Tensor) -> torch.Tensor:
 def grey128(images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) RGB in [0, 1] (8-bit images) -> (B, 1, 128, 128) float32 in [-1, 1].
 
-    ``cv2.imread(path, 0)`` (OpenCV's fixed-point BT.601 grey), ``cv2.resize`` to 128x128
+    ``cv2.imread(path, 0)`` of a PNG (libpng's fixed-point BT.601 grey), ``cv2.resize`` to 128x128
     (INTER_LINEAR, 8-bit result) and ``(x - 127.5) / 127.5``: the input of ``resnet_face18``
     in VQFR's ``calculate_cos_dist.py``.
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ImageError(f"grey128 takes (B, 3, H, W) RGB images, got {tuple(images.shape)}")
     rgb = to_8bit(images).to(torch.int64)
-    grey = (4899 * rgb[:, 0] + 9617 * rgb[:, 1] + 1868 * rgb[:, 2] + (1 << 13)) >> 14
+    grey = (9797 * rgb[:, 0] + 19234 * rgb[:, 1] + 3737 * rgb[:, 2]) >> 15
     small = resize_bilinear_8bit(grey[:, None].to(torch.float64), INPUT_SIZE)
     return ((small - 127.5) / 127.5).to(torch.float32)
 
