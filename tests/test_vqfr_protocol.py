@@ -278,6 +278,10 @@ def test_evaluate_protocol_vqfr_on_files_in_the_fields_formats(celeba_faces, tmp
                 from honestface.face.awing import awing_input
 
                 heatmaps = network(awing_input(image))[-1][:, :98].numpy()
-                points.append(facexlib_awing.calculate_points(heatmaps).reshape(-1, 2) * (image.shape[-1] / 64))
+                if np.argmax(heatmaps.reshape(98, -1), axis=1).max() == 64 * 64 - 1:
+                    # a peak in the last cell, where the original decoding fails (IndexError)
+                    points.append(decode_awing_heatmaps(heatmaps[0], tuple(image.shape[-2:])))
+                else:
+                    points.append(facexlib_awing.calculate_points(heatmaps).reshape(-1, 2) * (image.shape[-1] / 64))
             expected = np.sqrt(((points[0] - points[1]) ** 2).sum(1)).mean()
             assert row["lmd"] == pytest.approx(expected, abs=1e-6)
