@@ -13,6 +13,9 @@ pack and the command line:
     <models>/dlib/                  dlib .dat models (optional: the pip package ships them)
     <models>/pyiqa/                 image-quality metric weights, laid out like the torch hub
                                     folder (pyiqa/, checkpoints/, clip/)
+    <models>/metric_weights/        the networks of VQFR's evaluation scripts (``evaluate
+                                    --protocol vqfr``): ArcFace ``resnet18_110.pth``, AWing
+                                    ``alignment_WFLW_4HG.pth``; VQFR's own folder name
 
 Face recognisers sit where ComfyUI's face packs keep theirs (ReActor, InstantID, PuLID and
 cubiq's FaceAnalysis read ``models/insightface``; FaceAnalysis and LivePortrait read dlib
@@ -53,6 +56,7 @@ MODEL_FOLDERS: dict[str, str] = {
     "face_recognition": "insightface/models",
     "dlib": "dlib",
     "pyiqa": "pyiqa",
+    "metric_weights": "metric_weights",
 }
 
 #: Earlier homes of a kind, still searched after the current folder (deprecated).

@@ -6,6 +6,19 @@ A-LD on all 68 points, as means over the set. With ``--refs`` (``DIR/<name>/`` h
 reference photos of each person, or ``DIR/<name>.<ext>``), "Deg.-ref" is the mean
 identity angle between each restored face and its references.
 
+``--test-set DIR`` reads a test set written by ``prepare-dataset --make-test``: its
+manifest is checked first (a file whose SHA-256 differs, or a missing file, stops the
+evaluation with the list), then the restored faces (``--restored DIR/<name>.png``) are
+paired with the set's ground truths and references.
+
+``--protocol`` picks how the numbers are computed and every table names it:
+``honestface`` (default; the paper's columns) or ``vqfr`` (VQFR's ``metric_paper``
+scripts, which most face-restoration papers report: Deg. from ArcFace ``resnet_face18``
+on grey 128 px faces with pairs under 1 degree left out and counted, LMD from AWing's 98
+landmarks, PSNR / SSIM after VQFR's mean / variance correction, LPIPS with VGG; the
+networks load from ``<models>/metric_weights/``: ``resnet18_110.pth``,
+``alignment_WFLW_4HG.pth``).
+
 Faces in which no landmarks are found are counted and named (their landmark metrics
 are left out of the means); unavailable metrics are listed with the reason; files
 present in only one folder are listed.
@@ -22,17 +35,32 @@ from .score import add_metric_options, build_evaluator, run_and_print
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.evaluator import pair_folders
-    from ..metrics.registry import EVALUATE_METRICS
+    from ..errors import ConfigError
+    from ..evaluation.evaluator import pair_folders, pair_test_set
+    from ..evaluation.protocols import get_protocol
 
-    for label, folder in (("--restored", args.restored), ("--gt", args.gt), ("--refs", args.refs)):
+    if (args.gt is None) == (args.test_set is None):
+        raise ConfigError("give either --gt DIR (with --refs DIR) or --test-set DIR (a prepare-dataset --make-test "
+                          "folder)")
+    if args.test_set is not None and args.refs is not None:
+        raise ConfigError("--test-set brings its own references; leave out --refs")
+    for label, folder in (("--restored", args.restored), ("--gt", args.gt), ("--refs", args.refs),
+                          ("--test-set", args.test_set)):
         if folder is not None and not Path(folder).is_dir():
             raise ImageError(f"{label}: not a folder: {folder}")
-    pairs, unpaired = pair_folders(args.restored, args.gt, args.refs)
+    test_set = None
+    if args.test_set is not None:
+        pairs, unpaired, test_set = pair_test_set(args.restored, args.test_set)
+        with_refs = True
+    else:
+        pairs, unpaired = pair_folders(args.restored, args.gt, args.refs)
+        with_refs = args.refs is not None
     if not pairs:
-        raise ImageError(f"no images with the same name in {args.restored} and {args.gt}")
-    default = EVALUATE_METRICS + (("deg_ref",) if args.refs is not None else ())
+        raise ImageError(f"no images with the same name in {args.restored} and {args.gt or args.test_set}")
+    default = get_protocol(args.protocol).default_metrics + (("deg_ref",) if with_refs else ())
     evaluator = build_evaluator(args, default)
+    if test_set is not None:
+        evaluator.settings["test_set"] = test_set
     return run_and_print(evaluator, pairs, unpaired, args, per_image=args.per_image)
 
 
@@ -44,7 +72,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--restored", required=True, metavar="DIR", help="folder of restored faces")
-    parser.add_argument("--gt", required=True, metavar="DIR", help="folder of ground-truth faces (same file names)")
+    parser.add_argument("--gt", default=None, metavar="DIR", help="folder of ground-truth faces (same file names)")
+    parser.add_argument("--test-set", default=None, metavar="DIR",
+                        help="a test set written by prepare-dataset --make-test (its manifest is checked; GT and "
+                             "references come from it) instead of --gt / --refs")
     parser.add_argument("--refs", default=None, metavar="DIR", help="reference photos: DIR/<name>/ or DIR/<name>.<ext>")
     parser.add_argument("--per-image", action="store_true", help="print one row per image before the means")
     add_metric_options(parser, "table1 + psnr, ssim, msswd, ald")

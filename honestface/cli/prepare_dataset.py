@@ -21,6 +21,14 @@ identities, in natural order of their folder names (``2`` before ``10``), go to
 identity is dropped, so it does not depend on detection. ``--aligned`` skips detection
 and alignment and only resizes each image to ``--size`` (the paper: "All images are
 resized to 512 x 512"); use it for sets that are aligned already, like CelebRef-HQ.
+
+``--make-test`` writes a fixed test set instead (:mod:`honestface.evaluation.testset`):
+``--test-set celebref-hq`` (the first ``--test-identities`` identities of CelebRef-HQ) or
+``reface-test`` (every identity of Reface-Test); per identity the first photo is the
+ground truth, its LQ is degraded with a seed of its own (``--seed``, the file name), the
+other photos are its references; ``OUT/manifest.json`` holds the parameters, versions
+and SHA-256 of every file, so a second run writes the same bytes and ``evaluate
+--test-set OUT`` can check them.
 """
 
 from __future__ import annotations
@@ -261,6 +269,15 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--aligned", action="store_true",
                         help="the photos are aligned faces already (CelebRef-HQ): only resize them to --size")
     parser.add_argument("--models-dir", default=None, help="models folder (for the mmod detector file)")
+    test = parser.add_argument_group("fixed test set (--make-test)")
+    test.add_argument("--make-test", action="store_true",
+                      help="write LQ, GT and references of a test set with a SHA-256 manifest (OUT must be empty)")
+    test.add_argument("--test-set", default="celebref-hq", choices=("celebref-hq", "reface-test"),
+                      help="celebref-hq: the first --test-identities identities of CelebRef-HQ; reface-test: every "
+                           "identity of the Reface-Test folder (default celebref-hq)")
+    test.add_argument("--seed", type=int, default=0, help="base of the per-image degradation seeds (default 0)")
+    test.add_argument("--gt-per-identity", type=int, default=1,
+                      help="photos per identity used as ground truth, first by name (default 1)")
     parser.set_defaults(func=run)
 
 
@@ -268,6 +285,8 @@ def run(args: argparse.Namespace) -> int:
     from ..face import load_face_detector
     from ..progress import tqdm_progress
 
+    if getattr(args, "make_test", False):
+        return run_make_test(args)
     detector = None if args.aligned else load_face_detector("dlib", models_dir=args.models_dir, model=args.detector)
     progress, close = tqdm_progress("prepare-dataset", total=0)
     try:
@@ -279,6 +298,23 @@ def run(args: argparse.Namespace) -> int:
         close()
     print(json.dumps(totals))
     return 0 if totals["faces"] else 1
+
+
+def run_make_test(args: argparse.Namespace) -> int:
+    from ..evaluation.testset import make_test_set
+    from ..progress import tqdm_progress
+
+    progress, close = tqdm_progress("make-test", total=0)
+    try:
+        manifest = make_test_set(args.source, args.output, test_set=args.test_set, size=args.size, seed=args.seed,
+                                 test_identities=args.test_identities, gt_per_identity=args.gt_per_identity,
+                                 progress=progress)
+    finally:
+        close()
+    print(json.dumps({"test_set": manifest["test_set"], "faces": len(manifest["faces"]),
+                      "files": len(manifest["files"]), "skipped": len(manifest["skipped"]),
+                      "manifest": str(Path(args.output) / "manifest.json")}))
+    return 0
 
 
 __all__: list[str] = [

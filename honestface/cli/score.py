@@ -17,6 +17,10 @@ from ..errors import ImageError
 
 def add_metric_options(parser: argparse.ArgumentParser, default_metrics: str) -> None:
     """Options shared by ``score`` and ``evaluate``."""
+    parser.add_argument("--protocol", default="honestface", choices=("honestface", "vqfr"),
+                        help="honestface (default): the paper's columns; vqfr: VQFR's metric_paper scripts (Deg. from "
+                             "ArcFace resnet_face18 on grey 128 px, LMD from AWing's 98 landmarks; files in "
+                             "<models>/metric_weights/). Every table names its protocol")
     parser.add_argument("--metrics", default=None, metavar="LIST",
                         help=f"comma-separated metric keys or column names, 'table1' or 'all' (default: {default_metrics})")
     parser.add_argument("--landmarks", default="auto", metavar="NAME",
@@ -45,7 +49,7 @@ def build_evaluator(args: argparse.Namespace, default_metrics: tuple[str, ...]):
     # under a multi-process launch, "cuda" is this process's GPU
     return Evaluator(metrics, landmark_backend=args.landmarks, identity_backend=args.identity,
                      models_dir=args.models_dir, device=current_processes().device(args.device), y_channel=args.y_channel,
-                     msswd_seed=args.msswd_seed)
+                     msswd_seed=args.msswd_seed, protocol=getattr(args, "protocol", "honestface"))
 
 
 def run_and_print(evaluator, pairs, unpaired, args: argparse.Namespace, per_image: bool) -> int:
@@ -77,7 +81,8 @@ def run_and_print(evaluator, pairs, unpaired, args: argparse.Namespace, per_imag
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.evaluator import ImagePair, pair_folders
-    from ..metrics.registry import SCORE_METRICS
+    from ..evaluation.protocols import get_protocol
+    from ..metrics.registry import METRICS
 
     restored, ground_truth = Path(args.restored), Path(args.gt)
     for path in (restored, ground_truth):
@@ -91,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         pairs, unpaired = [ImagePair(restored.stem, restored, ground_truth)], {}
     else:
         raise ImageError("RESTORED and GT must both be image files or both be folders")
-    evaluator = build_evaluator(args, SCORE_METRICS)
+    per_image = tuple(k for k in get_protocol(args.protocol).default_metrics if not METRICS[k].set_level)
+    evaluator = build_evaluator(args, per_image)
     return run_and_print(evaluator, pairs, unpaired, args, per_image=True)
 
 

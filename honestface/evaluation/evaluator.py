@@ -16,6 +16,11 @@
   always carry theirs (``L2-LD(fan)``, ``ald_e(dlib)``); ``"auto"`` takes FAN when its
   file is there, else dlib.
 
+Every report names its evaluation protocol (:mod:`.protocols`): ``honestface`` (the
+above) or ``vqfr`` (VQFR's ``metric_paper`` scripts: Deg. from ``resnet_face18`` on grey
+128 px with pairs under 1 degree left out and counted, LMD from AWing's 98 landmarks,
+PSNR / SSIM after the mean / variance correction).
+
 Images are (3, H, W) RGB in [0, 1] read with :func:`honestface.image_io.load_image`; a
 restored image whose size differs from its ground truth is resized to it (noted).
 """
@@ -39,9 +44,10 @@ from ..metrics.color import DEFAULT_SEED, ms_swd
 from ..metrics.identity import identity_angle_degrees
 from ..metrics.iqa import PyiqaMetric, check_pyiqa_metric
 from ..metrics.landmark import ALD_EYES, ALD_MOUTH, affine_landmark_distance, l2_landmark_distance
-from ..metrics.pixel import psnr, ssim
+from ..metrics.pixel import correct_mean_var, psnr, ssim
 from ..metrics.registry import EVALUATE_METRICS, METRICS, MetricStatus
 from ..progress import ProgressCallback, report
+from .protocols import HONESTFACE, EvaluationProtocol, check_metrics, get_protocol
 
 
 @dataclass
@@ -97,6 +103,39 @@ def pair_folders(
     return pairs, unpaired
 
 
+def pair_test_set(restored_dir: str | Path, test_set_dir: str | Path
+                  ) -> tuple[list[ImagePair], dict[str, list[str]], dict[str, Any]]:
+    """Pair restored faces with a test set written by ``prepare-dataset --make-test``.
+
+    The manifest is checked first: a file whose SHA-256 differs, or a missing one, raises
+    an error listing them. Restored faces are paired by name (``<name>.<ext>``).
+
+    Returns:
+        (pairs in manifest order, unpaired names, {"name", "manifest_sha256", "faces"}).
+    """
+    from .testset import manifest_digest, read_manifest, verify_manifest
+
+    folder = Path(test_set_dir)
+    manifest = read_manifest(folder)
+    check = verify_manifest(folder, manifest)
+    if not check.ok:
+        raise HonestFaceError(f"test set {folder} differs from its manifest: {check.describe()}. Its numbers would "
+                              "not be comparable: write it again with 'prepare-dataset --make-test' (same source "
+                              "and seed) or restore the files")
+    restored: dict[str, Path] = {}
+    for path in list_images(restored_dir):
+        if path.stem in restored:
+            raise ImageError(f"restored folder {restored_dir} has two images named '{path.stem}'")
+        restored[path.stem] = path
+    faces = {face["name"]: face for face in manifest["faces"]}
+    pairs = [ImagePair(name, restored[name], folder / face["gt"], [folder / r for r in face["references"]])
+             for name, face in faces.items() if name in restored]
+    unpaired = {"restored only": sorted(restored[n].name for n in set(restored) - set(faces)),
+                "ground truth only": sorted(f"{n} (test set)" for n in set(faces) - set(restored))}
+    info = {"name": manifest["test_set"], "manifest_sha256": manifest_digest(folder), "faces": len(faces)}
+    return pairs, unpaired, info
+
+
 def describe_error(error: BaseException) -> str:
     """The message of an error (``str()`` of OSError subclasses shows errno fields instead)."""
     if error.args and isinstance(error.args[0], str):
@@ -145,6 +184,7 @@ class EvaluationReport:
     unpaired: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    protocol: EvaluationProtocol = HONESTFACE
 
     @property
     def available_metrics(self) -> list[str]:
@@ -155,19 +195,29 @@ class EvaluationReport:
         return {k: self.statuses[k].reason for k in self.metrics if not self.statuses[k].available}
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        """Per metric: mean over the images where it could be computed, and that count."""
+        """Per metric: mean over the images where it could be computed, and that count.
+
+        Under a protocol with ``deg_min_degrees`` (vqfr: 1 degree), Deg. values below it are
+        left out of the mean and their number is ``left_out``.
+        """
         result: dict[str, dict[str, Any]] = {}
         for key in self.available_metrics:
             if METRICS[key].set_level:
                 result[key] = {"mean": _clean(self.set_values.get(key)), "count": len(self.rows)}
                 continue
             values = [row[key] for row in self.rows if row.get(key) is not None]
+            left_out = None
+            if key == "deg" and self.protocol.deg_min_degrees is not None:
+                kept = [v for v in values if v >= self.protocol.deg_min_degrees]
+                left_out, values = len(values) - len(kept), kept
             finite = [v for v in values if math.isfinite(v)]
             if values and len(finite) < len(values):
                 mean = float("inf")  # e.g. PSNR of identical images
             else:
                 mean = float(np.mean(finite)) if finite else None
             result[key] = {"mean": mean, "count": len(values)}
+            if left_out is not None:
+                result[key]["left_out"] = left_out
         return result
 
     def output_row(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -176,6 +226,7 @@ class EvaluationReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "protocol": self.protocol.to_dict(),
             "metrics": [
                 {**self.statuses[k].to_dict(), **self.summary().get(k, {"mean": None, "count": 0})} for k in self.metrics
             ],
@@ -197,17 +248,19 @@ class EvaluationReport:
         return path
 
     def write_csv(self, path: str | Path) -> Path:
-        """One row per image, then a ``mean`` row; columns are metric keys."""
+        """One row per image, then a ``mean`` row; columns are metric keys, the last one the protocol."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         keys = self.available_metrics
         summary = self.summary()
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["name"] + [self.statuses[k].output_key for k in keys])
+            protocol = self.protocol.name
+            writer.writerow(["name"] + [self.statuses[k].output_key for k in keys] + ["protocol"])
             for row in self.rows:
-                writer.writerow([row["name"]] + ["" if row.get(k) is None else repr(row[k]) for k in keys])
-            writer.writerow(["mean"] + ["" if summary[k]["mean"] is None else repr(summary[k]["mean"]) for k in keys])
+                writer.writerow([row["name"]] + ["" if row.get(k) is None else repr(row[k]) for k in keys] + [protocol])
+            writer.writerow(["mean"] + ["" if summary[k]["mean"] is None else repr(summary[k]["mean"]) for k in keys]
+                            + [protocol])
         return path
 
     def format_table(self, per_image: bool = True) -> str:
@@ -225,7 +278,17 @@ class EvaluationReport:
         lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths)))
                  for r in [header] + body]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        partial = [k for k in keys if not METRICS[k].set_level and summary[k]["count"] < len(self.rows)]
+        lines.insert(0, f"Protocol: {self.protocol.name} ({self.protocol.description})")
+        test_set = self.settings.get("test_set")
+        if test_set:
+            lines.insert(1, f"Test set: {test_set['name']} ({test_set['faces']} faces, manifest sha256 "
+                            f"{test_set['manifest_sha256'][:16]}..., files verified)")
+        partial = [k for k in keys if not METRICS[k].set_level
+                   and summary[k]["count"] + summary[k].get("left_out", 0) < len(self.rows)]
+        left_out = {k: summary[k]["left_out"] for k in keys if summary[k].get("left_out")}
+        for key, count in left_out.items():
+            lines.append(f"{self.statuses[key].column}: {count} pair(s) under {self.protocol.deg_min_degrees:g} degree "
+                         f"left out of the mean (almost identical to the ground truth)")
         if partial:
             lines.append("means over fewer images: " + ", ".join(f"{self.statuses[k].column} ({summary[k]['count']})"
                                                                 for k in partial))
@@ -278,6 +341,9 @@ class Evaluator:
         device: torch device for the networks.
         y_channel: PSNR/SSIM on the luma channel instead of RGB.
         msswd_seed: seed of MS-SWD's random projections.
+        protocol: ``"honestface"`` or ``"vqfr"`` (:mod:`.protocols`). Under ``vqfr`` Deg. uses
+            ``resnet_face18`` and LMD the AWing network (both from
+            ``<models>/metric_weights/``), whatever ``identity_backend`` says.
     """
 
     def __init__(
@@ -289,10 +355,13 @@ class Evaluator:
         device: str | torch.device = "cpu",
         y_channel: bool = False,
         msswd_seed: int = DEFAULT_SEED,
+        protocol: str | EvaluationProtocol = "honestface",
     ) -> None:
         unknown = [k for k in metrics if k not in METRICS]
         if unknown:
             raise HonestFaceError(f"unknown metrics {unknown}; known: {', '.join(METRICS)}")
+        self.protocol = get_protocol(protocol)
+        check_metrics(self.protocol, metrics)
         self.metrics = list(dict.fromkeys(metrics))
         self.models_dir = models_dir
         self.device = torch.device(device)
@@ -302,6 +371,7 @@ class Evaluator:
         self._pyiqa: dict[str, PyiqaMetric] = {}
         self.landmark_backend = None
         self.identity_backend = None
+        self.landmark98_backend = None
         self.notes: list[str] = []
 
         kinds = {METRICS[k].kind for k in self.metrics}
@@ -309,7 +379,16 @@ class Evaluator:
         if "landmark" in kinds:
             self.landmark_backend, landmark_error = self._backend(landmark_backend, "landmark")
         if kinds & {"identity", "reference-identity"}:
-            self.identity_backend, identity_error = self._backend(identity_backend, "identity")
+            if self.protocol.name == "vqfr":
+                self.identity_backend, identity_error = self._metric_network("resnet_face18")
+                if identity_backend != "auto":
+                    self.notes.append(f"the vqfr protocol computes Deg. with resnet_face18; identity backend "
+                                      f"'{getattr(identity_backend, 'name', identity_backend)}' was not used")
+            else:
+                self.identity_backend, identity_error = self._backend(identity_backend, "identity")
+        landmark98_error = ""
+        if "landmark98" in kinds:
+            self.landmark98_backend, landmark98_error = self._metric_network("awing")
         landmark_name = getattr(self.landmark_backend, "name", "")
         identity_name = getattr(self.identity_backend, "name", "")
         for key in self.metrics:
@@ -318,6 +397,8 @@ class Evaluator:
                 self.statuses[key] = MetricStatus(key, True)
             elif kind == "landmark":
                 self.statuses[key] = MetricStatus(key, self.landmark_backend is not None, landmark_error, landmark_name)
+            elif kind == "landmark98":
+                self.statuses[key] = MetricStatus(key, self.landmark98_backend is not None, landmark98_error, "awing")
             elif kind in ("identity", "reference-identity"):
                 self.statuses[key] = MetricStatus(key, self.identity_backend is not None, identity_error, identity_name)
             elif kind == "pyiqa":
@@ -328,7 +409,21 @@ class Evaluator:
             "y_channel": y_channel,
             "msswd": {"seed": msswd_seed, "num_scales": 5, "num_projections": 128, "patch_size": 11},
             "device": str(self.device),
+            "protocol": self.protocol.name,
         }
+        if self.landmark98_backend is not None:
+            self.settings["lmd_backend"] = "awing"
+
+    def _metric_network(self, name: str):
+        """(backend, "") or (None, why) for the vqfr protocol's networks."""
+        from ..face.awing import load_awing
+        from ..face.resnet_face import load_resnet_face18
+
+        loader = load_awing if name == "awing" else load_resnet_face18
+        try:
+            return loader(models_dir=self.models_dir, device=self.device), ""
+        except (HonestFaceError, OSError, RuntimeError) as error:
+            return None, f"{name} could not be loaded: {describe_error(error)}"
 
     def _backend(self, backend: Any, role: str):
         if not isinstance(backend, str):
@@ -396,10 +491,12 @@ class Evaluator:
         batch = restored.shape[0]
         values: dict[str, np.ndarray] = {}
         found: dict[str, np.ndarray] = {}
+        # vqfr: PSNR / SSIM of the restored image after VQFR's mean / variance correction
+        fidelity_input = correct_mean_var(restored, ground_truth) if self.protocol.correct_mean_var else restored
         if self._available("psnr"):
-            values["psnr"] = psnr(restored, ground_truth, y_channel=self.y_channel).numpy()
+            values["psnr"] = psnr(fidelity_input, ground_truth, y_channel=self.y_channel).numpy()
         if self._available("ssim"):
-            values["ssim"] = ssim(restored, ground_truth, y_channel=self.y_channel).numpy()
+            values["ssim"] = ssim(fidelity_input, ground_truth, y_channel=self.y_channel).numpy()
         if self._available("msswd"):
             values["msswd"] = ms_swd(restored, ground_truth, seed=self.msswd_seed).double().cpu().numpy()
         for key, metric in self._pyiqa.items():
@@ -420,6 +517,11 @@ class Evaluator:
                     values[key] = np.asarray(
                         affine_landmark_distance(restored_points, gt_points, subset=subsets[key]), dtype=np.float64
                     )
+
+        if self._available("lmd"):
+            restored_points = self.landmark98_backend.landmarks(restored).double().numpy()
+            gt_points = self.landmark98_backend.landmarks(ground_truth).double().numpy()
+            values["lmd"] = np.asarray(l2_landmark_distance(restored_points, gt_points), dtype=np.float64)
 
         if self._available("deg") or self._available("deg_ref"):
             restored_embedding = self.identity_backend.embed(restored).double().cpu()
@@ -458,7 +560,7 @@ class Evaluator:
         processes = processes or Processes()
         statuses = dict(self.statuses)
         result = EvaluationReport(self.metrics, statuses, unpaired=dict(unpaired or {}), settings=dict(self.settings),
-                                  notes=list(self.notes))
+                                  notes=list(self.notes), protocol=self.protocol)
         owned = [(index, pair) for index, pair in enumerate(pairs) if processes.owns(index)]
         report(progress, 0, len(owned))
         scored = []
@@ -534,4 +636,4 @@ class Evaluator:
         return self.evaluate_pairs(pairs, unpaired, progress)
 
 
-__all__ = ["EvaluationReport", "Evaluator", "ImagePair", "PairScore", "pair_folders"]
+__all__ = ["EvaluationReport", "Evaluator", "ImagePair", "PairScore", "pair_folders", "pair_test_set"]

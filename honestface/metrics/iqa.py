@@ -60,6 +60,9 @@ PYIQA_METRICS: dict[str, PyiqaMetricSpec] = {
         PyiqaMetricSpec(
             "lpips", "lpips", ("checkpoints/alexnet-owt-7be5be79.pth", "pyiqa/LPIPS_v0.1_alex-df73285e.pth")
         ),
+        PyiqaMetricSpec(
+            "lpips_vgg", "lpips-vgg", ("checkpoints/vgg16-397923af.pth", "pyiqa/LPIPS_v0.1_vgg-a78928a0.pth")
+        ),
         PyiqaMetricSpec("dists", "dists", ("checkpoints/vgg16-397923af.pth", "pyiqa/DISTS_weights-f5e65c96.pth")),
         PyiqaMetricSpec("clipiqa", "clipiqa", ("clip/RN50.pt",), full_reference=False),
         PyiqaMetricSpec(

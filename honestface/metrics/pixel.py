@@ -65,4 +65,30 @@ def ssim(
     return ssim_map.flatten(1).mean(1)
 
 
-__all__ = ["psnr", "rgb_to_y", "ssim"]
+def correct_mean_var(restored: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Give every channel of ``restored`` the mean and standard deviation of ``reference``'s.
+
+    VQFR's ``calculate_psnr_ssim.py`` does this (always: its ``--correct_mean_var`` is on by
+    default and cannot be turned off) before PSNR and SSIM: per channel, shift to the
+    reference's mean, scale to its (population) standard deviation, and the same once more.
+    No clipping. A channel of zero deviation is only shifted (the script would divide by 0).
+
+    Args:
+        restored, reference: (B, C, H, W), same shape.
+
+    Returns:
+        (B, C, H, W) float64.
+    """
+    _check_pair(restored, reference)
+    x = restored.to(torch.float64)
+    ref = reference.to(device=x.device, dtype=torch.float64)
+    target_mean = ref.mean(dim=(-2, -1), keepdim=True)
+    target_std = ref.std(dim=(-2, -1), unbiased=False, keepdim=True)
+    for _ in range(2):
+        x = x - x.mean(dim=(-2, -1), keepdim=True) + target_mean
+        std = x.std(dim=(-2, -1), unbiased=False, keepdim=True)
+        x = torch.where(std > 0, x / torch.where(std > 0, std, torch.ones_like(std)) * target_std, x)
+    return x
+
+
+__all__ = ["correct_mean_var", "psnr", "rgb_to_y", "ssim"]

@@ -11,7 +11,7 @@ class MetricSpec:
 
     ``kind`` says what computing it needs: ``"pixel"`` / ``"color"`` (the two images),
     ``"pyiqa"`` (pyiqa and its weights), ``"landmark"`` (a landmark backend on both
-    images), ``"identity"`` (an identity backend), ``"reference-identity"`` (an identity
+    images), ``"landmark98"`` (the AWing 98-point network of the vqfr protocol), ``"identity"`` (an identity backend), ``"reference-identity"`` (an identity
     backend and reference photos). ``set_level`` metrics (FID) need a whole test set.
     """
 
@@ -24,12 +24,13 @@ class MetricSpec:
     #: Backends that compute the metric the way the paper does; with any other backend its
     #: name is added to the column ("Deg.(dlib)") and to the JSON/CSV keys ("deg(dlib)").
     #: Empty for backend-dependent metrics whose backend the paper does not name (landmarks):
-    #: then the backend is always named.
+    #: then the backend is always named. ``resnet_face18`` and ``awing`` are the networks of
+    #: the vqfr protocol (:mod:`honestface.evaluation.protocols`), which every table names.
     paper_backends: tuple[str, ...] = ()
 
     @property
     def needs_backend(self) -> bool:
-        return self.kind in ("landmark", "identity", "reference-identity")
+        return self.kind in ("landmark", "landmark98", "identity", "reference-identity")
 
     def qualifier(self, backend: str | None) -> str:
         """``"(dlib)"`` when ``backend`` must be named next to this metric, else ``""``."""
@@ -56,6 +57,7 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("psnr", "PSNR", False, "pixel", "peak signal-to-noise ratio in dB"),
         MetricSpec("ssim", "SSIM", False, "pixel", "structural similarity"),
         MetricSpec("lpips", "LPIPS", True, "pyiqa", "LPIPS (AlexNet, v0.1) perceptual distance"),
+        MetricSpec("lpips_vgg", "LPIPS(vgg)", True, "pyiqa", "LPIPS (VGG16, v0.1) perceptual distance, VQFR's LPIPS"),
         MetricSpec("dists", "DISTS", True, "pyiqa", "DISTS structure and texture distance"),
         MetricSpec("clipiqa", "C-IQA", False, "pyiqa", "CLIP-IQA no-reference quality of the restored image"),
         MetricSpec("maniqa", "M-IQA", False, "pyiqa", "MANIQA no-reference quality of the restored image"),
@@ -63,13 +65,15 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("fid", "FID", True, "pyiqa", "Frechet inception distance, restored set vs ground-truth set", True),
         MetricSpec("msswd", "MS-SWD", True, "color", "multiscale sliced Wasserstein colour distance"),
         MetricSpec("deg", "Deg.", True, "identity", "angle in degrees between identity embeddings (the paper: ArcFace)",
-                   paper_backends=("arcface-onnx", "arcface-torch")),
+                   paper_backends=("arcface-onnx", "arcface-torch", "resnet_face18")),
         MetricSpec("deg_ref", "Deg.-ref", True, "reference-identity", "mean identity angle to the reference photos",
-                   paper_backends=("arcface-onnx", "arcface-torch")),
+                   paper_backends=("arcface-onnx", "arcface-torch", "resnet_face18")),
         MetricSpec("l2ld", "L2-LD", True, "landmark", "mean Euclidean distance of 68 landmarks (pixels)"),
         MetricSpec("ald_e", "ALD-e", True, "landmark", "A-LD on eyes and brows (17-26, 36-47)"),
         MetricSpec("ald_m", "ALD-m", True, "landmark", "A-LD on the outer lip contour (48-59)"),
         MetricSpec("ald", "A-LD", True, "landmark", "A-LD on all 68 landmarks"),
+        MetricSpec("lmd", "LMD", True, "landmark98", "mean distance of AWing's 98 landmarks (pixels), VQFR's LMD",
+                   paper_backends=("awing",)),
     )
 }
 
