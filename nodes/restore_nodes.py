@@ -742,9 +742,9 @@ class HonestFaceRestorePhoto(io.ComfyNode):
             faces = [torch.zeros(3, pipeline.image_size, pipeline.image_size)]
             lines.append("no face restored in the batch: restored_faces is one black image")
         if any(f.identity_distance is not None for r in results for f in r.faces):
-            lines.append(f"identity distance: angle between the face's and the references' recogniser embeddings "
-                         f"({face_analysis.identity.name}); below {threshold or pipeline.match_threshold:.0f}° "
-                         f"counts as the references' person")
+            lines.append(f"identity distance: the angle between the embeddings of the face and of the references "
+                         f"by the recogniser {face_analysis.identity.name}, in degrees (deg); below "
+                         f"{threshold or pipeline.match_threshold:.0f} deg counts as the references' person")
         return io.NodeOutput(images_to_comfy(torch.stack([r.image for r in results])),
                              images_to_comfy(torch.stack(faces)), "\n".join(lines),
                              masks_to_comfy(torch.stack([r.mask for r in results])))

@@ -311,7 +311,8 @@ def test_model_loader_and_restore_through_comfyui_model_management(pack, tmp_pat
     torch.testing.assert_close(outputs["tiny-sd21-base"], outputs["tiny-sd21-base.safetensors"],
                                atol=tolerance, rtol=0)
     result = pack.HonestFaceUnloadModels.execute()
-    assert result.result == (3,) and result.ui.as_dict() == {"text": ("released 3 HonestFace model(s)",)}
+    # three models, and the dlib face analysis that checked the inputs are aligned crops
+    assert result.result == (4,) and result.ui.as_dict() == {"text": ("released 4 HonestFace model(s)",)}
     assert not model_management.current_loaded_models
     (reloaded,) = pack.HonestFaceModelLoader.execute("tiny-sd21-base.safetensors", "osdface-tiny", "auto", "auto", "auto")
     assert reloaded is not model
@@ -584,6 +585,8 @@ def test_group_photo_references_go_to_the_matching_face_only(pack, io, nano, sha
     distances = {int(part.split()[1]): float(part.split("identity distance ")[1].split()[0])
                  for part in report.split("; ") if "identity distance" in part}
     assert set(distances) == {0, 1, 2, 3} and distances[3] < 10 < min(distances[i] for i in (0, 1, 2)), distances
+    # the report says what the distance is and where the same person ends (dlib's threshold)
+    assert report.splitlines()[-1].endswith("below 22 deg counts as the references' person"), report
     assert faces.shape == (4, 128, 128, 3) and mask.shape == (1, 310, 491)
     restored = io.comfy_to_images(image)[0]
     changed = (restored - photo).abs().amax(0) > 1e-6

@@ -149,7 +149,7 @@ class ComfyUIServer:
         with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
             return response.read()
 
-    def wait_for_nodes(self, node_names: set[str], timeout: float = 180.0) -> dict:
+    def wait_for_nodes(self, node_names: set[str], timeout: float = 600.0) -> dict:
         """Wait until ``/object_info`` lists every name; returns the object info."""
         deadline = time.monotonic() + timeout
         last_problem = "no answer yet"
@@ -294,6 +294,12 @@ def write_workflow_inputs(input_dir: Path, shared_data: Path) -> dict[str, Path]
     return written
 
 
+def combo_options(spec: list) -> list:
+    """The choices of a combo input in ``/object_info``: V3 ``["COMBO", {"options": [...]}]``
+    or V1 ``[[...], {...}]``."""
+    return spec[1]["options"] if spec[0] == "COMBO" else spec[0]
+
+
 def tiny_model_choices(server: ComfyUIServer) -> dict[str, str]:
     """The tiny models' names as the server's loader nodes list them."""
     from honestface.testing.make_tiny_models import TINY_IDENTITY_BACKEND
@@ -302,7 +308,7 @@ def tiny_model_choices(server: ComfyUIServer) -> dict[str, str]:
     if status != 200:
         raise ServerError(f"/object_info/HonestFaceModelLoader: HTTP {status}")
     required = info["HonestFaceModelLoader"]["input"]["required"]
-    bases, weights = required["base_model"][0], required["weights"][0]
+    bases, weights = combo_options(required["base_model"]), combo_options(required["weights"])
     checkpoints = [w for w in weights if w.endswith(".safetensors")]
     folders = [w for w in weights if not w.endswith(".safetensors")]
     single_files = [b for b in bases if b.endswith((".safetensors", ".ckpt"))]
