@@ -185,7 +185,11 @@ class ComfyUIServer:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise ServerError(f"ComfyUI died while running {prompt_id}.\n{self.log()}")
-            status, history = self.request(f"/history/{prompt_id}")
+            try:
+                status, history = self.request(f"/history/{prompt_id}")
+            except (urllib.error.URLError, ConnectionError, socket.timeout, OSError):
+                time.sleep(1.0)  # a busy server answers late: ask again until the deadline
+                continue
             if status == 200 and isinstance(history, dict) and prompt_id in history:
                 entry = history[prompt_id]
                 if entry.get("status", {}).get("completed") or entry.get("status", {}).get("status_str") == "error":
