@@ -1,7 +1,9 @@
-"""ComfyUI entry point of the HonestFace node pack.
+"""ComfyUI entry point of the HonestFace node pack (V3 schema).
 
-ComfyUI imports this file from ``custom_nodes/<this folder>``. Importing it anywhere else
-(without ComfyUI) must work and registers nothing.
+ComfyUI imports this file from ``custom_nodes/<this folder>`` and registers the nodes that
+``comfy_entrypoint`` lists. Importing it anywhere else (without ComfyUI) must work and
+registers nothing. No ``NODE_CLASS_MAPPINGS``: ComfyUI's loader prefers those to
+``comfy_entrypoint``, so the pack must not define them.
 """
 
 import os
@@ -16,10 +18,10 @@ if _here not in sys.path:  # the core library lives beside this file
 try:
     import folder_paths  # noqa: F401  (only present inside ComfyUI)
 except ImportError:
-    NODE_CLASS_MAPPINGS = {}
-    NODE_DISPLAY_NAME_MAPPINGS = {}
+    __all__ = []
 else:
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from .nodes import comfy_entrypoint
+
+    __all__ = ["comfy_entrypoint"]
 
 WEB_DIRECTORY = None
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

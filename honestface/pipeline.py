@@ -160,7 +160,9 @@ class HonestFacePipeline:
                 from .errors import ConfigError
 
                 raise ConfigError(f"identity backend '{getattr(identity_backend, 'name', '?')}' gives {dim}-d "
-                                  f"embeddings but the model expects {model.config.ide.identity_dim}-d")
+                                  f"embeddings but the model expects {model.config.ide.identity_dim}-d: choose "
+                                  f"identity backend '{model.config.identity_backend}', the one the model was "
+                                  "trained with")
             warn_on_identity_mismatch(str(getattr(identity_backend, "name", "")), model.config.identity_backend)
         # bf16 on CPUs: channels-last, the UNet and the VAE encoder in float32 with bf16 math
         place_model(self.model, self.device, self.dtype, keep_float32)

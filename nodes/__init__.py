@@ -1,7 +1,7 @@
-"""HonestFace nodes for ComfyUI: thin wrappers over the ``honestface`` library.
+"""HonestFace nodes for ComfyUI (V3 schema): thin wrappers over the ``honestface`` library.
 
 Imported by the repository's root ``__init__.py`` only inside ComfyUI (it needs
-``folder_paths`` and ``comfy``). The nodes hold no model logic.
+``folder_paths``, ``comfy`` and ``comfy_api``). The nodes hold no model logic.
 """
 
 from .model_folders import register_model_folders
@@ -23,34 +23,32 @@ from .restore_nodes import (  # noqa: E402
     HonestFaceRestorePhoto,
     HonestFaceVisualTokens,
 )
+from .v3 import ComfyExtension, io  # noqa: E402
 
-NODE_CLASS_MAPPINGS = {
-    "HonestFaceModelLoader": HonestFaceModelLoader,
-    "HonestFaceAnalysisLoader": HonestFaceAnalysisLoader,
-    "HonestFaceIdentityEmbedder": HonestFaceIdentityEmbedder,
-    "HonestFaceVisualTokens": HonestFaceVisualTokens,
-    "HonestFaceRestoreAligned": HonestFaceRestoreAligned,
-    "HonestFaceRestorePhoto": HonestFaceRestorePhoto,
-    "HonestFaceAlignFace": HonestFaceAlignFace,
-    "HonestFaceMFAMask": HonestFaceMFAMask,
-    "HonestFaceALDScore": HonestFaceALDScore,
-    "HonestFaceReferenceSelector": HonestFaceReferenceSelector,
-    "HonestFaceUnloadModels": HonestFaceUnloadModels,
-}
+#: Every node of the pack, in the order of the "Add Node" menu.
+NODES: list[type[io.ComfyNode]] = [
+    HonestFaceModelLoader,
+    HonestFaceAnalysisLoader,
+    HonestFaceIdentityEmbedder,
+    HonestFaceVisualTokens,
+    HonestFaceRestoreAligned,
+    HonestFaceRestorePhoto,
+    HonestFaceAlignFace,
+    HonestFaceMFAMask,
+    HonestFaceALDScore,
+    HonestFaceReferenceSelector,
+    HonestFaceUnloadModels,
+]
 
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "HonestFaceModelLoader": "HonestFace Model Loader",
-    "HonestFaceAnalysisLoader": "HonestFace Face Analysis Loader",
-    "HonestFaceIdentityEmbedder": "HonestFace Identity Embedder (IDE)",
-    "HonestFaceVisualTokens": "HonestFace Visual Tokens (VRE)",
-    "HonestFaceRestoreAligned": "HonestFace Restore (aligned face)",
-    "HonestFaceRestorePhoto": "HonestFace Restore (whole photo)",
-    "HonestFaceAlignFace": "HonestFace Align Face",
-    "HonestFaceMFAMask": "HonestFace MFA Mask Preview",
-    "HonestFaceALDScore": "HonestFace A-LD Score",
-    "HonestFaceReferenceSelector": "HonestFace Reference Selector (A-LD)",
-    "HonestFaceUnloadModels": "HonestFace Unload Models",
-}
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+class HonestFaceExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
 
+
+async def comfy_entrypoint() -> HonestFaceExtension:
+    """What ComfyUI's loader calls (V3): the extension listing the nodes."""
+    return HonestFaceExtension()
+
+
+__all__ = ["NODES", "HonestFaceExtension", "comfy_entrypoint"]

@@ -6,27 +6,22 @@ library takes ``(B, 3, H, W)`` RGB in [0, 1] and ``(B, 1, H, W)`` masks. Every n
 converts with these functions, and only here.
 
 Also here: ComfyUI's progress bar and interrupt check as a library progress callback,
-the devices ComfyUI's model management chooses, and previews shown on a node (PNG files in
-ComfyUI's temp folder, listed under ``"ui": {"images": ...}`` as Preview Image does).
+the devices ComfyUI's model management chooses, and previews shown on a node (V3's
+``ui.PreviewImage`` files, several batches in one list).
 """
 
 from __future__ import annotations
 
-import os
-import random
-import string
-
-import numpy as np
 import torch
-from PIL import Image
 
 import comfy.model_management as model_management
 import comfy.utils
-import folder_paths
 
 from honestface.errors import ImageError
 from honestface.image_io import to_rgb
 from honestface.progress import ProgressCallback
+
+from .v3 import ui
 
 
 def comfy_to_images(image: torch.Tensor, name: str = "image") -> torch.Tensor:
@@ -98,33 +93,25 @@ def masks_for_images(mask: torch.Tensor, count: int, height: int, width: int,
     return [m[0] for m in masks]
 
 
-def save_previews(images: torch.Tensor, prefix: str = "HonestFace") -> list[dict]:
-    """Library images ``(B, 3, H, W)`` -> PNG files in ComfyUI's temp folder, listed the way
-    ComfyUI's Preview Image node lists them (``{"filename", "subfolder", "type": "temp"}``).
+def preview_on_node(node: type, *batches: torch.Tensor) -> ui.SavedImages:
+    """Library image batches ``(B, 3, H, W)`` -> the V3 UI output that shows them on the node.
 
-    A node returns the list as ``{"ui": {"images": previews}, "result": outputs}`` and the
-    editor shows the pictures on the node itself.
+    Each batch is written as ``ui.PreviewImage`` writes it (PNGs in ComfyUI's temp folder);
+    several batches (of different sizes) go into one list, shown in order.
+    ``node`` is the executing node class (its hidden prompt goes into the PNGs' metadata).
     """
-    if images.dim() == 3:
-        images = images.unsqueeze(0)
-    if images.shape[0] == 0:
-        return []
-    pixels = images_to_comfy(images).cpu().numpy()  # (B, H, W, 3)
-    suffix = "_temp_" + "".join(random.choice(string.ascii_lowercase) for _ in range(5))
-    folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
-        prefix + suffix, folder_paths.get_temp_directory(), pixels.shape[2], pixels.shape[1])
-    previews = []
-    for batch_number, picture in enumerate(pixels):
-        file = f"{filename.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
-        Image.fromarray(np.clip(np.rint(picture * 255.0), 0, 255).astype(np.uint8)).save(
-            os.path.join(folder, file), compress_level=1)
-        previews.append({"filename": file, "subfolder": subfolder, "type": "temp"})
-        counter += 1
-    return previews
+    results = []
+    for images in batches:
+        if images.shape[0]:
+            results += ui.PreviewImage(images_to_comfy(images), cls=node).values
+    return ui.SavedImages(results)
 
 
 def comfy_progress(total: int) -> ProgressCallback:
     """A library progress callback that drives ComfyUI's progress bar and honours Cancel.
+
+    ``comfy.utils.ProgressBar``, as ComfyUI's own V3 nodes use it: the V3 API's
+    ``execution.set_progress`` is a coroutine for async nodes, and our nodes run synchronously.
 
     The interrupt check runs before the bar moves, so a long batch stops at the next item
     once the user presses Cancel (ComfyUI's ``InterruptProcessingException``).
@@ -136,10 +123,6 @@ def comfy_progress(total: int) -> ProgressCallback:
         bar.update_absolute(int(done), max(int(total_), 1))
 
     return update
-
-
-def check_interrupted() -> None:
-    model_management.throw_exception_if_processing_interrupted()
 
 
 DEVICE_CHOICES = ["auto", "cpu"]

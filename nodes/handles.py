@@ -4,14 +4,15 @@
 ``ModelPatcher`` so ComfyUI's memory manager loads it onto the GPU when a node needs it and
 offloads it when another model needs the room). ``FACE_ANALYSIS`` is a
 :class:`FaceAnalysis` (landmarks, identity and detector backends). Loaded objects are cached
-by their loader settings; the *Unload models* node (or ``unload_all``) empties the cache.
+by their loader settings, here at module level (V3 nodes are classes without instances that
+could hold them); the *Unload models* node (or ``unload_all``) empties the cache.
 """
 
 from __future__ import annotations
 
 import gc
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -58,14 +59,40 @@ def unload_all() -> int:
     return count
 
 
+#: The Face Analysis Loader's recogniser choice that follows the model it is used with.
+FROM_MODEL = "from model"
+#: The recogniser of a "from model" analysis used where no model is connected (scoring):
+#: dlib's, which works offline with the weights of its pip package.
+RECOGNISER_WITHOUT_MODEL = "dlib"
+
+
 @dataclass
 class FaceAnalysis:
-    """Face-analysis backends chosen by the *Face analysis loader* node."""
+    """Face-analysis backends chosen by the *Face analysis loader* node.
+
+    ``identity`` is None while the recogniser is ``"from model"``: the node that has both the
+    analysis and a model asks :meth:`for_model` for the analysis with the recogniser that
+    model was trained with (so the loaders may run in any order).
+    """
 
     landmarks: Any  # honestface.face.LandmarkBackend
-    identity: Any  # honestface.face.IdentityBackend
+    identity: Any  # honestface.face.IdentityBackend, or None for FROM_MODEL
     detector: Any  # honestface.face.FaceDetector
     description: str = ""
+    #: Builds (or takes from the cache) a recogniser by backend name; set for FROM_MODEL.
+    load_identity: Callable[[str], Any] | None = field(default=None, repr=False)
+
+    def for_model(self, trained_with: str | None) -> "FaceAnalysis":
+        """This analysis with a recogniser: its own, or for FROM_MODEL the one named
+        ``trained_with`` (a checkpoint's ``identity_backend``; None where no model is at
+        hand: :data:`RECOGNISER_WITHOUT_MODEL`)."""
+        if self.identity is not None:
+            return self
+        backend = trained_with or RECOGNISER_WITHOUT_MODEL
+        source = "the model's" if trained_with else "no model connected"
+        return replace(self, identity=self.load_identity(backend), load_identity=None,
+                       description=self.description.replace(f"identity={FROM_MODEL}",
+                                                            f"identity={backend} ({source})"))
 
 
 @dataclass

@@ -43,16 +43,43 @@ def io(pack):
 
 
 def test_root_init_imports_without_comfyui():
-    """The repository's ``__init__.py`` registers nothing (and does not fail) outside ComfyUI."""
+    """The repository's ``__init__.py`` registers nothing (and does not fail) outside ComfyUI,
+    and never defines V1 mappings (ComfyUI's loader would take them instead of the V3 entry point)."""
     code = ("import importlib.util, sys; sys.modules.pop('folder_paths', None); "
             f"spec = importlib.util.spec_from_file_location('pack_root', r'{REPO_ROOT / '__init__.py'}'); "
             "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
-            "print(len(m.NODE_CLASS_MAPPINGS))")
+            "print(hasattr(m, 'comfy_entrypoint'), hasattr(m, 'NODE_CLASS_MAPPINGS'), m.__all__)")
     import subprocess
 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "0"
+    assert result.stdout.strip() == "False False []"
+
+
+def test_the_pack_registers_every_node_through_the_v3_entry_point(pack):
+    """``comfy_entrypoint`` gives a ComfyExtension listing the 11 nodes, each a V3 ComfyNode
+    whose schema is valid, keeps its saved name and has a tooltip on every input and output."""
+    import asyncio
+
+    from comfy_api.latest import ComfyExtension, io
+
+    extension = asyncio.run(pack.comfy_entrypoint())
+    assert isinstance(extension, ComfyExtension)
+    nodes = asyncio.run(extension.get_node_list())
+    saved_names = {"HonestFaceModelLoader", "HonestFaceAnalysisLoader", "HonestFaceIdentityEmbedder",
+                   "HonestFaceVisualTokens", "HonestFaceRestoreAligned", "HonestFaceRestorePhoto", "HonestFaceAlignFace",
+                   "HonestFaceMFAMask", "HonestFaceALDScore", "HonestFaceReferenceSelector", "HonestFaceUnloadModels"}
+    assert {node.GET_SCHEMA().node_id for node in nodes} == saved_names and len(nodes) == 11
+    for node in nodes:
+        schema = node.GET_SCHEMA()  # validates: unique ids, define_schema and execute present
+        assert issubclass(node, io.ComfyNode) and node.__dict__["execute"].__func__  # a classmethod
+        assert schema.display_name.startswith("HonestFace ") and schema.description
+        assert schema.node_id == node.__name__
+        for item in schema.inputs + schema.outputs:
+            assert item.tooltip, f"{schema.node_id}.{item.id}"
+        for words in [schema.display_name] + [i.display_name or i.id for i in schema.inputs]:
+            assert "VRE" not in words and "p_L" not in words, words
+    assert not hasattr(pack, "NODE_CLASS_MAPPINGS")
 
 
 def test_image_layout_round_trip(io):
@@ -174,13 +201,13 @@ def temp_folder(pack, tmp_path):
     folder_paths.set_temp_directory(previous)
 
 
-def preview_pixels(temp_folder: Path, ui: dict) -> list[torch.Tensor]:
-    """The pictures a node shows (``ui.images``), read back as (H, W, 3) in [0, 1]."""
+def preview_pixels(temp_folder: Path, ui) -> list[torch.Tensor]:
+    """The pictures a node shows (its V3 UI output's ``images``), read back as (H, W, 3) in [0, 1]."""
     import numpy as np
     from PIL import Image
 
     pictures = []
-    for entry in ui["images"]:
+    for entry in ui.as_dict()["images"]:
         assert entry["type"] == "temp"
         picture = Image.open(temp_folder / entry["subfolder"] / entry["filename"]).convert("RGB")
         pictures.append(torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0))
@@ -192,12 +219,12 @@ def test_mfa_mask_node_on_a_real_face(pack, io, shared_data, temp_folder):
 
     face = load_image(sorted((shared_data / "real_lq" / "reference_sets" / "obama" / "refs").iterdir())[0])
     face = torch.nn.functional.interpolate(face[None], size=(128, 128), mode="bilinear", antialias=True)
-    (analysis,) = pack.HonestFaceAnalysisLoader().load("dlib", "dlib", "default", "dlib-hog", "cpu")
-    output = pack.HonestFaceMFAMask().mask(analysis, io.images_to_comfy(face), 10.0, 0.6)
-    mask, overlay = output["result"]
+    (analysis,) = pack.HonestFaceAnalysisLoader.execute("dlib", "dlib", "default", "dlib-hog", "cpu")
+    output = pack.HonestFaceMFAMask.execute(analysis, io.images_to_comfy(face), 10.0, 0.6)
+    mask, overlay = output.result
     # The node shows the overlay it returns (PNG: 8 bits).
-    [shown] = preview_pixels(temp_folder, output["ui"])
-    torch.testing.assert_close(shown, overlay[0].cpu(), atol=0.5 / 255 + 1e-6, rtol=0)
+    [shown] = preview_pixels(temp_folder, output.ui)
+    torch.testing.assert_close(shown, overlay[0].cpu(), atol=1 / 255 + 1e-6, rtol=0)  # 8 bits, truncated
     assert mask.shape == (1, 128, 128) and overlay.shape == (1, 128, 128, 3)
     assert float(mask.min()) == pytest.approx(0.0, abs=1e-4) and float(mask.max()) == pytest.approx(1.0, abs=1e-3)
     # Overlay: unchanged where the mask is 0, tinted where it is high.
@@ -211,16 +238,27 @@ def test_ald_score_node_shows_the_landmarks(pack, io, shared_data, temp_folder):
 
     refs = sorted((shared_data / "real_lq" / "reference_sets" / "obama" / "refs").iterdir())
     faces = load_images(refs[:2], size=128)
-    (analysis,) = pack.HonestFaceAnalysisLoader().load("dlib", "dlib", "default", "dlib-hog", "cpu")
-    output = pack.HonestFaceALDScore().score(analysis, io.images_to_comfy(faces), io.images_to_comfy(faces[:1]))
-    ald_e, ald_m, l2, degrees, overlay, report = output["result"]
-    assert ald_e > 0 and l2 > 0 and len(report.splitlines()) == 2
-    # named as the evaluation tables name them: the landmark and identity backends are not the paper's
-    assert report.splitlines()[0].startswith("image 0: ALD-e(dlib) ") and "Deg.(dlib) " in report, report
-    shown = preview_pixels(temp_folder, output["ui"])
+    (analysis,) = pack.HonestFaceAnalysisLoader.execute("dlib", "dlib", "default", "dlib-hog", "cpu")
+    output = pack.HonestFaceALDScore.execute(analysis, io.images_to_comfy(faces), io.images_to_comfy(faces[:1]))
+    ald_e, ald_m, l2, degrees, overlay, report = output.result
+    lines = report.splitlines()
+    assert ald_e > 0 and l2 > 0 and len(lines) == 3, report  # one line per image, then how to read them
+    # In words, rounded, with the backends named; A-LD also at the paper's 512 px scale ((512/128)^2 = 16x),
+    # the identity angle with the recogniser's same-person threshold.
+    import re
+
+    eyes = [re.search(r"eye landmark fit ([\d.]+) \(([\d.]+) at 512 px\)", line) for line in lines[:2]]
+    assert all(eyes), report
+    assert sum(float(m.group(1)) for m in eyes) / 2 == pytest.approx(ald_e, abs=0.05 + 1e-3)
+    for match in eyes:
+        assert float(match.group(2)) == pytest.approx(16 * float(match.group(1)), abs=16 * 0.05 + 0.05)
+    assert "(landmarks: dlib)" in lines[0] and "recogniser: dlib; same person below 22°" in lines[0], report
+    assert "A-LD" in lines[2] and "13.4-13.6" in lines[2], report
+    assert ald_e == round(ald_e, 4) and degrees == round(degrees, 4)
+    shown = preview_pixels(temp_folder, output.ui)
     assert len(shown) == 2
     for i, (picture, returned, face) in enumerate(zip(shown, overlay.cpu(), faces)):
-        torch.testing.assert_close(picture, returned, atol=0.5 / 255 + 1e-6, rtol=0)
+        torch.testing.assert_close(picture, returned, atol=1 / 255 + 1e-6, rtol=0)
         changed = (returned - face.permute(1, 2, 0)).abs().sum(-1) > 0.1
         # 68 restored points in green over the reference's in red; face 0 is its own reference,
         # so its green points hide the red ones.
@@ -240,17 +278,17 @@ def test_model_loader_and_restore_through_comfyui_model_management(pack, tmp_pat
     import comfy.model_management as model_management
     from honestface.testing.make_tiny_models import make_tiny_models
 
-    pack.HonestFaceUnloadModels().unload()  # start from an empty cache (other tests load backends)
+    pack.HonestFaceUnloadModels.execute()  # start from an empty cache (other tests load backends)
     make_tiny_models(tmp_path)
     for kind in ("checkpoints", "diffusers", "honestface"):
         folder_paths.add_model_folder_path(kind, str(tmp_path / kind), is_default=True)
     lq = torch.rand(2, 96, 80, 3)
     for weights in ("osdface-tiny", "honestface-tiny.safetensors"):
-        (model,) = pack.HonestFaceModelLoader().load("tiny-sd21-base.safetensors", weights, "auto", "auto", "auto")
-        (again,) = pack.HonestFaceModelLoader().load("tiny-sd21-base.safetensors", weights, "auto", "auto", "auto")
+        (model,) = pack.HonestFaceModelLoader.execute("tiny-sd21-base.safetensors", weights, "auto", "auto", "auto")
+        (again,) = pack.HonestFaceModelLoader.execute("tiny-sd21-base.safetensors", weights, "auto", "auto", "auto")
         assert again is model  # cached between runs
-        (restored,) = pack.HonestFaceRestoreAligned().restore(model, lq, "model default")
-        (repeat,) = pack.HonestFaceRestoreAligned().restore(model, lq, "model default")
+        restored, _ = pack.HonestFaceRestoreAligned.execute(model, lq, "model default")
+        repeat, _ = pack.HonestFaceRestoreAligned.execute(model, lq, "model default")
         weight = next(model.pipeline.model.restorer.vae.decoder.parameters())  # bf16 on CPUs too
         assert weight.device == model_management.get_torch_device()
         if weight.device.type == "cuda":
@@ -267,15 +305,16 @@ def test_model_loader_and_restore_through_comfyui_model_management(pack, tmp_pat
     # The same SD weights as a diffusers folder restore the same faces.
     outputs = {}
     for base in ("tiny-sd21-base.safetensors", "tiny-sd21-base"):
-        (model,) = pack.HonestFaceModelLoader().load(base, "osdface-tiny", "auto", "auto", "auto")
-        (outputs[base],) = pack.HonestFaceRestoreAligned().restore(model, lq, "model default")
+        (model,) = pack.HonestFaceModelLoader.execute(base, "osdface-tiny", "auto", "auto", "auto")
+        outputs[base], _ = pack.HonestFaceRestoreAligned.execute(model, lq, "model default")
     tolerance = 1e-5 if weight.device.type == "cpu" else 1e-2
     torch.testing.assert_close(outputs["tiny-sd21-base"], outputs["tiny-sd21-base.safetensors"],
                                atol=tolerance, rtol=0)
-    result = pack.HonestFaceUnloadModels().unload()
-    assert result["result"] == (3,) and result["ui"]["text"] == ["released 3 HonestFace model(s)"]
+    result = pack.HonestFaceUnloadModels.execute()
+    # three models, and the dlib face analysis that checked the inputs are aligned crops
+    assert result.result == (4,) and result.ui.as_dict() == {"text": ("released 4 HonestFace model(s)",)}
     assert not model_management.current_loaded_models
-    (reloaded,) = pack.HonestFaceModelLoader().load("tiny-sd21-base.safetensors", "osdface-tiny", "auto", "auto", "auto")
+    (reloaded,) = pack.HonestFaceModelLoader.execute("tiny-sd21-base.safetensors", "osdface-tiny", "auto", "auto", "auto")
     assert reloaded is not model
 
 
@@ -312,18 +351,18 @@ def test_model_loader_offers_the_built_in_nano_model(pack, tmp_path):
     from honestface.testing.make_tiny_models import make_tiny_models
 
     required = pack.HonestFaceModelLoader.INPUT_TYPES()["required"]
-    assert NANO_WEIGHTS in required["weights"][0] and "none" in required["base_model"][0]
-    (model,) = pack.HonestFaceModelLoader().load("none", NANO_WEIGHTS, "auto", "auto", "auto")
+    assert NANO_WEIGHTS in required["weights"][1]["options"] and "none" in required["base_model"][1]["options"]
+    (model,) = pack.HonestFaceModelLoader.execute("none", NANO_WEIGHTS, "auto", "auto", "auto")
     assert "on none" not in model.description and NANO_WEIGHTS in model.description
     lq = torch.rand(1, 200, 200, 3)
-    (restored,) = pack.HonestFaceRestoreAligned().restore(model, lq, "model default")
+    restored, _ = pack.HonestFaceRestoreAligned.execute(model, lq, "model default")
     assert restored.shape == lq.shape and torch.isfinite(restored).all()
 
     make_tiny_models(tmp_path)
     folder_paths.add_model_folder_path("honestface", str(tmp_path / "honestface"), is_default=True)
     with pytest.raises(ConfigError, match="SD 2.1-base"):
-        pack.HonestFaceModelLoader().load("none", "honestface-tiny.safetensors", "auto", "auto", "auto")
-    pack.HonestFaceUnloadModels().unload()
+        pack.HonestFaceModelLoader.execute("none", "honestface-tiny.safetensors", "auto", "auto", "auto")
+    pack.HonestFaceUnloadModels.execute()
 
 
 @pytest.mark.parametrize("landmarks, identity, detector, missing, folder", [
@@ -336,7 +375,7 @@ def test_analysis_loader_names_the_missing_file_and_its_folder(pack, landmarks, 
     from honestface.errors import MissingModelFileError
 
     with pytest.raises(MissingModelFileError) as caught:
-        pack.HonestFaceAnalysisLoader().load(landmarks, identity, "default", detector, "cpu")
+        pack.HonestFaceAnalysisLoader.execute(landmarks, identity, "default", detector, "cpu")
     message = caught.value.args[0]
     assert missing in message and folder in message, message
 
@@ -348,8 +387,10 @@ def test_analysis_loader_offers_every_library_backend_with_its_models_folder(pac
 
     analysis = sys.modules["honestface_nodes.analysis_nodes"]
     inputs = pack.HonestFaceAnalysisLoader.INPUT_TYPES()["required"]
-    assert tuple(inputs["landmark_backend"][0]) == LANDMARK_BACKENDS
-    assert tuple(inputs["identity_backend"][0]) == IDENTITY_BACKENDS
+    assert tuple(inputs["landmark_backend"][1]["options"]) == LANDMARK_BACKENDS
+    # "from model" (the default) follows the checkpoint; saved workflows keep the backend they name
+    assert inputs["identity_backend"][1]["options"] == ["from model", *IDENTITY_BACKENDS]
+    assert inputs["identity_backend"][1]["default"] == "from model"
     assert set(analysis._LANDMARK_KIND) == set(LANDMARK_BACKENDS)
     assert set(analysis._IDENTITY_KIND) == set(IDENTITY_BACKENDS)
     assert set(analysis._LANDMARK_KIND.values()) | set(analysis._IDENTITY_KIND.values()) <= set(MODEL_FOLDERS)
@@ -375,15 +416,16 @@ def test_previews_are_pngs_in_the_temp_folder_listed_like_preview_image(io, tmp_
     from PIL import Image
 
     folder_paths.set_temp_directory(str(tmp_path))
-    images = torch.rand(2, 3, 10, 14)
-    previews = io.save_previews(images, "HonestFace/test")
-    assert [p["type"] for p in previews] == ["temp", "temp"] and previews[0]["filename"] != previews[1]["filename"]
-    for picture, preview in zip(images, previews):
-        assert set(preview) == {"filename", "subfolder", "type"} and preview["subfolder"] == "HonestFace"
+    images, eyes = torch.rand(2, 3, 10, 14), torch.rand(1, 3, 4, 8)
+    previews = io.preview_on_node(None, images, eyes).as_dict()["images"]  # two batches, one list
+    assert [p["type"] for p in previews] == ["temp"] * 3 and len({p["filename"] for p in previews}) == 3
+    for picture, preview in zip([*images, *eyes], previews):
+        assert set(preview) == {"filename", "subfolder", "type"}
         path = tmp_path / preview["subfolder"] / preview["filename"]
         saved = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255)
-        torch.testing.assert_close(saved.permute(2, 0, 1), picture, atol=0.5 / 255 + 1e-6, rtol=0)
-    assert io.save_previews(torch.zeros(0, 3, 4, 4)) == []
+        # ComfyUI's PreviewImage truncates to 8 bits
+        torch.testing.assert_close(saved.permute(2, 0, 1), picture, atol=1 / 255 + 1e-6, rtol=0)
+    assert io.preview_on_node(None, torch.zeros(0, 3, 4, 4)).as_dict() == {"images": []}
 
 
 def test_new_inputs_are_optional_with_defaults_and_tooltips(pack):
@@ -401,13 +443,13 @@ def test_new_inputs_are_optional_with_defaults_and_tooltips(pack):
         for section, inputs in node.INPUT_TYPES().items():
             for name, spec in inputs.items():
                 assert spec[1].get("tooltip"), f"{node.__name__}.{name}"
-                kind = spec[0]
-                if section == "optional" and (isinstance(kind, list) or kind in ("INT", "FLOAT", "BOOLEAN", "STRING")):
+                if section == "optional" and spec[0] in ("COMBO", "INT", "FLOAT", "BOOLEAN", "STRING"):
                     assert "default" in spec[1], f"{node.__name__}.{name}"
     # Outputs are appended, so links of saved workflows keep their slots.
-    assert pack.HonestFaceRestorePhoto.RETURN_TYPES[:3] == ("IMAGE", "IMAGE", "STRING")
+    assert pack.HonestFaceRestorePhoto.RETURN_TYPES[:3] == ["IMAGE", "IMAGE", "STRING"]
     assert pack.HonestFaceRestorePhoto.RETURN_TYPES[3] == "MASK"
-    assert pack.HonestFaceIdentityEmbedder.RETURN_TYPES[:3] == ("HONESTFACE_IDENTITY", "IMAGE", "IMAGE")
+    assert pack.HonestFaceIdentityEmbedder.RETURN_TYPES[:3] == ["HONESTFACE_IDENTITY", "IMAGE", "IMAGE"]
+    assert pack.HonestFaceRestoreAligned.RETURN_TYPES == ["IMAGE", "STRING"]
     assert restore.ON_NO_FACE["pass through"] == "pass"
 
 
@@ -434,8 +476,8 @@ def nano(pack):
     """The shipped nano model and the face analysis it was trained with (dlib, dlib-torch)."""
     from honestface.paths import NANO_WEIGHTS
 
-    (model,) = pack.HonestFaceModelLoader().load("none", NANO_WEIGHTS, "auto", "float32", "cpu")
-    (analysis,) = pack.HonestFaceAnalysisLoader().load("dlib", "dlib-torch", "default", "dlib-hog", "cpu")
+    (model,) = pack.HonestFaceModelLoader.execute("none", NANO_WEIGHTS, "auto", "float32", "cpu")
+    (analysis,) = pack.HonestFaceAnalysisLoader.execute("dlib", "dlib-torch", "default", "dlib-hog", "cpu")
     return model, analysis
 
 
@@ -458,14 +500,14 @@ def test_identity_from_raw_photos_is_encoded_once_and_restores_like_the_library(
     lq = torch.stack([load_image(p) for p in sorted((shared_data / "real_lq" / "reference_sets" / "obama" /
                                                       "lq_crop").iterdir())[:2]])
     lq = torch.nn.functional.interpolate(lq, size=(128, 128), mode="bilinear", antialias=True)
-    out = pack.HonestFaceIdentityEmbedder().embed(model, analysis, io.images_to_comfy(photos), io.images_to_comfy(lq))
-    identity, chosen, eyes, report = out["result"]
+    out = pack.HonestFaceIdentityEmbedder.execute(model, analysis, io.images_to_comfy(photos), io.images_to_comfy(lq))
+    identity, chosen, eyes, report = out.result
     refs = identity.references
     assert refs.images.shape == (3, 3, 128, 128), report
     assert refs.embeddings.shape == (3, 128) and torch.isfinite(refs.landmarks).all()
     assert chosen.shape == (2, 128, 128, 3) and eyes.shape[2] == 2 * eyes.shape[1]
     assert report.startswith("3 of 3 reference image(s) used") and "LQ face 1: reference" in report
-    previews = out["ui"]["images"]
+    previews = out.ui.as_dict()["images"]
     assert len(previews) == 4 and all((tmp_path / p["subfolder"] / p["filename"]).is_file() for p in previews)
 
     counting = dataclasses.replace(analysis, landmarks=_Counting(analysis.landmarks, "landmarks"),
@@ -473,7 +515,7 @@ def test_identity_from_raw_photos_is_encoded_once_and_restores_like_the_library(
     ffe = model.pipeline.model.ide.feature_extractor
     ffe_calls = []
     monkeypatch.setattr(ffe, "forward", lambda *a, _f=ffe.forward: ffe_calls.append(1) or _f(*a))
-    (restored,) = pack.HonestFaceRestoreAligned().restore(model, io.images_to_comfy(lq), "model default",
+    restored, _ = pack.HonestFaceRestoreAligned.execute(model, io.images_to_comfy(lq), "model default",
                                                          identity, counting)
     monkeypatch.undo()
     assert counting.identity.images == 0  # the references' embeddings come from the embedder
@@ -485,15 +527,15 @@ def test_identity_from_raw_photos_is_encoded_once_and_restores_like_the_library(
     torch.testing.assert_close(io.comfy_to_images(restored), expected, atol=1e-5, rtol=0)
 
     # strength blends with the input: 0.5 is half way.
-    (half,) = pack.HonestFaceRestoreAligned().restore(model, io.images_to_comfy(lq), "model default",
+    half, _ = pack.HonestFaceRestoreAligned.execute(model, io.images_to_comfy(lq), "model default",
                                                      identity, analysis, strength=0.5)
     torch.testing.assert_close(io.comfy_to_images(half), (lq + expected) / 2, atol=1e-5, rtol=0)
 
     # The reference selector reuses the encoded references and shows its choice on the node.
-    selected = pack.HonestFaceReferenceSelector().select(analysis, io.images_to_comfy(lq), "eyes", identity=identity)
-    best, index, _ = selected["result"]
+    selected = pack.HonestFaceReferenceSelector.execute(analysis, io.images_to_comfy(lq), "eyes", identity=identity)
+    best, index, _ = selected.result
     torch.testing.assert_close(io.comfy_to_images(best)[0], refs.images[index])
-    assert len(selected["ui"]["images"]) == 2
+    assert len(selected.ui.as_dict()["images"]) == 2
 
 
 def test_identity_embedder_drops_references_without_a_face(pack, io, nano):
@@ -502,7 +544,7 @@ def test_identity_embedder_drops_references_without_a_face(pack, io, nano):
     model, analysis = nano
     blank = torch.full((2, 3, 200, 200), 0.5)
     with pytest.raises(NoFaceError, match="no face found in any of the 2 reference image"):
-        pack.HonestFaceIdentityEmbedder().embed(model, analysis, io.images_to_comfy(blank))
+        pack.HonestFaceIdentityEmbedder.execute(model, analysis, io.images_to_comfy(blank))
 
 
 def test_photo_node_options_become_the_library_settings(pack):
@@ -535,7 +577,7 @@ def test_group_photo_references_go_to_the_matching_face_only(pack, io, nano, sha
     model, analysis = nano
     photo = load_image(shared_data / "real_lq" / "whole" / "codeformer_00.jpg")  # (3, 310, 491)
     reference = photo[:, :, -130:]  # the rightmost person, as an ordinary photo
-    image, faces, report, mask = pack.HonestFaceRestorePhoto().restore(
+    image, faces, report, mask = pack.HonestFaceRestorePhoto.execute(
         model, analysis, io.images_to_comfy(photo), 1.0, "all", "model default",
         references=io.images_to_comfy(reference), face_order="left-to-right")
     assert "4 face(s) found, restored [0, 1, 2, 3]" in report, report
@@ -543,7 +585,54 @@ def test_group_photo_references_go_to_the_matching_face_only(pack, io, nano, sha
     distances = {int(part.split()[1]): float(part.split("identity distance ")[1].split()[0])
                  for part in report.split("; ") if "identity distance" in part}
     assert set(distances) == {0, 1, 2, 3} and distances[3] < 10 < min(distances[i] for i in (0, 1, 2)), distances
+    # the report says what the distance is and where the same person ends (dlib's threshold)
+    assert report.splitlines()[-1].endswith("below 22 deg counts as the references' person"), report
     assert faces.shape == (4, 128, 128, 3) and mask.shape == (1, 310, 491)
     restored = io.comfy_to_images(image)[0]
     changed = (restored - photo).abs().amax(0) > 1e-6
     assert not changed[mask[0] == 0].any() and changed[mask[0] > 0.5].float().mean() > 0.5
+
+
+def test_face_analysis_from_model_follows_the_checkpoint(pack, io, nano, shared_data):
+    """'from model' loads no recogniser until a node has the model too, then the one the
+    checkpoint names (nano: dlib-torch): the same embeddings as choosing it by hand."""
+    from honestface.image_io import load_images
+
+    model, explicit = nano
+    (analysis,) = pack.HonestFaceAnalysisLoader.execute("dlib", "from model", "default", "dlib-hog", "cpu")
+    assert analysis.identity is None  # loaded before the model: nothing to decide yet
+    refs = load_images(sorted((shared_data / "real_lq" / "reference_sets" / "obama" / "refs").iterdir())[:2],
+                       size=128)
+    identity, _, _, report = pack.HonestFaceIdentityEmbedder.execute(model, analysis, io.images_to_comfy(refs))
+    assert model.pipeline.model.config.identity_backend == "dlib-torch"
+    assert "identity=dlib-torch (the model's)" in identity.analysis and "recogniser: dlib-torch" in report
+    by_hand = pack.HonestFaceIdentityEmbedder.execute(model, explicit, io.images_to_comfy(refs))[0]
+    torch.testing.assert_close(identity.references.embeddings, by_hand.references.embeddings)
+    assert analysis.for_model(None).identity.name == "dlib"  # no model at hand (scoring): dlib
+
+
+def test_restore_aligned_warns_when_an_input_is_no_aligned_crop(pack, io, nano, shared_data, caplog):
+    """An LFW news photo (square, but not FFHQ-aligned) fed to Restore (aligned face): the
+    CLI's input-kind test flags it in the node's report, its UI text and the log; an aligned
+    crop gets no warning."""
+    import logging
+
+    from honestface.face.input_kind import classify_input
+    from honestface.image_io import load_image
+
+    model, analysis = nano
+    photo = load_image(sorted((shared_data / "lfw" / "Al_Gore").iterdir())[0])  # (3, 250, 250)
+    crop = load_image(sorted((shared_data / "real_lq" / "reference_sets" / "obama" / "refs").iterdir())[0])
+    assert classify_input(photo, analysis.detector, analysis.landmarks).kind == "photo"
+    assert classify_input(crop, analysis.detector, analysis.landmarks).kind == "aligned"
+    with caplog.at_level(logging.WARNING, logger="honestface.comfyui"):
+        output = pack.HonestFaceRestoreAligned.execute(model, io.images_to_comfy(photo), "model default",
+                                                       face_analysis=analysis)
+    restored, report = output.result
+    assert restored.shape == (1, 250, 250, 3)
+    assert report.startswith("input 0 does not look like an aligned face crop (landmarks off the FFHQ template")
+    assert "HonestFace Restore (whole photo)" in report and "HonestFace Align Face" in report
+    assert output.ui.as_dict() == {"text": (report,)}
+    assert any("does not look like an aligned face crop" in r.getMessage() for r in caplog.records)
+    output = pack.HonestFaceRestoreAligned.execute(model, io.images_to_comfy(crop), "model default")  # dlib checks
+    assert output.result[1] == "" and output.ui is None

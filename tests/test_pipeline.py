@@ -117,7 +117,9 @@ def test_bad_inputs_are_clear_errors(model, pipeline):
 
     class WrongDim(PooledIdentity):
         embedding_dim = 512
-    with pytest.raises(ConfigError, match="512-d"):
+    # the error names the recogniser to choose: the one the model was trained with
+    with pytest.raises(ConfigError, match=f"512-d .* choose identity backend '{model.config.identity_backend}', the one "
+                                          "the model was trained with"):
         HonestFacePipeline(model, None, WrongDim())
 
 

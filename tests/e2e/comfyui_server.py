@@ -149,7 +149,7 @@ class ComfyUIServer:
         with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
             return response.read()
 
-    def wait_for_nodes(self, node_names: set[str], timeout: float = 180.0) -> dict:
+    def wait_for_nodes(self, node_names: set[str], timeout: float = 600.0) -> dict:
         """Wait until ``/object_info`` lists every name; returns the object info."""
         deadline = time.monotonic() + timeout
         last_problem = "no answer yet"
@@ -185,7 +185,11 @@ class ComfyUIServer:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise ServerError(f"ComfyUI died while running {prompt_id}.\n{self.log()}")
-            status, history = self.request(f"/history/{prompt_id}")
+            try:
+                status, history = self.request(f"/history/{prompt_id}")
+            except (urllib.error.URLError, ConnectionError, socket.timeout, OSError):
+                time.sleep(1.0)  # a busy server answers late: ask again until the deadline
+                continue
             if status == 200 and isinstance(history, dict) and prompt_id in history:
                 entry = history[prompt_id]
                 if entry.get("status", {}).get("completed") or entry.get("status", {}).get("status_str") == "error":
@@ -294,6 +298,12 @@ def write_workflow_inputs(input_dir: Path, shared_data: Path) -> dict[str, Path]
     return written
 
 
+def combo_options(spec: list) -> list:
+    """The choices of a combo input in ``/object_info``: V3 ``["COMBO", {"options": [...]}]``
+    or V1 ``[[...], {...}]``."""
+    return spec[1]["options"] if spec[0] == "COMBO" else spec[0]
+
+
 def tiny_model_choices(server: ComfyUIServer) -> dict[str, str]:
     """The tiny models' names as the server's loader nodes list them."""
     from honestface.testing.make_tiny_models import TINY_IDENTITY_BACKEND
@@ -302,7 +312,7 @@ def tiny_model_choices(server: ComfyUIServer) -> dict[str, str]:
     if status != 200:
         raise ServerError(f"/object_info/HonestFaceModelLoader: HTTP {status}")
     required = info["HonestFaceModelLoader"]["input"]["required"]
-    bases, weights = required["base_model"][0], required["weights"][0]
+    bases, weights = combo_options(required["base_model"]), combo_options(required["weights"])
     checkpoints = [w for w in weights if w.endswith(".safetensors")]
     folders = [w for w in weights if not w.endswith(".safetensors")]
     single_files = [b for b in bases if b.endswith((".safetensors", ".ckpt"))]

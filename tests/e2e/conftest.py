@@ -9,6 +9,8 @@ its process group at the end of the session.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,8 +32,16 @@ def comfyui_install() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory) -> Path:
-    """A ComfyUI-style models folder of tiny random models in the real file formats."""
+    """A ComfyUI-style models folder of tiny random models in the real file formats.
+
+    ``HONESTFACE_TINY_MODELS`` names a folder ``make_tiny_models`` wrote before: it is copied
+    (tests write into theirs) instead of making the models again.
+    """
     path = tmp_path_factory.mktemp("tiny-models")
+    prepared = os.environ.get("HONESTFACE_TINY_MODELS")
+    if prepared:
+        shutil.copytree(prepared, path, dirs_exist_ok=True)
+        return path
     result = subprocess.run([sys.executable, "-m", "honestface.testing.make_tiny_models", str(path)],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:

@@ -58,7 +58,7 @@ def test_restore_without_references(comfyui_server, inputs, tiny_choices):
     [restored] = saved_images(comfyui_server, entry, "4")
     assert_restored(restored, input_array(inputs["honestface_lq_face.png"]))
     report = entry["outputs"]["6"]["text"][0]
-    assert "distinct codes" in report
+    assert "different codebook entries" in report and "[" not in report, report  # words, no code lists
 
 
 def test_restore_with_references(comfyui_server, inputs, tiny_choices):
@@ -218,7 +218,8 @@ def test_ald_score(comfyui_server, inputs, tiny_choices):
               (("ALD-e", "5"), ("ALD-m", "6"), ("L2-LD", "7"), ("Deg.", "8"))}
     assert all(np.isfinite(v) and v >= 0 for v in values.values()), values
     assert 0 < values["Deg."] < 90, values  # same person: a small angle, but not identical images
-    assert entry["outputs"]["10"]["text"][0].startswith("image 0: ALD-e(")  # with its landmark backend
+    report = entry["outputs"]["10"]["text"][0]
+    assert report.startswith("image 0: eye landmark fit ") and "(landmarks: dlib)" in report, report
     [overlay] = saved_images(comfyui_server, entry, "9")
     assert_restored(overlay, input_array(inputs["honestface_restored.png"]))
     [shown] = saved_images(comfyui_server, entry, "4")  # the landmarks, shown on the A-LD node itself
@@ -267,12 +268,13 @@ def test_execution_errors_carry_honestface_messages(comfyui_server, inputs, tiny
     assert "no face landmarks found in the restored faces" in error["exception_message"]
     assert error["exception_type"].endswith("NoFaceError")
 
-    # A malformed option: a clear message, no traceback from inside torch.
+    # A malformed option: refused when queued (before any model loads), with what to write instead.
     prompt = with_tiny_models(load_workflow(API_WORKFLOWS / "honestface_restore_whole_photo.json"), tiny_choices)
     prompt["4"]["inputs"]["face_indices"] = "first"
-    entry, _ = comfyui_server.run_prompt(prompt)
-    error = execution_error(entry)
-    assert error is not None and "face_indices must be 'all' or comma-separated numbers" in error["exception_message"]
+    status, answer = comfyui_server.queue_prompt(prompt)
+    assert status == 400 and "4" in answer["node_errors"], answer
+    details = json.dumps(answer["node_errors"]["4"])
+    assert "face_indices must be 'all' or comma-separated numbers" in details and "write 'all'" in details, details
 
     # References with OSDFace weights: refused with the reason.
     prompt = with_tiny_models(load_workflow(API_WORKFLOWS / "honestface_restore_with_references.json"), tiny_choices)
