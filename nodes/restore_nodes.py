@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from honestface.errors import ConfigError, HonestFaceError, MissingModelFileError, NoFaceError
-from honestface.face.photo import MASK_SHAPES, PasteMask
+from honestface.face.photo import MASK_SHAPES, PASTE_MODES, PasteMask
 from honestface.face.photo import ORDERS as FACE_ORDERS
 from honestface.paths import NANO_WEIGHTS, PACKAGED_WEIGHTS_DIR
 
@@ -521,17 +521,22 @@ class HonestFaceRestoreAligned(io.ComfyNode):
                                     "the inputs are aligned crops (without it dlib does).", optional=True),
                 io.Float.Input("strength", optional=True, default=1.0, min=0.0, max=1.0, step=0.05,
                                tooltip=STRENGTH_TOOLTIP),
+                io.Combo.Input("fidelity", options=list(FIDELITY), optional=True, default="automatic",
+                               display_name="how much to restore", tooltip=FIDELITY_TOOLTIP),
             ],
             outputs=[
                 io.Image.Output("restored", display_name="restored face", tooltip="Restored faces, same size as the input."),
                 io.String.Output("report", display_name="report", tooltip=(
-                    "Warnings about inputs that do not look like aligned face crops; empty when all look aligned.")),
+                    "Warnings about inputs that do not look like aligned face crops, how much of the restoration "
+                    "each face got (automatic fidelity) and faces without landmarks.")),
             ],
         )
 
     @classmethod
     def execute(cls, model, lq_face, color_correction, identity=None, face_analysis=None,
-                strength=1.0) -> io.NodeOutput:
+                strength=1.0, fidelity="automatic") -> io.NodeOutput:
+        from honestface.pipeline import RestoreInfo
+
         if identity is not None and face_analysis is None:
             raise HonestFaceError("'identity' needs 'face analysis' too (landmarks and the face recogniser): connect "
                                   "the Face Analysis Loader that the Identity Embedder uses")
@@ -544,11 +549,35 @@ class HonestFaceRestoreAligned(io.ComfyNode):
             logger.warning("HonestFace Restore (aligned face): %s", warning)
         pipeline = make_pipeline(model, face_analysis, with_references=identity is not None)
         references = None if identity is None else identity.for_faces(pipeline, face_analysis, lq.shape[0])
+        info = RestoreInfo()
         restored = pipeline.restore(lq, references=references, progress=comfy_progress(lq.shape[0]),
-                                    color_correction=_color(color_correction), strength=float(strength))
-        report = "\n".join(warnings)
+                                    color_correction=_color(color_correction), strength=float(strength),
+                                    fidelity=FIDELITY[fidelity], info=info)
+        report = "\n".join(warnings + fidelity_lines(info))
         return io.NodeOutput(images_to_comfy(restored), report,
                              ui=ui.PreviewText(report) if warnings else None)
+
+
+#: The nodes' words for ``pipeline.restore``'s ``fidelity``.
+FIDELITY = {"automatic": None, "off": False}
+FIDELITY_TOOLTIP = (
+    "automatic: weights that estimate how much each face needs (the built-in honestface-nano) blend the face "
+    "with its restoration by that amount, so a sharp face stays as it was and a degraded one is fully "
+    "restored; the report gives each face's amount (0 = left as it was, 1 = fully restored). off: the full "
+    "restoration, as in the paper. Weights without the estimator always restore fully.")
+
+
+def fidelity_lines(info) -> list[str]:
+    """Report lines for a restore's :class:`~honestface.pipeline.RestoreInfo`."""
+    lines = []
+    if info.fidelity:
+        lines.append("automatic fidelity (0 = left as it was, 1 = fully restored): "
+                     + ", ".join(f"face {i}: {w:.2f}" for i, w in enumerate(info.fidelity)))
+    if info.landmark_misses:
+        lines.append(f"no landmarks found on {info.landmark_misses} face(s) "
+                     f"({', '.join(str(i) for i, m in enumerate(info.landmarks_missed) if m)}): their reference "
+                     "was chosen with the aligned-crop landmarks; check they are aligned face crops")
+    return lines
 
 
 def parse_indices(text: str) -> list[int] | None:
@@ -597,6 +626,13 @@ def describe_photo(index: int, result) -> str:
         return f"photo {index}: no face found, passed through unchanged"
     restored = [f for f in result.faces if f.restored is not None]
     parts = [f"photo {index}: {len(result.faces)} face(s) found, restored {[f.index for f in restored]}"]
+    amounts = [f"face {f.index}: {f.extra['fidelity']:.2f}" for f in restored if "fidelity" in f.extra]
+    if amounts:
+        parts.append("automatic fidelity (0 = left as it was, 1 = fully restored) " + ", ".join(amounts))
+    missed = [str(f.index) for f in restored if getattr(f, "landmarks_missed", False)]
+    if missed:
+        parts.append(f"no landmarks found on the aligned face(s) {', '.join(missed)} (reference chosen with the "
+                     "aligned-crop landmarks)")
     for face in restored:
         distance = "" if face.identity_distance is None else f", identity distance {face.identity_distance:.1f} deg"
         if face.with_references:
@@ -678,6 +714,13 @@ class HonestFaceRestorePhoto(io.ComfyNode):
                     "Largest identity distance (angle between recogniser embeddings, in degrees) that counts as "
                     "the references' person; 0 = the threshold measured for the face recogniser in use (dlib: "
                     "22°).")),
+                io.Combo.Input("fidelity", options=list(FIDELITY), optional=True, default="automatic",
+                               display_name="how much to restore", tooltip=FIDELITY_TOOLTIP),
+                io.Combo.Input("paste", options=list(PASTE_MODES), optional=True, default="change",
+                               display_name="paste back", tooltip=(
+                    "change: add what the restorer changed to the photo, so a face larger than the model's size "
+                    "keeps its own fine detail; replace: put the restored face (at the model's resolution) in its "
+                    "place.")),
             ],
             outputs=[
                 io.Image.Output("restored_image", display_name="restored photo", tooltip=(
@@ -707,7 +750,7 @@ class HonestFaceRestorePhoto(io.ComfyNode):
     def execute(cls, model, face_analysis, image, strength, face_indices, color_correction, references=None,
                 identity=None, mask=None, on_no_face="pass through", face_order="size", min_face_size=0,
                 max_faces=0, center_only=False, mask_shape="hull", mask_dilate=None, mask_feather=None,
-                ref_match="identity", match_threshold=0.0) -> io.NodeOutput:
+                ref_match="identity", match_threshold=0.0, fidelity="automatic", paste="change") -> io.NodeOutput:
         from honestface.whole_photo import restore_whole_photos
 
         if references is not None and identity is not None:
@@ -735,7 +778,8 @@ class HonestFaceRestorePhoto(io.ComfyNode):
             pipeline, list(photos), face_analysis.detector, landmark_backend=face_analysis.landmarks,
             references=reference_set, ref_match=ref_match, match_threshold=threshold,
             selection=selection, paste_mask=masking, strength=float(strength), on_no_face=ON_NO_FACE[on_no_face],
-            limit_masks=limits, color_correction=_color(color_correction), progress=comfy_progress(count))
+            limit_masks=limits, color_correction=_color(color_correction), progress=comfy_progress(count),
+            fidelity=FIDELITY[fidelity], paste_mode=paste)
         lines += [describe_photo(i, r) for i, r in enumerate(results)]
         faces = [f.restored for r in results for f in r.faces if f.restored is not None]
         if not faces:  # ComfyUI has no empty IMAGE batch: one black face, said in the report

@@ -438,6 +438,10 @@ def test_new_inputs_are_optional_with_defaults_and_tooltips(pack):
     aligned = pack.HonestFaceRestoreAligned.INPUT_TYPES()
     assert set(aligned["required"]) == {"model", "lq_face", "color_correction"}
     assert aligned["optional"]["strength"][1]["default"] == 1.0
+    # automatic fidelity and the detail-keeping paste: on unless a workflow says otherwise
+    assert aligned["optional"]["fidelity"][1]["default"] == photo["optional"]["fidelity"][1]["default"] == "automatic"
+    assert restore.FIDELITY == {"automatic": None, "off": False}
+    assert photo["optional"]["paste"][1]["default"] == "change"
     for node in (pack.HonestFaceRestorePhoto, pack.HonestFaceRestoreAligned, pack.HonestFaceIdentityEmbedder,
                  pack.HonestFaceReferenceSelector):
         for section, inputs in node.INPUT_TYPES().items():
