@@ -208,12 +208,13 @@ class FidelityConfig:
 
     Attributes:
         enabled: the model has one (then the pipeline blends ``x + w (R - x)`` by default).
-        resolution: side (px) at which it looks at the input and the restoration.
-        channels: width of its first convolution (doubled twice).
+        resolution: side (px) at which it looks at the input and the restoration (the
+            model's size: at half of it a clean and a soft face look alike).
+        channels: hidden units of its perceptron.
     """
 
     enabled: bool = False
-    resolution: int = 64
+    resolution: int = 128
     channels: int = 16
 
 

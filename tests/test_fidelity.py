@@ -20,23 +20,24 @@ from test_bundled import bundled_config, faces
 
 def fidelity_model(seed: int = 0) -> HonestFaceModel:
     config = bundled_config()
-    config.fidelity = FidelityConfig(enabled=True, resolution=32, channels=8)
+    config.fidelity = FidelityConfig(enabled=True, resolution=64, channels=8)
     unet, vae = build_diffusers(config, seed)
     torch.manual_seed(seed + 1)
     model = HonestFaceModel(config, unet, vae).eval()
     with torch.no_grad():  # a head that does not sit at w = 0.5 for every face
-        model.fidelity.head.weight.normal_(0, 0.5)
+        model.fidelity.mlp[2].weight.normal_(0, 0.5)
     return model
 
 
 def test_estimator_gives_one_weight_per_face_in_0_1():
-    estimator = FidelityEstimator(FidelityConfig(resolution=32, channels=8))
+    estimator = FidelityEstimator(FidelityConfig(resolution=32, channels=8)).eval()
     lq, restored = torch.rand(5, 3, 64, 64), torch.rand(5, 3, 64, 64)
     weight = estimator(lq, restored)
     assert weight.shape == (5,) and bool(((weight > 0) & (weight < 1)).all())
-    # starts undecided: the head's bias is 0 and a zero weight gives exactly 0.5
+    # a zero output layer gives exactly 0.5 ("undecided")
     with torch.no_grad():
-        estimator.head.weight.zero_()
+        estimator.mlp[2].weight.zero_()
+        estimator.mlp[2].bias.zero_()
     assert torch.equal(estimator(lq, restored), torch.full((5,), 0.5))
 
 

@@ -84,13 +84,17 @@ def build_model(section, seed: int) -> HonestFaceModel:
         if getattr(model.restorer, "lora_config", None) is None and model.config.lora.rank > 0:
             model.restorer.add_lora(model.config.lora)
         if section.init == "checkpoint":
-            # settings of the checkpoint's config that keep its tensors (e.g. fidelity.resolution)
+            # the automatic-fidelity estimator may be added to (or changed in) a finished model
             for key, value in section.overrides.items():
-                if not key.startswith("fidelity.") or key == "fidelity.enabled":
-                    raise ConfigError(f"model.overrides: '{key}' cannot change a checkpoint's model; only "
-                                      "fidelity settings other than 'enabled' can")
+                if not key.startswith("fidelity."):
+                    raise ConfigError(f"model.overrides: '{key}' cannot change a checkpoint's model; only the "
+                                      "fidelity settings can")
                 _set_dotted(model.config, key, value)
             model.config.validate()
+            if model.config.fidelity.enabled and model.fidelity is None:
+                from honestface.models.fidelity import FidelityEstimator
+
+                model.fidelity = FidelityEstimator(model.config.fidelity)
     model.set_trainable()
     parts = {"unet": model.unet, "vae": model.vae, "vq": model.vre.vq, "vgg": model.ide.feature_extractor.vgg}
     for name in section.freeze:
