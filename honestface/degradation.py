@@ -72,6 +72,14 @@ class DegradationConfig:
         gray_probability: chance of a grayscale LQ (VQFR's ``gray_prob``).
         gray_ground_truth: convert the ground truth of a grayscale LQ too (VQFR's
             ``gt_gray``); see :func:`degrade_pair`.
+        severity_spread: ``None`` (VQFR, the paper) draws every parameter independently,
+            so nearly every image is degraded in some way. A number couples them: one
+            severity ``s ~ U(0, 1)`` per image puts every parameter at the same relative
+            place in its range (JPEG quality from the top down), each moved by
+            ``U(-spread, spread)``; images from nearly clean to the heaviest then occur
+            evenly (training a model that must leave good faces as they are).
+        clean_probability: chance that an image is not degraded at all (only quantised),
+            so a model learns that a clean face needs no change.
     """
 
     kernel_size: int = 41
@@ -84,8 +92,14 @@ class DegradationConfig:
     quantize: bool = True
     gray_probability: float = 0.01
     gray_ground_truth: bool = True
+    severity_spread: float | None = None
+    clean_probability: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.severity_spread is not None and not 0.0 <= float(self.severity_spread) <= 1.0:
+            raise ConfigError(f"severity_spread must lie in [0, 1] or be null, got {self.severity_spread}")
+        if not 0.0 <= float(self.clean_probability) <= 1.0:
+            raise ConfigError(f"clean_probability must lie in [0, 1], got {self.clean_probability}")
         self.blur_sigma = _as_range(self.blur_sigma, "blur_sigma")
         self.downsample_scale = _as_range(self.downsample_scale, "downsample_scale")
         self.noise_sigma = _as_range(self.noise_sigma, "noise_sigma")
@@ -152,6 +166,7 @@ class DegradationParams:
     jpeg_quality: torch.Tensor | None
     noise_seed: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     gray: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))  # (B,) or empty: none
+    clean: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))  # (B,) or empty: none
 
     def __len__(self) -> int:
         return int(self.sigma_x.shape[0])
@@ -164,7 +179,11 @@ class DegradationParams:
         if self.jpeg_quality is not None:
             out["jpeg_quality"] = int(self.jpeg_quality[index])
         out["gray"] = self.is_gray(index)
+        out["clean"] = self.is_clean(index)
         return out
+
+    def is_clean(self, index: int) -> bool:
+        return bool(self.clean[index]) if len(self.clean) else False
 
     def is_gray(self, index: int) -> bool:
         return bool(self.gray[index]) if len(self.gray) else False
@@ -214,7 +233,26 @@ def sample_degradation_params(batch_size: int, config: DegradationConfig | None 
     noise_seed = _integers(generator, n)
     # drawn last, so the other parameters of a seed do not depend on the gray option
     gray = _uniform(generator, n, 0.0, 1.0) < config.gray_probability
-    return DegradationParams(sigma_x, sigma_y, theta, scale, noise_sigma, quality, noise_seed, gray)
+    clean = torch.zeros(0, dtype=torch.bool)
+    # the options below draw after everything else: without them a seed gives what it always gave
+    if config.severity_spread is not None:
+        severity = _uniform(generator, n, 0.0, 1.0)
+        spread = float(config.severity_spread)
+
+        def at_severity(low: float, high: float) -> torch.Tensor:
+            place = (severity + _uniform(generator, n, -spread, spread)).clamp(0.0, 1.0)
+            return low + place * (high - low)
+
+        sigma_x = at_severity(*config.blur_sigma)
+        sigma_y = torch.where(isotropic, sigma_x, sigma_x * _uniform(generator, n, 0.5, 1.5))
+        scale = at_severity(*config.downsample_scale)
+        noise_sigma = at_severity(*config.noise_sigma)
+        if config.jpeg_quality is not None:
+            low, high = config.jpeg_quality
+            quality = at_severity(high, low).round().clamp(1, 100).to(torch.int64)
+    if config.clean_probability > 0:
+        clean = _uniform(generator, n, 0.0, 1.0) < config.clean_probability
+    return DegradationParams(sigma_x, sigma_y, theta, scale, noise_sigma, quality, noise_seed, gray, clean)
 
 
 # ----------------------------------------------------------------------------- operations
@@ -355,6 +393,8 @@ def apply_degradation(images: torch.Tensor, params: DegradationParams,
             one = to_grayscale(one)
         out.append(one[0])
     result = torch.stack(out).clamp(0, 1)
+    if len(params.clean) and bool(params.clean.any()) and config.resize_back:
+        result = torch.where(params.clean.view(-1, 1, 1, 1), images.float().clamp(0, 1), result)
     if config.quantize:
         result = (result * 255.0).round() / 255.0
     return result.to(images.dtype)

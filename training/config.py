@@ -48,6 +48,11 @@ class ModelSection:
         identity: identity backend of the FIE (``"none"``: no identity embeddings).
         identity_options: keyword arguments of that backend.
         gradient_checkpointing: recompute UNet and VAE activations in the backward pass.
+        vae: with ``init: random``, a diffusers ``AutoencoderKL`` folder (stage 1:
+            ``training/train_autoencoder.py``'s export) that replaces the random VAE; its
+            config (scaling factor included) becomes the model's.
+        freeze: bundled parts (``unet``, ``vae``, ``vq``, ``vgg``) kept frozen, e.g.
+            ``[vae]`` after stage 1, as SD's VAE is for the paper's model.
         overrides: changes to the preset's :class:`honestface.config.HonestFaceConfig`
             (dotted keys, e.g. ``{"lora.rank": 8}``).
     """
@@ -64,9 +69,17 @@ class ModelSection:
     identity: str = "arcface-torch"
     identity_options: dict[str, Any] = field(default_factory=dict)
     gradient_checkpointing: bool = False
+    vae: str | None = None
+    freeze: list[str] = field(default_factory=list)
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.freeze) - {"unet", "vae", "vq", "vgg"})
+        if unknown:
+            raise ConfigError(f"model.freeze: unknown part(s) {unknown}; choose from unet, vae, vq, vgg")
+        if self.vae and self.init != "random":
+            raise ConfigError("model.vae replaces the random VAE of init 'random'; with SD 2.1-base the "
+                              "VAE comes from model.sd21")
         if self.init not in ("random", "sd21", "osdface", "checkpoint"):
             raise ConfigError(f"model.init must be random, sd21, osdface or checkpoint, got '{self.init}'")
         if self.init in ("sd21", "osdface", "checkpoint") and not self.sd21:
@@ -235,8 +248,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
-def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML config, apply overrides and validate."""
+def read_config_dict(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """A YAML config file as a dict with ``key=value`` overrides applied (not validated)."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -246,4 +259,9 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
             data = parse_yaml(handle.read()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
-    return TrainConfig.from_dict(apply_overrides(data, overrides))
+    return apply_overrides(data, overrides)
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML config, apply overrides and validate."""
+    return TrainConfig.from_dict(read_config_dict(path, overrides))

@@ -74,18 +74,46 @@ def build_model(section, seed: int) -> HonestFaceModel:
             _set_dotted(config, key, value)
         config.validate()
         unet, vae = build_diffusers(config, seed)
+        if section.vae:
+            vae = load_pretrained_vae(section.vae, config)
         model = HonestFaceModel(config, unet, vae, vgg_state_dict=None, lora=True)
     else:
         model = build_model_from_files(section)
         if getattr(model.restorer, "lora_config", None) is None and model.config.lora.rank > 0:
             model.restorer.add_lora(model.config.lora)
     model.set_trainable()
+    parts = {"unet": model.unet, "vae": model.vae, "vq": model.vre.vq, "vgg": model.ide.feature_extractor.vgg}
+    for name in section.freeze:
+        parts[name].requires_grad_(False)
     if section.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
         # the frozen VAE decoder sits between the loss and the LoRA: recompute it as well
         if hasattr(model.vae, "enable_gradient_checkpointing"):
             model.vae.enable_gradient_checkpointing()
     return model
+
+
+def load_pretrained_vae(folder: str | Path, config: HonestFaceConfig) -> torch.nn.Module:
+    """A diffusers ``AutoencoderKL`` folder (stage 1) for the model of ``config``, whose VAE
+    config takes the folder's (same architecture required; the scaling factor may differ)."""
+    from diffusers import AutoencoderKL
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"model.vae: {folder} is not a diffusers VAE folder (no config.json); "
+                          "train one with training/train_autoencoder.py")
+    vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
+    loaded = dict(vae.config)
+    for key, value in config.vae.items():
+        if key.startswith("_") or key == "scaling_factor":
+            continue
+        mine = list(value) if isinstance(value, (list, tuple)) else value
+        theirs = list(loaded.get(key)) if isinstance(loaded.get(key), (list, tuple)) else loaded.get(key)
+        if mine != theirs:
+            raise ConfigError(f"model.vae: {folder} has {key}={theirs!r}, the model config {mine!r}")
+    config.vae = {**config.vae, "scaling_factor": float(loaded["scaling_factor"])}
+    logger.info("VAE from %s (scaling factor %.5f)", folder, config.vae["scaling_factor"])
+    return vae
 
 
 def build_model_from_files(section) -> HonestFaceModel:
