@@ -269,6 +269,9 @@ class Trainer:
                                            weight_decay=optim.weight_decay, eps=optim.eps)
             self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lr_lambda(optim, loop.max_steps))
 
+        if not config.data.synthetic_lq:
+            raise ConfigError("data.synthetic_lq: false gives the restorer clean inputs: it is for the stage-1 "
+                              "autoencoder programs; set it true (degradation.clean_probability for clean inputs)")
         self.train_set, self.val_set = build_datasets(config.data)
         if self.train_set.config.image_size != self.model.config.image_size:
             raise ConfigError(f"data.image_size {config.data.image_size} != model image size "

@@ -7,16 +7,21 @@ The VRE (paper Eq. 7) is OSDFace's LQ embedder, whose weights the OSDFace releas
    that reconstructs clean faces (OSDFace: 50 epochs);
 2. ``vq-lq``: the LQ dictionary, an autoencoder of the same shape that reconstructs the
    synthetic LQ of the same faces (``honestface.degradation``), first alone (10 epochs,
-   ``losses.association`` held back by ``losses.start_steps``), then tied to the HQ
+   ``model.association`` held back by ``model.start_steps``), then tied to the HQ
    dictionary by DAEFR's association loss (10 more epochs, weight 1): features of the LQ
    face and of its clean original are contrasted position by position, CLIP-style.
    While the association loss is on, the HQ autoencoder trains with it (``model.train_hq``,
    as in DAEFR's association stage), keeping its own reconstruction loss.
 
-Losses of each autoencoder: L1 reconstruction on [-1, 1], LPIPS-VGG (``losses.perceptual``;
-0 = off, needed when the VGG16/LPIPS files are absent), codebook ``||sg[z] - e||^2`` and
-commitment ``beta ||z - sg[e]||^2`` (VQ-VAE, beta 0.25). DAEFR adds a patch GAN on the
-decoder; the VRE keeps only the encoder and the codebook, so it is left out here.
+Losses of each autoencoder (weights in the config's ``model`` section, 0 = off): ``l1``
+(and ``mse``) reconstruction on [-1, 1]; ``perceptual``, LPIPS-VGG (needs
+``honestface/vgg16-397923af.pth`` and ``honestface/lpips_vgg.pth``; set 0 without them, or
+``pretrained: false`` for tests); ``codebook`` ``||sg[z] - e||^2`` and ``commitment``
+``beta ||z - sg[e]||^2`` (VQ-VAE, beta 0.25; DAEFR's code, after taming's early versions,
+weights them the other way round: 1 on the commitment term, 0.25 on the codebook term);
+``association`` (``vq-lq``). ``start_steps`` delays a loss to an optimiser step. DAEFR adds
+a patch GAN on the decoder; the VRE keeps only the encoder and the codebook, so it is left
+out here.
 
 :class:`VQTask` holds the models and computes one step's losses; the loop, the
 checkpoints and the logs are those of ``training/train_autoencoder.py``. The export is a
@@ -31,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from honestface.config import HonestFaceConfig, VREConfig, strict_from_dict
+from honestface.config import HonestFaceConfig, VREConfig
 from honestface.errors import ConfigError
 from honestface.loaders.osdface import HQ_PREFIX, VQ_FILE, VQ_PREFIX, load_vq_dictionary, save_vq_checkpoint
 from honestface.models.vq_autoencoder import VQAutoencoder, VQAutoencoderOutput, association_loss
@@ -53,81 +58,40 @@ EXPORT_NAMES = {"vq-hq": "hq_dictionary.ckpt", "vq-lq": VQ_FILE}
 #: CLIP's initial temperature 0.07, as DAEFR
 INITIAL_LOGIT_SCALE = math.log(1 / 0.07)
 LOGIT_SCALE_KEY = "logit_scale"
-VQ_LOSS_NAMES = ("l1", "perceptual", "codebook", "commitment", "association")
+VQ_LOSS_NAMES = ("l1", "mse", "perceptual", "codebook", "commitment", "association")
 
 
-@dataclass
-class VQModelSection:
-    """The dictionaries' architecture and starting weights.
-
-    Attributes:
-        preset: the VRE sizes of this HonestFace preset (``sd21``: the release's encoder,
-            512 px, 16x16 grid, 1024 codes of 512; ``tiny``: the CPU test model's).
-        overrides: changes to that :class:`~honestface.config.VREConfig` (e.g.
-            ``{codebook_size: 512}``); stage 2 must then use the same ones
-            (``model.overrides`` with ``vre.`` keys).
-        hq_dictionary: ``vq-lq``: the ``vq-hq`` run's ``hq_dictionary.ckpt`` (or any
-            checkpoint of that format with a ``vqvae.*`` part, such as an ``associate_2.ckpt``).
-        train_hq: ``vq-lq``: train the HQ autoencoder with the association loss while it is
-            on (DAEFR's association stage); False keeps the HQ dictionary frozen.
-        init: start weights from a checkpoint of this format (``vq-hq``: its ``vqvae.*``
-            part; ``vq-lq``: its ``vqvae_LQ.*`` part, decoder included, and ``logit_scale``
-            if present), e.g. to continue a finished run with other settings.
-    """
-
-    preset: str = "sd21"
-    overrides: dict[str, Any] = field(default_factory=dict)
-    hq_dictionary: str | None = None
-    train_hq: bool = True
-    init: str | None = None
-
-    def vre_config(self) -> VREConfig:
-        config = HonestFaceConfig.from_preset(self.preset)
-        for key, value in self.overrides.items():
-            if not hasattr(config.vre, key):
-                raise ConfigError(f"model.overrides: unknown VRE config key '{key}'; known: "
-                                  f"{sorted(asdict(config.vre))}")
-            current = getattr(config.vre, key)
-            setattr(config.vre, key, tuple(value) if isinstance(current, tuple) else value)
-        config.validate()
-        return config.vre
+def vre_config(preset: str, overrides: dict[str, Any]) -> VREConfig:
+    """The VRE sizes of a HonestFace preset (``sd21``: the release's; ``tiny``: the CPU
+    test model's) with ``overrides`` of :class:`~honestface.config.VREConfig` keys."""
+    config = HonestFaceConfig.from_preset(preset)
+    for key, value in overrides.items():
+        if not hasattr(config.vre, key):
+            raise ConfigError(f"model.vre: unknown VRE config key '{key}'; known: {sorted(asdict(config.vre))}")
+        current = getattr(config.vre, key)
+        setattr(config.vre, key, tuple(value) if isinstance(current, tuple) else value)
+    config.validate()
+    return config.vre
 
 
-@dataclass
-class VQLossSection:
-    """Loss weights of stage 1 (0 switches a term off).
+def check_vq_section(section) -> None:
+    """Errors of the VQ fields of ``model`` (:class:`training.train_autoencoder.AutoencoderSection`)."""
+    unknown = sorted(set(section.start_steps) - set(VQ_LOSS_NAMES))
+    if unknown:
+        raise ConfigError(f"model.start_steps names unknown loss(es) {unknown}; known: {list(VQ_LOSS_NAMES)}")
+    section.start_steps = {name: int(step) for name, step in section.start_steps.items()}
+    for name in VQ_LOSS_NAMES:
+        if float(getattr(section, name)) < 0:
+            raise ConfigError(f"model.{name} must be >= 0, got {getattr(section, name)}")
+    if section.l1 + section.mse <= 0:
+        raise ConfigError("model.l1 + model.mse must be > 0: the dictionaries learn from the reconstruction")
+    if section.kind == "vq-lq" and not section.hq_dictionary:
+        raise ConfigError("kind vq-lq needs model.hq_dictionary: the hq_dictionary.ckpt of a vq-hq run")
 
-    ``l1``: reconstruction |x_hat - x| on [-1, 1]; ``perceptual``: LPIPS-VGG (needs
-    ``honestface/vgg16-397923af.pth`` and ``honestface/lpips_vgg.pth`` unless
-    ``pretrained: false``, test only); ``codebook``, ``commitment``: the VQ-VAE terms
-    (beta = 0.25); ``association``: DAEFR's HQ-LQ contrast (``vq-lq`` only).
-    ``start_steps``: per loss name, the optimiser step from which it counts (OSDFace: the
-    association loss after the LQ dictionary's first 10 epochs).
-    """
 
-    l1: float = 1.0
-    perceptual: float = 1.0
-    codebook: float = 1.0
-    commitment: float = 0.25
-    association: float = 1.0
-    pretrained: bool = True
-    start_steps: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.start_steps) - set(VQ_LOSS_NAMES))
-        if unknown:
-            raise ConfigError(f"losses.start_steps names unknown loss(es) {unknown}; known: {list(VQ_LOSS_NAMES)}")
-        self.start_steps = {name: int(step) for name, step in self.start_steps.items()}
-        for name in VQ_LOSS_NAMES:
-            if float(getattr(self, name)) < 0:
-                raise ConfigError(f"losses.{name} must be >= 0, got {getattr(self, name)}")
-
-    def active(self, name: str, step: int) -> bool:
-        return float(getattr(self, name)) > 0 and step >= self.start_steps.get(name, 0)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "VQLossSection":
-        return strict_from_dict(cls, data, "the VQ loss options")
+def loss_active(section, name: str, step: int) -> bool:
+    """Weight above 0, and ``step`` at or past ``section.start_steps[name]``."""
+    return float(getattr(section, name)) > 0 and step >= section.start_steps.get(name, 0)
 
 
 class VQTask(nn.Module):
@@ -139,30 +103,28 @@ class VQTask(nn.Module):
     those of the exported checkpoint (``vqvae.*``, ``vqvae_LQ.*``, ``logit_scale``).
     """
 
-    def __init__(self, kind: str, model: VQModelSection, losses: VQLossSection,
-                 models_dir: str | Path | None = None) -> None:
+    def __init__(self, section, models_dir: str | Path | None = None) -> None:
         super().__init__()
-        if kind not in VQ_KINDS:
-            raise ConfigError(f"unknown VQ kind '{kind}'; known: {', '.join(VQ_KINDS)}")
-        self.kind = kind
-        self.model_section = model
-        self.loss_config = losses
-        self.config = model.vre_config()
+        if section.kind not in VQ_KINDS:
+            raise ConfigError(f"unknown VQ kind '{section.kind}'; known: {', '.join(VQ_KINDS)}")
+        check_vq_section(section)
+        self.kind = section.kind
+        self.section = section
+        self.config = vre_config(section.vre_preset, section.vre)
         self.hq = VQAutoencoder(self.config)
-        self.lq = VQAutoencoder(self.config) if kind == "vq-lq" else None
-        self.logit_scale = nn.Parameter(torch.tensor(INITIAL_LOGIT_SCALE)) if kind == "vq-lq" else None
-        if kind == "vq-lq":
-            if not model.hq_dictionary:
-                raise ConfigError("kind vq-lq needs model.hq_dictionary: the hq_dictionary.ckpt of a vq-hq run")
-            load_vq_dictionary(self.hq, _existing(model.hq_dictionary, "model.hq_dictionary"), HQ_PREFIX)
-            self.hq.requires_grad_(bool(model.train_hq))
-        if model.init:
-            self._load_init(_existing(model.init, "model.init"))
-        self.lpips = None
-        if losses.perceptual > 0:
+        self.lq = VQAutoencoder(self.config) if self.kind == "vq-lq" else None
+        self.logit_scale = nn.Parameter(torch.tensor(INITIAL_LOGIT_SCALE)) if self.kind == "vq-lq" else None
+        if self.kind == "vq-lq":
+            load_vq_dictionary(self.hq, _existing(section.hq_dictionary, "model.hq_dictionary"), HQ_PREFIX)
+            self.hq.requires_grad_(bool(section.train_hq))
+        if section.init:
+            self._load_init(_existing(section.init, "model.init"))
+        # frozen and not part of the weights: kept outside the module tree (state_dict, checkpoints)
+        self._lpips: list[nn.Module] = []
+        if section.perceptual > 0:
             from honestface.losses import build_lpips
 
-            self.lpips = build_lpips(losses.pretrained, models_dir)
+            self._lpips.append(build_lpips(section.pretrained, models_dir))
 
     # ----------------------------------------------------------------- weights
     def _load_init(self, path: Path) -> None:
@@ -182,12 +144,18 @@ class VQTask(nn.Module):
         return self.hq if self.lq is None else self.lq
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        # the LPIPS networks are frozen buffers and parameters with requires_grad False
-        modules = [m for m in (self.hq, self.lq) if m is not None]
-        params = [p for m in modules for p in m.parameters() if p.requires_grad]
-        if self.logit_scale is not None:
-            params.append(self.logit_scale)
-        return params
+        return [p for p in self.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, R, R) faces in [0, 1] -> the trained autoencoder's reconstruction in [0, 1]
+        (the input is the clean face for ``vq-hq``, the LQ face for ``vq-lq``)."""
+        autoencoder = self.trained()
+        was_training = autoencoder.training
+        autoencoder.eval()
+        out = autoencoder(encoder_input(images * 2.0 - 1.0, self.config))
+        autoencoder.train(was_training)
+        return (out.reconstruction.float().clamp(-1, 1) + 1.0) / 2.0
 
     def export_state(self) -> dict[str, torch.Tensor]:
         """Every weight under its exported name (what :meth:`load_export_state` reads back)."""
@@ -223,28 +191,33 @@ class VQTask(nn.Module):
     def _autoencoder_terms(self, autoencoder: VQAutoencoder, images: torch.Tensor, step: int,
                            prefix: str = "") -> tuple[dict[str, torch.Tensor], VQAutoencoderOutput]:
         """Reconstruction and VQ terms of one autoencoder on (B, 3, R, R) faces in [0, 1]."""
-        config, losses = self.config, self.loss_config
+        config, section = self.config, self.section
         target = images * 2.0 - 1.0
         if target.shape[-2:] != (config.resolution, config.resolution):
             raise ConfigError(f"faces of {tuple(target.shape[-2:])} px, but the dictionaries are built for "
                               f"{config.resolution} px: set data.image_size to {config.resolution}")
         out = autoencoder(encoder_input(target, config))
-        reconstruction = out.reconstruction.float()
+        error = out.reconstruction.float() - target.float()
         terms: dict[str, torch.Tensor] = {}
-        if losses.active("l1", step):
-            terms[prefix + "l1"] = (reconstruction - target.float()).abs().mean()
-        if self.lpips is not None and losses.active("perceptual", step):
-            terms[prefix + "perceptual"] = self.lpips((reconstruction + 1) / 2, images.float()).mean()
-        if losses.active("codebook", step):
+        if loss_active(section, "l1", step):
+            terms[prefix + "l1"] = error.abs().mean()
+        if loss_active(section, "mse", step):
+            terms[prefix + "mse"] = error.pow(2).mean()
+        if self._lpips and loss_active(section, "perceptual", step):
+            lpips = self._lpips[0]
+            if lpips.lin0.device != images.device:
+                lpips.to(images.device)
+            terms[prefix + "perceptual"] = lpips((out.reconstruction.float() + 1) / 2, images.float()).mean()
+        if loss_active(section, "codebook", step):
             terms[prefix + "codebook"] = out.quantized.codebook_loss
-        if losses.active("commitment", step):
+        if loss_active(section, "commitment", step):
             terms[prefix + "commitment"] = out.quantized.commitment_loss
         return terms, out
 
     def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         total = torch.zeros((), device=next(iter(terms.values())).device)
         for name, value in terms.items():
-            total = total + float(getattr(self.loss_config, name.removeprefix("hq_"))) * value
+            total = total + float(getattr(self.section, name.removeprefix("hq_"))) * value
         return total
 
     def losses(self, gt: torch.Tensor, lq: torch.Tensor | None, step: int) -> tuple[dict[str, torch.Tensor],
@@ -264,8 +237,8 @@ class VQTask(nn.Module):
                 raise ConfigError("kind vq-lq needs the LQ faces of the batch")
             terms, out = self._autoencoder_terms(self.lq, lq, step)
             stats = {"codes/perplexity": float(out.quantized.perplexity)}
-            if self.loss_config.active("association", step):
-                hq_trained = bool(self.model_section.train_hq)
+            if loss_active(self.section, "association", step):
+                hq_trained = bool(self.section.train_hq)
                 with torch.set_grad_enabled(hq_trained and torch.is_grad_enabled()):
                     if hq_trained:  # DAEFR's association stage trains the HQ autoencoder with its own losses
                         hq_terms, hq_out = self._autoencoder_terms(self.hq, gt, step, prefix="hq_")
