@@ -254,3 +254,29 @@ def test_stage1_then_paper_structure_end_to_end(celeba_subset, tmp_path):
         assert math.isfinite(summary["last"][f"loss/{name}"]), name
     face = trainer.val_set[(0, 0)]["lq"]
     restore_with_stage1_vre(models, summary["export"], vre_folder, lq, face)
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_lq_dictionary(celeba_subset, tmp_path):
+    import subprocess
+    import sys
+
+    from test_train import _env
+
+    hq = AutoencoderTrainer(load_autoencoder_config(STAGE1_HQ, stage1_overrides(
+        celeba_subset, tmp_path / "vre-hq", "train.max_steps=1", "train.val_every=0", "train.checkpoint_every=0")))
+    hq.run()
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+               str(REPO_ROOT / "training" / "train_autoencoder.py"), "--config", str(STAGE1_LQ),
+               "--output", str(tmp_path / "vre-lq"),
+               *stage1_overrides(celeba_subset, tmp_path / "vre-lq", "train.max_steps=2", "train.val_every=0",
+                                 "train.checkpoint_every=2", "model.start_steps={association: 1}",
+                                 f"model.hq_dictionary={tmp_path / 'vre-hq' / 'hq_dictionary.ckpt'}")]
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "vre-lq" / "summary.json").read_text())["world_size"] == 2
+    checkpoint = tmp_path / "vre-lq" / "checkpoints" / "step-00000002"
+    assert (checkpoint / "rng-rank0.pt").is_file() and (checkpoint / "rng-rank1.pt").is_file()
+    assert [s["world_size"] for s in json.loads((checkpoint / "trainer.json").read_text())["sampler"]] == [2, 2]
+    vre = VisualRepresentationEmbedder(hq.model.config, token_dim=32)
+    load_vq_encoder(vre, find_osdface_folder(tmp_path / "vre-lq", files=(VQ_FILE,)) / VQ_FILE)
