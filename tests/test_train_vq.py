@@ -170,6 +170,14 @@ def test_program_trains_resumes_and_exports_the_release_format(celeba_subset, tm
 # ----------------------------------------------------------------------------- stage 1 -> stage 2
 
 
+def new_program() -> None:
+    """A fresh accelerate state, as the next program of the recipe (another process) gets:
+    stage 1 runs in bf16, the tiny stage 2 in float32."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def restore_with_stage1_vre(models, export, vre_folder, stage1_lq, face):
     """Restore ``face`` with the stage-2 export and the stage-1 VRE, through the normal
     loaders; the same model with a random VQ encoder gives another result."""
@@ -209,6 +217,7 @@ def test_stage1_output_starts_stage2_and_restores(celeba_subset, tmp_path):
     tiny.make_tiny_models(models)
     shutil.rmtree(models / tiny.OSDFACE_FOLDER)  # nothing of the release
     _, lq = run_stage1(celeba_subset, tmp_path, steps=2)
+    new_program()
     vre_folder = tmp_path / "vre-lq"
     config = load_config(REPO_ROOT / "training" / "configs" / "tiny.yaml", [
         f"data.roots=[{celeba_subset}]", f"output_dir={tmp_path / 'stage2'}", "data.val_fraction=0.25",
@@ -238,6 +247,7 @@ def test_stage1_then_paper_structure_end_to_end(celeba_subset, tmp_path):
     tiny.make_tiny_models(models)
     shutil.rmtree(models / tiny.OSDFACE_FOLDER)
     _, lq = run_stage1(celeba_subset, tmp_path, steps=3)
+    new_program()
     vre_folder = tmp_path / "vre-lq"
     config = load_config(REPO_ROOT / "training" / "configs" / "paper.yaml", [
         f"model.models_dir={models}", "model.sd21=tiny-sd21-base.safetensors", "model.init=sd21",

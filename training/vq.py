@@ -99,8 +99,9 @@ class VQTask(nn.Module):
 
     ``vq-hq``: ``hq`` is trained on clean faces. ``vq-lq``: ``lq`` is trained on their
     synthetic LQ, ``hq`` comes from ``model.hq_dictionary`` and ``logit_scale`` is the
-    association loss's learnable temperature. Parameter names of :meth:`state_dict` are
-    those of the exported checkpoint (``vqvae.*``, ``vqvae_LQ.*``, ``logit_scale``).
+    association loss's learnable temperature. :meth:`state_dict` (the training
+    checkpoints) holds ``hq.*``, ``lq.*`` and ``logit_scale``; :meth:`export` writes them
+    under the release's names (``vqvae.*``, ``vqvae_LQ.*``, ``logit_scale``).
     """
 
     def __init__(self, section, models_dir: str | Path | None = None) -> None:
@@ -157,28 +158,6 @@ class VQTask(nn.Module):
         autoencoder.train(was_training)
         return (out.reconstruction.float().clamp(-1, 1) + 1.0) / 2.0
 
-    def export_state(self) -> dict[str, torch.Tensor]:
-        """Every weight under its exported name (what :meth:`load_export_state` reads back)."""
-        state = {HQ_PREFIX + k: v for k, v in self.hq.state_dict().items()}
-        if self.lq is not None:
-            state.update({VQ_PREFIX + k: v for k, v in self.lq.state_dict().items()})
-            state[LOGIT_SCALE_KEY] = self.logit_scale.detach()
-        return {k: v.detach().clone() for k, v in state.items()}
-
-    def load_export_state(self, state: dict[str, torch.Tensor], source: str) -> None:
-        from honestface.errors import CheckpointError
-
-        own = self.export_state()
-        missing = sorted(set(own) - set(state))
-        if missing:
-            raise CheckpointError(source, f"{len(missing)} VQ keys missing, e.g. {missing[:3]}",
-                                  f"a {self.kind} training checkpoint of the same sizes")
-        with torch.no_grad():
-            self.hq.load_state_dict({k[len(HQ_PREFIX):]: state[k] for k in own if k.startswith(HQ_PREFIX)})
-            if self.lq is not None:
-                self.lq.load_state_dict({k[len(VQ_PREFIX):]: state[k] for k in own if k.startswith(VQ_PREFIX)})
-                self.logit_scale.copy_(state[LOGIT_SCALE_KEY].reshape(()))
-
     def export(self, folder: str | Path, step: int, epoch: int, hyper_parameters: dict[str, Any]) -> Path:
         """Write ``associate_2.ckpt`` (``vq-lq``) or ``hq_dictionary.ckpt`` (``vq-hq``) into ``folder``."""
         path = Path(folder) / EXPORT_NAMES[self.kind]
@@ -227,7 +206,7 @@ class VQTask(nn.Module):
         Args:
             gt: (B, 3, R, R) clean faces in [0, 1].
             lq: (B, 3, R, R) their synthetic LQ in [0, 1] (``vq-lq``; ignored by ``vq-hq``).
-            step: the optimiser step (for ``losses.start_steps``).
+            step: the optimiser step (for ``model.start_steps``).
         """
         if self.lq is None:
             terms, out = self._autoencoder_terms(self.hq, gt, step)

@@ -1,5 +1,9 @@
 """The OSDFace release folder: read (and, for tests and tiny model folders, write) it.
 
+Stage-1 VRE training (``training/train_autoencoder.py``) writes ``associate_2.ckpt`` alone
+(:func:`save_vq_checkpoint`), in the same format; a folder holding it is read like the
+release's for the VQ encoder.
+
 A release folder holds three files (formats as published):
 
 - ``pytorch_lora_weights.safetensors``: UNet LoRA, keys ``unet.<module>.lora_A.weight`` /
