@@ -41,7 +41,9 @@ class ModelSection:
             ``"osdface"`` (SD 2.1-base + an OSDFace release: its LoRA, VRE and projection)
             or ``"checkpoint"`` (SD 2.1-base + a HonestFace checkpoint to fine-tune).
         sd21: SD 2.1-base diffusers folder or single-file checkpoint (name or path).
-        osdface: OSDFace release folder. checkpoint: HonestFace ``.safetensors``.
+        osdface: OSDFace release folder; for ``init`` other than ``osdface`` only its
+            ``associate_2.ckpt`` is read, so the output folder of stage-1 VRE training
+            (``training/train_autoencoder.py``) works too. checkpoint: HonestFace ``.safetensors``.
         models_dir: ComfyUI-style models folder (``HONESTFACE_MODELS`` when empty).
         vgg: VGG16 weights for the FFE (default ``config.ide.vgg_file``).
         landmarks: landmark backend for the reference choice (Eq. 6) and the eye crops

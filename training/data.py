@@ -55,6 +55,10 @@ class DataConfig:
             fitted in the known aligned face box and no face detector runs. ``False``
             detects the face in every image (for data that is not aligned); the trainer
             then counts the misses (see ``train.max_landmark_miss_rate``).
+        synthetic_lq: degrade every face into its LQ. ``False`` skips the degradation (the
+            sample's ``lq`` is its ``gt``) for programs that learn from clean faces alone
+            (``train_autoencoder.py`` kinds ``kl`` and ``vq-hq``): at 512 px it costs several
+            times the reading of the image.
     """
 
     roots: list[str] = field(default_factory=list)
@@ -68,6 +72,7 @@ class DataConfig:
     horizontal_flip: bool = True
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
     aligned_faces: bool = True
+    synthetic_lq: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.roots, (str, Path)):
@@ -190,8 +195,12 @@ class IdentityFaceDataset(torch.utils.data.Dataset):
 
         if self.augment and self.config.horizontal_flip and rng.random() < 0.5:
             gt = gt.flip(-1)
-        # a grayscale LQ (VQFR's gray_prob) comes with a grayscale ground truth (gt_gray)
-        lq, gt, _ = degrade_pair(gt, self.config.degradation, generator=int(rng.integers(0, 2**62)))
+        degradation_seed = int(rng.integers(0, 2**62))  # drawn either way: references stay the same
+        if self.config.synthetic_lq:
+            # a grayscale LQ (VQFR's gray_prob) comes with a grayscale ground truth (gt_gray)
+            lq, gt, _ = degrade_pair(gt, self.config.degradation, generator=degradation_seed)
+        else:
+            lq = gt
 
         others = [i for i in range(len(identity.files)) if i != file_index]
         rng.shuffle(others)

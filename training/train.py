@@ -144,16 +144,21 @@ def build_model_from_files(section) -> HonestFaceModel:
     """SD 2.1-base (+ OSDFace release or HonestFace checkpoint) with an unmerged LoRA adapter.
 
     - ``init: sd21``: SD 2.1-base; fresh LoRA and heads; the frozen VQ encoder of the VRE
-      comes from ``model.osdface`` when given (else it stays random, with a warning).
+      comes from ``model.osdface`` when given (else it stays random, with a warning): the
+      release folder, or any folder holding an ``associate_2.ckpt`` such as the output
+      folder of stage-1 VRE training (the from-scratch recipe).
     - ``init: osdface``: also the release's LoRA and VRE projection (the paper's start).
     - ``init: checkpoint``: the config and trainable weights of a HonestFace checkpoint,
       the VQ encoder from ``model.osdface``.
     """
     from honestface.loaders import model_files
-    from honestface.loaders.osdface import find_osdface_folder
+    from honestface.loaders.osdface import OSDFACE_FILES, VQ_FILE, find_osdface_folder
 
     models_dir = section.models_dir
-    osdface = find_osdface_folder(section.osdface, models_dir) if section.osdface else None
+    # only init osdface reads the release's LoRA and projection; the others take its VQ
+    # checkpoint alone, so a stage-1 output folder (train_autoencoder.py) serves as well
+    needed = OSDFACE_FILES if section.init == "osdface" else (VQ_FILE,)
+    osdface = find_osdface_folder(section.osdface, models_dir, files=needed) if section.osdface else None
     if section.init == "checkpoint":
         files = model_files.resolve_model_files(sd21=section.sd21, checkpoint=section.checkpoint, osdface_dir=osdface,
                                                 models_dir=models_dir, vgg=section.vgg, require_vq=False)
@@ -290,6 +295,9 @@ class Trainer:
                                            weight_decay=optim.weight_decay, eps=optim.eps)
             self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lr_lambda(optim, loop.max_steps))
 
+        if not config.data.synthetic_lq:
+            raise ConfigError("data.synthetic_lq: false gives the restorer clean inputs: it is for the stage-1 "
+                              "autoencoder programs; set it true (degradation.clean_probability for clean inputs)")
         self.train_set, self.val_set = build_datasets(config.data)
         if self.train_set.config.image_size != self.model.config.image_size:
             raise ConfigError(f"data.image_size {config.data.image_size} != model image size "

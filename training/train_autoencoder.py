@@ -17,6 +17,13 @@ one-step model only has to learn the *change* a face needs. A model trained from
   (``config.json`` + ``diffusion_pytorch_model.safetensors``) whose ``scaling_factor`` is
   ``1 / std`` of the latents of training faces, as SD's was chosen; ``model.vae`` of the main
   trainer's config starts from it.
+- ``vq-hq`` / ``vq-lq``: stage 1 of the VRE (OSDFace's LQ embedder, paper Eq. 7), see
+  :mod:`training.vq`: the HQ dictionary, a VQ autoencoder of clean faces, then the LQ
+  dictionary on the synthetic LQ of the same faces with DAEFR's association loss. The
+  export is a checkpoint in the release's ``associate_2.ckpt`` format:
+  ``<output>/hq_dictionary.ckpt`` (``vq-hq``, for ``vq-lq``'s ``model.hq_dictionary``) and
+  ``<output>/associate_2.ckpt`` (``vq-lq``): the main trainer's ``model.osdface`` takes
+  that output folder, as does ``honestface restore --osdface``.
 
 Checkpoints (``<output>/checkpoints/step-N``: ``autoencoder.safetensors``, ``optimizers.pt``,
 ``rng-rank<R>.pt``, ``trainer.json``) are written atomically and resume exactly (weights,
@@ -49,11 +56,12 @@ from training import state as ckpt
 from training.config import LoopSection, OptimSection, read_config_dict
 from training.data import DataConfig, EpochSampler, build_datasets, infinite_batches
 from training.train import average_gradients, image_grid, lr_lambda
+from training.vq import VQ_KINDS, VQTask, check_vq_section, vre_config
 
 logger = logging.getLogger("honestface.train_autoencoder")
 
 MODEL_FILE = "autoencoder.safetensors"
-KINDS = ("kl",)
+KINDS = ("kl", *VQ_KINDS)
 
 
 @dataclass
@@ -61,14 +69,32 @@ class AutoencoderSection:
     """What is trained.
 
     Attributes:
-        kind: ``"kl"`` (diffusers ``AutoencoderKL``).
-        config: the diffusers config of the autoencoder.
+        kind: ``"kl"`` (diffusers ``AutoencoderKL``), ``"vq-hq"`` / ``"vq-lq"`` (the VRE's
+            HQ / LQ dictionary, :mod:`training.vq`).
+        config: ``kl``: the diffusers config of the autoencoder.
         l1: weight of the mean absolute reconstruction error (images in [-1, 1]).
         mse: weight of the mean squared reconstruction error.
-        kl: weight of the KL divergence of the posterior from N(0, I) (mean over latent
-            elements). Small: it only keeps the latents from drifting in scale.
-        scaling_samples: training faces whose latent standard deviation sets the exported
-            ``scaling_factor`` (0 keeps the config's).
+        kl: ``kl``: weight of the KL divergence of the posterior from N(0, I) (mean over
+            latent elements). Small: it only keeps the latents from drifting in scale.
+        scaling_samples: ``kl``: training faces whose latent standard deviation sets the
+            exported ``scaling_factor`` (0 keeps the config's).
+
+    VQ kinds only (:mod:`training.vq`):
+        vre_preset: the dictionaries' sizes are the VRE's of this HonestFace preset
+            (``sd21``: the release's; ``tiny``: the CPU test model's).
+        vre: changes to those sizes (:class:`~honestface.config.VREConfig` keys); stage 2
+            must use the same (``model.overrides`` with ``vre.`` keys).
+        hq_dictionary: ``vq-lq``: the ``vq-hq`` run's ``hq_dictionary.ckpt``.
+        train_hq: ``vq-lq``: the HQ autoencoder learns too while the association loss is
+            on (DAEFR's association stage); False keeps it frozen.
+        init: start weights from a checkpoint of this format (``vq-hq``: its ``vqvae.*``
+            part; ``vq-lq``: its ``vqvae_LQ.*`` part and ``logit_scale``).
+        perceptual: weight of LPIPS-VGG (0 without its files). codebook, commitment: the
+            VQ-VAE terms. association: DAEFR's HQ-LQ contrast (``vq-lq``).
+        pretrained: LPIPS from its files (False: random networks, tests only).
+        start_steps: per loss name, the optimiser step from which it counts
+            (``{association: N}``: OSDFace's LQ dictionary learns alone first).
+        models_dir: where the LPIPS files are looked up (``HONESTFACE_MODELS`` when empty).
     """
 
     kind: str = "kl"
@@ -77,10 +103,25 @@ class AutoencoderSection:
     mse: float = 0.0
     kl: float = 1e-6
     scaling_samples: int = 256
+    vre_preset: str = "sd21"
+    vre: dict[str, Any] = field(default_factory=dict)
+    hq_dictionary: str | None = None
+    train_hq: bool = True
+    init: str | None = None
+    perceptual: float = 1.0
+    codebook: float = 1.0
+    commitment: float = 0.25
+    association: float = 1.0
+    pretrained: bool = True
+    start_steps: dict[str, int] = field(default_factory=dict)
+    models_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"model.kind must be one of {', '.join(KINDS)}, got '{self.kind}'")
+        if self.kind in VQ_KINDS:
+            check_vq_section(self)
+            return
         if not self.config:
             raise ConfigError("model.config: the autoencoder's diffusers config is required")
         if min(self.l1, self.mse, self.kl) < 0 or self.l1 + self.mse <= 0:
@@ -95,6 +136,16 @@ class AutoencoderTrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimSection = field(default_factory=OptimSection)
     train: LoopSection = field(default_factory=LoopSection)
+
+    def __post_init__(self) -> None:
+        if self.model.kind not in VQ_KINDS:
+            return
+        if self.model.kind == "vq-lq" and not self.data.synthetic_lq:
+            raise ConfigError("kind vq-lq learns from the synthetic LQ of the faces: set data.synthetic_lq: true")
+        resolution = vre_config(self.model.vre_preset, self.model.vre).resolution
+        if self.data.image_size != resolution:
+            raise ConfigError(f"data.image_size {self.data.image_size} != {resolution}, the resolution of the "
+                              f"VRE of preset '{self.model.vre_preset}': set data.image_size to {resolution}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "output_dir": self.output_dir, "model": asdict(self.model),
@@ -113,10 +164,13 @@ class AutoencoderTrainConfig:
 
 
 def build_autoencoder(section: AutoencoderSection, seed: int) -> torch.nn.Module:
-    """The autoencoder of ``section.kind`` with seeded random weights (the same on every rank)."""
+    """The autoencoder of ``section.kind`` with seeded random weights (the same on every rank);
+    for the VQ kinds a :class:`~training.vq.VQTask` (the dictionaries and their losses)."""
+    torch.manual_seed(seed)
+    if section.kind in VQ_KINDS:
+        return VQTask(section, section.models_dir)
     from diffusers import AutoencoderKL
 
-    torch.manual_seed(seed)
     return AutoencoderKL.from_config({k: v for k, v in section.config.items() if not k.startswith("_")})
 
 
@@ -146,6 +200,7 @@ class AutoencoderTrainer:
             self.output.mkdir(parents=True, exist_ok=True)
             (self.output / "config.json").write_text(json.dumps(config.to_dict(), indent=1), encoding="utf-8")
         self.model = build_autoencoder(config.model, config.seed).to(self.device)
+        self.vq = config.model.kind in VQ_KINDS
         ckpt.seed_everything(config.seed * 1000 + self.rank)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         optim = config.optim
@@ -239,6 +294,14 @@ class AutoencoderTrainer:
         terms["total"] = section.l1 * terms["l1"] + section.mse * terms["mse"] + section.kl * terms["kl"]
         return terms
 
+    def batch_losses(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Loss terms (with ``"total"``) and logged statistics of one micro-batch."""
+        if not self.vq:
+            return self.losses(batch["gt"].to(self.device)), {}
+        lq = batch["lq"].to(self.device) if self.config.model.kind == "vq-lq" else None
+        with self.accelerator.autocast():
+            return self.model.losses(batch["gt"].to(self.device), lq, self.step)
+
     def train_step(self, stream) -> dict[str, float]:
         loop = self.config.train
         self.model.train()
@@ -246,10 +309,11 @@ class AutoencoderTrainer:
         logged: dict[str, float] = {}
         for _ in range(loop.gradient_accumulation):
             batch = next(stream)
-            terms = self.losses(batch["gt"].to(self.device))
+            terms, stats = self.batch_losses(batch)
             (terms["total"] / loop.gradient_accumulation).backward()
-            for name, value in terms.items():
-                logged[f"loss/{name}"] = logged.get(f"loss/{name}", 0.0) + float(value.detach()) / loop.gradient_accumulation
+            values = {f"loss/{name}": float(value.detach()) for name, value in terms.items()} | stats
+            for name, value in values.items():
+                logged[name] = logged.get(name, 0.0) + value / loop.gradient_accumulation
         average_gradients(self.params, self.world)
         if self.config.optim.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.optim.max_grad_norm)
@@ -260,7 +324,10 @@ class AutoencoderTrainer:
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
-        """Encode (posterior mode) and decode (B, 3, H, W) images in [0, 1]."""
+        """Encode (posterior mode) and decode (B, 3, H, W) images in [0, 1] (VQ kinds: the
+        trained dictionary's autoencoder, nearest codes)."""
+        if self.vq:
+            return self.model.reconstruct(images.to(self.device)).cpu()
         self.model.eval()
         x = images.to(self.device) * 2.0 - 1.0
         latent = self.model.encode(x).latent_dist.mode()
@@ -272,13 +339,16 @@ class AutoencoderTrainer:
             return {}
         loop = self.config.train
         values, shown = [], None
+        # what the autoencoder reconstructs: the clean face, or its LQ for the LQ dictionary
+        key = "lq" if self.config.model.kind == "vq-lq" else "gt"
         count = min(len(self.val_set), loop.val_batches * loop.val_batch_size)
         for start in range(0, count, loop.val_batch_size):
-            gt = torch.stack([self.val_set[i]["gt"] for i in range(start, min(count, start + loop.val_batch_size))])
-            recon = self.reconstruct(gt)
-            values.append(psnr(recon, gt))
+            samples = [self.val_set[i] for i in range(start, min(count, start + loop.val_batch_size))]
+            target = torch.stack([sample[key] for sample in samples])
+            recon = self.reconstruct(target)
+            values.append(psnr(recon, target))
             if shown is None:
-                shown = image_grid([gt[:8], recon[:8]])
+                shown = image_grid([target[:8], recon[:8]])
         metrics = {"val/psnr": float(torch.cat(values).mean())}
         if self.writer is not None and shown is not None:
             self.writer.add_image("val/gt_reconstruction", shown, self.step)
@@ -297,9 +367,13 @@ class AutoencoderTrainer:
         return float(torch.cat(latents).std())
 
     def export(self) -> Path | None:
-        """``<output>/vae``: a diffusers folder with the scaling factor of these latents."""
+        """``<output>/vae``: a diffusers folder with the scaling factor of these latents (VQ
+        kinds: ``<output>/hq_dictionary.ckpt`` or ``<output>/associate_2.ckpt``)."""
         if not self.is_main:
             return None
+        if self.vq:
+            return self.model.export(self.output, step=self.step, epoch=self.sampler.epoch,
+                                     hyper_parameters={"training_config": self.config.to_dict()})
         target = self.output / "vae"
         if self.config.model.scaling_samples > 0:
             scale = 1.0 / max(self.latent_std(), 1e-6)
@@ -352,7 +426,8 @@ def load_autoencoder_config(path: str | Path | None, overrides: Sequence[str] = 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML config (training/configs/*_vae.yaml)")
+    parser.add_argument("--config", required=True,
+                        help="YAML config (training/configs/*_vae.yaml, stage1_vre_*.yaml)")
     parser.add_argument("--resume", help="checkpoint folder, or 'auto' for the newest in the output folder")
     parser.add_argument("--output", help="output folder (overrides output_dir)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=100")

@@ -91,7 +91,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="SD 2.1-base: diffusers folder or .safetensors/.ckpt checkpoint (path or name); "
                             "not needed for honestface-nano.safetensors, which bundles its own UNet and VAE")
     model.add_argument("--osdface", default=None, metavar="DIR",
-                       help="OSDFace release folder with the VQ encoder, for a HonestFace checkpoint "
+                       help="OSDFace release folder with the VQ encoder, for a HonestFace checkpoint; any "
+                            "folder holding an associate_2.ckpt works, such as a stage-1 VRE training output "
                             "(default: <models>/honestface/OSDFace)")
     model.add_argument("--vgg", default=None, metavar="FILE",
                        help="VGG16 weights for the eye features (default: <models>/honestface/vgg16-397923af.pth)")

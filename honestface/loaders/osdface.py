@@ -1,5 +1,9 @@
 """The OSDFace release folder: read (and, for tests and tiny model folders, write) it.
 
+Stage-1 VRE training (``training/train_autoencoder.py``) writes ``associate_2.ckpt`` alone
+(:func:`save_vq_checkpoint`), in the same format; a folder holding it is read like the
+release's for the VQ encoder.
+
 A release folder holds three files (formats as published):
 
 - ``pytorch_lora_weights.safetensors``: UNet LoRA, keys ``unet.<module>.lora_A.weight`` /
@@ -38,6 +42,8 @@ PROJECTION_FILE = "embedding_change_weights.pth"
 VQ_FILE = "associate_2.ckpt"
 OSDFACE_FILES = (LORA_FILE, PROJECTION_FILE, VQ_FILE)
 VQ_PREFIX = "vqvae_LQ."
+#: The HQ dictionary's autoencoder in the same checkpoint (DAEFR's ``vqvae.*``); unused by the VRE.
+HQ_PREFIX = "vqvae."
 #: Default folder name of the release under ``<models>/honestface``.
 DEFAULT_FOLDER = "OSDFace"
 
@@ -124,12 +130,17 @@ def load_lora(restorer, path: str | Path, config: LoRAConfig, strict: bool = Tru
     return _log(FileReport(path, loaded, ignored, examples))
 
 
-def find_osdface_folder(name: str | Path = DEFAULT_FOLDER, models_dir: str | Path | None = None) -> Path:
-    """The release folder (a path, or a name under ``<models>/honestface``) with all three files."""
+def find_osdface_folder(name: str | Path = DEFAULT_FOLDER, models_dir: str | Path | None = None,
+                        files: tuple[str, ...] = OSDFACE_FILES) -> Path:
+    """The release folder (a path, or a name under ``<models>/honestface``) holding ``files``.
+
+    ``files=(VQ_FILE,)`` accepts a folder with the VQ checkpoint alone, such as the output
+    folder of stage-1 VRE training (``training/train_autoencoder.py``).
+    """
     folder = find_model_file("honestface", name, models_dir, what="OSDFace release folder")
     if not folder.is_dir():
-        raise CheckpointError(folder, "is not a folder", f"a folder holding {', '.join(OSDFACE_FILES)}")
-    for filename in OSDFACE_FILES:
+        raise CheckpointError(folder, "is not a folder", f"a folder holding {', '.join(files)}")
+    for filename in files:
         if not (folder / filename).is_file():
             raise MissingModelFileError(filename, folder, "OSDFace release file")
     return folder
@@ -180,16 +191,57 @@ def save_osdface(model, folder: str | Path, hyper_parameters: object | None = No
     save_file(lora, str(folder / LORA_FILE), metadata={"format": "pt"})
     projection = {k: v.detach().clone() for k, v in model.vre.projection.state_dict().items()}
     torch.save(projection, folder / PROJECTION_FILE)
-    state = {VQ_PREFIX + k: v.detach().clone() for k, v in model.vre.vq.state_dict().items()}
-    state.update(extra_state or {})
+    save_vq_checkpoint(folder / VQ_FILE, lq=model.vre.vq, extra_state=extra_state, hyper_parameters=hyper_parameters)
+    return {"lora": folder / LORA_FILE, "projection": folder / PROJECTION_FILE, "vq": folder / VQ_FILE}
+
+
+def save_vq_checkpoint(path: str | Path, lq: nn.Module | None = None, hq: nn.Module | None = None,
+                       extra_state: dict[str, torch.Tensor] | None = None, epoch: int = 0, global_step: int = 0,
+                       hyper_parameters: object | None = None) -> Path:
+    """Write VQ dictionaries as a Lightning-style checkpoint in the format of ``associate_2.ckpt``.
+
+    ``state_dict`` holds ``vqvae_LQ.<key>`` for every key of ``lq`` (the VRE's
+    ``encoder``/``quant_conv``/``quantize``, and a decoder if ``lq`` has one) and
+    ``vqvae.<key>`` for ``hq`` (the HQ dictionary), plus ``extra_state`` as given; beside
+    it ``epoch``, ``global_step``, ``hyper_parameters`` (plain containers only) and empty
+    optimiser lists. :func:`load_vq_encoder` reads the ``vqvae_LQ`` part. Written to a
+    temporary name and renamed, so a reader never sees half a file.
+    """
+    path = Path(path)
+    state: dict[str, torch.Tensor] = {}
+    for prefix, module in ((HQ_PREFIX, hq), (VQ_PREFIX, lq)):
+        if module is not None:
+            state.update({prefix + k: v.detach().cpu().clone() for k, v in module.state_dict().items()})
+    state.update({k: v.detach().cpu().clone() for k, v in (extra_state or {}).items()})
+    if not state:
+        raise CheckpointError(path, "nothing to write", "an LQ and/or HQ VQ module")
     checkpoint = {
-        "epoch": 0,
-        "global_step": 0,
+        "epoch": int(epoch),
+        "global_step": int(global_step),
         "pytorch-lightning_version": "1.0.8",
         "state_dict": state,
         "optimizer_states": [],
         "lr_schedulers": [],
         "hyper_parameters": hyper_parameters if hyper_parameters is not None else {},
     }
-    torch.save(checkpoint, folder / VQ_FILE)
-    return {"lora": folder / LORA_FILE, "projection": folder / PROJECTION_FILE, "vq": folder / VQ_FILE}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(checkpoint, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_vq_dictionary(autoencoder: nn.Module, path: str | Path, prefix: str = HQ_PREFIX) -> FileReport:
+    """Every key of ``autoencoder`` (a :class:`~honestface.models.vq_autoencoder.VQAutoencoder`)
+    from the ``prefix`` part of a VQ checkpoint (``vqvae.`` = the HQ dictionary, ``vqvae_LQ.``
+    = the LQ one, decoder included)."""
+    path = Path(path)
+    state = load_tensors(path, "VQ dictionary checkpoint")
+    wanted = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not wanted:
+        raise CheckpointError(path, f"no '{prefix}*' keys",
+                              f"a VQ checkpoint with the {'HQ' if prefix == HQ_PREFIX else 'LQ'} dictionary "
+                              "(the output of training/train_autoencoder.py)")
+    loaded = load_state_into(autoencoder, wanted, path, f"VQ dictionary '{prefix}'")
+    ignored, examples = _ignored(state, {prefix + k for k in autoencoder.state_dict()})
+    return _log(FileReport(path, loaded, ignored, examples))

@@ -215,6 +215,22 @@ def select_distinct_codes(code_index: torch.Tensor, min_distance: torch.Tensor, 
     return indices[:, :num_tokens], valid[:, :num_tokens]
 
 
+def encoder_input(images: torch.Tensor, config: VREConfig) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> (B, 3, R, R), what the VQ encoder sees.
+
+    Resized (bilinear) to ``config.resolution``; with ``config.double_normalization`` mapped
+    again by ``(x - 0.5) / 0.5`` as the released weights were trained (values in [-3, 1]).
+    Stage-1 training feeds its encoders through this same function, so a trained dictionary
+    sees at inference exactly what it saw in training.
+    """
+    size = config.resolution
+    if images.shape[-2:] != (size, size):
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    if config.double_normalization:
+        images = (images - 0.5) / 0.5
+    return images
+
+
 @dataclass
 class VREOutput:
     tokens: torch.Tensor  # (B, T, token_dim) p_L
@@ -237,13 +253,8 @@ class VisualRepresentationEmbedder(nn.Module):
         self.projection = TokenProjection(config.embed_dim, config.projection_hidden, token_dim)
 
     def encoder_input(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> what the VQ encoder sees (see ``double_normalization``)."""
-        size = self.config.resolution
-        if images.shape[-2:] != (size, size):
-            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-        if self.config.double_normalization:
-            images = (images - 0.5) / 0.5
-        return images
+        """(B, 3, H, W) in [-1, 1] -> what the VQ encoder sees (:func:`encoder_input`)."""
+        return encoder_input(images, self.config)
 
     def select(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) in [-1, 1] -> codes (B, T, embed_dim), indices (B, T), valid (B, T)."""
