@@ -8,6 +8,7 @@ ComfyUI requirement) is needed; Chromium is Debian's ``chromium`` package.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -34,6 +35,10 @@ def find_chromium() -> str | None:
         if name and shutil.which(name):
             return shutil.which(name)
     return None
+
+
+#: Width and height of the page in CSS pixels.
+VIEWPORT = (1600, 1000)
 
 
 class BrowserError(RuntimeError):
@@ -89,6 +94,9 @@ class HeadlessComfyUI:
         self.loop.run_until_complete(self._connect(port))
         self.call("Runtime.enable")
         self.call("Page.enable")
+        # The window a user has on a laptop; layout and saved-view tests depend on it.
+        self.call("Emulation.setDeviceMetricsOverride", width=VIEWPORT[0], height=VIEWPORT[1],
+                  deviceScaleFactor=1, mobile=False)
         self.call("Page.navigate", url=self.url)
         self.wait_for("window.app !== undefined && window.app.graph !== undefined && "
                       "typeof window.app.graphToPrompt === 'function' && "
@@ -216,3 +224,48 @@ class HeadlessComfyUI:
             "})()"
         )
         return self.evaluate(script)
+
+    def screenshot(self, path: Path) -> Path:
+        """The page as a PNG file."""
+        data = self.call("Page.captureScreenshot", format="png")["data"]
+        Path(path).write_bytes(base64.b64decode(data))
+        return Path(path)
+
+    def node_boxes(self) -> list[dict]:
+        """Each node of the open graph as drawn: id, title, and its box in graph units
+        (``x``, ``y``, ``w``, ``h``; the title bar included, image previews included since
+        the frontend grows a node to hold them) and in screen pixels (``screen``: left, top,
+        right, bottom under the current view); ``images``: how many preview images it shows."""
+        script = (
+            "(() => {"
+            "  const canvas = window.app.canvas, ds = canvas.ds, rect = canvas.canvas.getBoundingClientRect();"
+            "  const title = LiteGraph.NODE_TITLE_HEIGHT;"
+            "  return JSON.stringify(window.app.graph._nodes.map(n => {"
+            "    const x = n.pos[0], y = n.pos[1] - title, w = n.size[0], h = n.size[1] + title;"
+            "    const sx = v => rect.left + (v + ds.offset[0]) * ds.scale;"
+            "    const sy = v => rect.top + (v + ds.offset[1]) * ds.scale;"
+            "    return {id: n.id, type: n.type, title: n.title, x, y, w, h,"
+            "            screen: [sx(x), sy(y), sx(x + w), sy(y + h)], images: (n.imgs || []).length};"
+            "  }));"
+            "})()"
+        )
+        return json.loads(self.evaluate(script))
+
+    def toolbar_bottom(self) -> float:
+        """The lowest screen y of the bars drawn over the top of the canvas (menu, workflow
+        tabs, run button): what a saved view must keep the graph below."""
+        script = (
+            "(() => {"
+            "  const canvas = window.app.canvas.canvas.getBoundingClientRect();"
+            "  let bottom = canvas.top;"
+            "  for (const el of document.querySelectorAll('body *')) {"
+            "    if (el.closest('.graph-canvas-container, .litegraph, canvas')) continue;"
+            "    const r = el.getBoundingClientRect(), style = getComputedStyle(el);"
+            "    if (style.visibility === 'hidden' || style.display === 'none' || r.width < 20 || r.height < 8) continue;"
+            "    if (r.top < canvas.top + 150 && r.bottom < canvas.top + 150 && r.right > canvas.left && r.left < canvas.right)"
+            "      bottom = Math.max(bottom, r.bottom);"
+            "  }"
+            "  return bottom;"
+            "})()"
+        )
+        return float(self.evaluate(script))

@@ -149,8 +149,9 @@ class ComfyUIServer:
         with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
             return response.read()
 
-    def wait_for_nodes(self, node_names: set[str], timeout: float = 180.0) -> dict:
-        """Wait until ``/object_info`` lists every name; returns the object info."""
+    def wait_for_nodes(self, node_names: set[str], timeout: float = 600.0) -> dict:
+        """Wait until ``/object_info`` lists every name; returns the object info. (A busy 2-core
+        machine takes minutes to start ComfyUI; a server that fails returns at once.)"""
         deadline = time.monotonic() + timeout
         last_problem = "no answer yet"
         while time.monotonic() < deadline:
@@ -185,7 +186,10 @@ class ComfyUIServer:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise ServerError(f"ComfyUI died while running {prompt_id}.\n{self.log()}")
-            status, history = self.request(f"/history/{prompt_id}")
+            try:
+                status, history = self.request(f"/history/{prompt_id}")
+            except (TimeoutError, socket.timeout, urllib.error.URLError):
+                continue  # a server busy running the prompt may answer late; the deadline decides
             if status == 200 and isinstance(history, dict) and prompt_id in history:
                 entry = history[prompt_id]
                 if entry.get("status", {}).get("completed") or entry.get("status", {}).get("status_str") == "error":

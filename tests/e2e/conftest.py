@@ -9,6 +9,7 @@ its process group at the end of the session.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,11 @@ def comfyui_install() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory) -> Path:
-    """A ComfyUI-style models folder of tiny random models in the real file formats."""
+    """A ComfyUI-style models folder of tiny random models in the real file formats
+    (``HONESTFACE_TINY_MODELS``: one made before by ``python -m
+    honestface.testing.make_tiny_models DIR``, which saves minutes on a slow machine)."""
+    if os.environ.get("HONESTFACE_TINY_MODELS"):
+        return Path(os.environ["HONESTFACE_TINY_MODELS"])
     path = tmp_path_factory.mktemp("tiny-models")
     result = subprocess.run([sys.executable, "-m", "honestface.testing.make_tiny_models", str(path)],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
