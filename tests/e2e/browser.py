@@ -251,21 +251,26 @@ class HeadlessComfyUI:
         )
         return json.loads(self.evaluate(script))
 
-    def toolbar_bottom(self) -> float:
-        """The lowest screen y of the bars drawn over the top of the canvas (menu, workflow
-        tabs, run button): what a saved view must keep the graph below."""
+    def free_canvas_area(self) -> dict:
+        """The part of the canvas no bar covers, in screen pixels: ``top`` below the bars at
+        the top (menu, workflow tabs, run button), ``left`` right of the icon bar at the left
+        edge, ``right`` and ``bottom`` the window's edges."""
         script = (
             "(() => {"
             "  const canvas = window.app.canvas.canvas.getBoundingClientRect();"
-            "  let bottom = canvas.top;"
+            "  let top = canvas.top, left = canvas.left;"
             "  for (const el of document.querySelectorAll('body *')) {"
-            "    if (el.closest('.graph-canvas-container, .litegraph, canvas')) continue;"
+            "    if (el.tagName === 'CANVAS' || el.closest('.dom-widget, .comfy-multiline-input, .p-dialog, .p-toast')) continue;"
             "    const r = el.getBoundingClientRect(), style = getComputedStyle(el);"
-            "    if (style.visibility === 'hidden' || style.display === 'none' || r.width < 20 || r.height < 8) continue;"
-            "    if (r.top < canvas.top + 150 && r.bottom < canvas.top + 150 && r.right > canvas.left && r.left < canvas.right)"
-            "      bottom = Math.max(bottom, r.bottom);"
+            "    if (style.visibility === 'hidden' || style.display === 'none' || style.opacity === '0') continue;"
+            "    if (r.width < 20 || r.height < 8 || r.right <= canvas.left || r.left >= canvas.right) continue;"
+            "    if (r.bottom < canvas.top + 150 && r.width < canvas.width * 0.9 || r.bottom < canvas.top + 60)"
+            "      top = Math.max(top, r.bottom);"
             "  }"
-            "  return bottom;"
+            "  const bar = document.querySelector('.side-tool-bar-container');"
+            "  if (bar) { const r = bar.getBoundingClientRect(); if (r.left <= canvas.left + 8 && r.width < 200) left = Math.max(left, r.right); }"
+            "  return JSON.stringify({top, left, right: Math.min(canvas.right, window.innerWidth),"
+            "                         bottom: Math.min(canvas.bottom, window.innerHeight)});"
             "})()"
         )
-        return float(self.evaluate(script))
+        return json.loads(self.evaluate(script))

@@ -232,8 +232,9 @@ def check_layout_after_run(web_ui, entry: dict, screenshot) -> None:
     for a, b in combinations(boxes, 2):
         apart = a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"] or a["y"] + a["h"] <= b["y"] or b["y"] + b["h"] <= a["y"]
         assert apart, f"'{a['title']}' and '{b['title']}' overlap: {a} {b} (screenshot {screenshot})"
-    top = web_ui.toolbar_bottom()
+    free = web_ui.free_canvas_area()
+    assert free["right"] == VIEWPORT[0] and free["top"] < 150 and free["left"] < 100, free
     for box in boxes:
         left, upper, right, lower = box["screen"]
-        assert 0 <= left and right <= VIEWPORT[0] and top <= upper and lower <= VIEWPORT[1], \
-            f"'{box['title']}' is not shown whole below the top bar (y >= {top}): {box} (screenshot {screenshot})"
+        assert free["left"] <= left and right <= free["right"] and free["top"] <= upper and lower <= free["bottom"], \
+            f"'{box['title']}' is not shown whole by the saved view in {free}: {box} (screenshot {screenshot})"

@@ -246,7 +246,8 @@ TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT: drawn above a node's pos
 GAP_X, GAP_Y = 50, 40
 #: The window the saved view is made for (tests/e2e/browser.py opens the editor at this size)
 #: and how far the editor's top bar (menu, workflow tabs, run button) reaches into it.
-VIEW_SIZE, VIEW_TOP, VIEW_MARGIN = (1600, 1000), 80, 24
+#: The icon bar at the left edge lies over the canvas too.
+VIEW_SIZE, VIEW_TOP, VIEW_LEFT, VIEW_MARGIN = (1600, 1000), 80, 56, 24
 
 
 def _pack_columns(columns: list[list[tuple[str, float, float]]], max_height: float) -> tuple[dict, float, float]:
@@ -267,9 +268,14 @@ def _pack_columns(columns: list[list[tuple[str, float, float]]], max_height: flo
     return places, x - GAP_X, height
 
 
+def _view_area() -> tuple[float, float]:
+    """Width and height of the window area a saved view may use."""
+    return VIEW_SIZE[0] - VIEW_LEFT - 2 * VIEW_MARGIN, VIEW_SIZE[1] - VIEW_TOP - 2 * VIEW_MARGIN
+
+
 def _layout(columns: list[list[tuple[str, float, float]]]) -> tuple[dict, float, float]:
     """The wrap height that lets the whole graph show largest in the window below the top bar."""
-    view_w, view_h = VIEW_SIZE[0] - 2 * VIEW_MARGIN, VIEW_SIZE[1] - VIEW_TOP - 2 * VIEW_MARGIN
+    view_w, view_h = _view_area()
     tallest_box = max(h for column in columns for _, _, h in column)
     tallest_column = max(sum(h + GAP_Y for _, _, h in column) for column in columns)
     best = None
@@ -281,11 +287,16 @@ def _layout(columns: list[list[tuple[str, float, float]]]) -> tuple[dict, float,
     return best[1], best[2], best[3]
 
 
+def graph_extent(nodes: list[dict]) -> tuple[float, float]:
+    """Width and height of a laid-out graph whose top-left corner (title bars included) is 0, 0."""
+    return (max(n["pos"][0] + n["size"][0] for n in nodes), max(n["pos"][1] + n["size"][1] for n in nodes))
+
+
 def saved_view(width: float, height: float) -> dict:
     """``extra.ds`` showing a graph of this size (top-left at 0, 0) whole, centred below the top bar."""
-    view_w, view_h = VIEW_SIZE[0] - 2 * VIEW_MARGIN, VIEW_SIZE[1] - VIEW_TOP - 2 * VIEW_MARGIN
+    view_w, view_h = _view_area()
     scale = min(1.0, view_w / width, view_h / height)
-    left = VIEW_MARGIN + (view_w - width * scale) / 2
+    left = VIEW_LEFT + VIEW_MARGIN + (view_w - width * scale) / 2
     top = VIEW_TOP + VIEW_MARGIN
     # LiteGraph draws graph point p at screen (p + offset) * scale.
     return {"scale": round(scale, 4), "offset": [round(left / scale, 1), round(top / scale, 1)]}
@@ -374,13 +385,13 @@ def api_to_ui(prompt: dict, object_info: dict, name: str) -> dict:
             columns.append([])
         width, height = by_id[node_id]["size"]
         columns[depth[node_id]].append((node_id, width, height + TITLE_HEIGHT))
-    places, width, height = _layout(columns)
+    places, _, _ = _layout(columns)
     for key, (x, y) in places.items():
         by_id[key]["pos"] = [round(x), round(y + TITLE_HEIGHT)]
     workflow = {
         "last_node_id": note_id, "last_link_id": len(links),
         "nodes": sorted(nodes, key=lambda n: n["id"]), "links": links, "groups": [],
-        "config": {}, "extra": {"ds": saved_view(width, height)}, "version": 0.4,
+        "config": {}, "extra": {"ds": saved_view(*graph_extent(nodes))}, "version": 0.4,
     }
     if workflow_models:
         workflow["models"] = workflow_models
