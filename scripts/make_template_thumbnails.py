@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import io
+import signal
 import sys
 import tempfile
 import urllib.parse
@@ -50,7 +51,7 @@ PANELS = {
     "honestface_ald_score": ["1", "2", "9"],
 }
 TILE = 256  # pixels per picture; the browser's card shows the image whole ("object-contain")
-NANO_NOTE = "Shown with the built-in honestface-nano demonstration model (needs your model files for real use)"
+NANO_NOTE = "Run with honestface-nano (demonstration model)"
 
 
 def write_public_domain_inputs(input_dir: Path, seed: int = 0) -> None:
@@ -164,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="honestface-thumbnails-"))
     models = args.models_dir or (base / "no-models")
     models.mkdir(parents=True, exist_ok=True)
+    # Stopped with SIGTERM, still stop the server (it runs in its own process group).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     (base / "comfyui").mkdir()
     server = start_node_pack_server(args.comfyui or comfyui_dir(), base / "comfyui", REPO_ROOT, models)
     try:

@@ -225,6 +225,20 @@ class HeadlessComfyUI:
         )
         return self.evaluate(script)
 
+    def close_dialogs(self) -> None:
+        """Close the dialogs left open (the template browser a first start opens, a
+        missing-models dialog), as a user would before looking at the graph."""
+        self.evaluate(
+            "(async () => {"
+            "  const dialogs = () => [...document.querySelectorAll('.p-dialog')];"
+            "  for (let i = 0; i < 50 && dialogs().length; i++) {"
+            "    for (const dialog of dialogs()) dialog.querySelector('.p-dialog-close-button, .p-dialog-header-close, "
+            "button[aria-label=\"Close\"]')?.click();"
+            "    await new Promise(r => setTimeout(r, 100));"
+            "  }"
+            "  return dialogs().length;"
+            "})()")
+
     def screenshot(self, path: Path) -> Path:
         """The page as a PNG file."""
         data = self.call("Page.captureScreenshot", format="png")["data"]

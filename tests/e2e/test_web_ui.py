@@ -224,6 +224,7 @@ def check_layout_after_run(web_ui, entry: dict, screenshot) -> None:
         " return n && n.imgs && n.imgs.length > 0 && n.imgs.every(i => i.complete); }) && "
         "window.app.graph._nodes.filter(n => n.type === 'LoadImage')"
         ".every(n => n.imgs && n.imgs.length > 0 && n.imgs.every(i => i.complete))", timeout=60)
+    web_ui.close_dialogs()
     time.sleep(1.0)  # a frame or two for the frontend to resize the nodes
     web_ui.screenshot(screenshot)
     boxes = web_ui.node_boxes()
