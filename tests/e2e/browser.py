@@ -238,6 +238,10 @@ class HeadlessComfyUI:
             "  }"
             "  return dialogs().length;"
             "})()")
+        for _ in range(3):  # the template browser closes on Escape
+            for kind in ("keyDown", "keyUp"):
+                self.call("Input.dispatchKeyEvent", type=kind, key="Escape", code="Escape", windowsVirtualKeyCode=27)
+            time.sleep(0.2)
 
     def screenshot(self, path: Path) -> Path:
         """The page as a PNG file."""

@@ -245,9 +245,10 @@ NODE_WIDTH, NOTE_WIDTH, WIDE_WIDTH = 340, 420, 400
 TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT: drawn above a node's pos
 GAP_X, GAP_Y = 50, 40
 #: The window the saved view is made for (tests/e2e/browser.py opens the editor at this size)
-#: and how far the editor's top bar (menu, workflow tabs, run button) reaches into it.
+#: and how far the editor's top bars (news banner, workflow tabs, breadcrumb and run button:
+#: 139 px in frontend 1.32.9) reach into it.
 #: The icon bar at the left edge lies over the canvas too.
-VIEW_SIZE, VIEW_TOP, VIEW_LEFT, VIEW_MARGIN = (1600, 1000), 80, 56, 24
+VIEW_SIZE, VIEW_TOP, VIEW_LEFT, VIEW_MARGIN = (1600, 1000), 140, 60, 20
 
 
 def _pack_columns(columns: list[list[tuple[str, float, float]]], max_height: float) -> tuple[dict, float, float]:
