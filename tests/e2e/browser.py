@@ -18,6 +18,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,6 +98,10 @@ class HeadlessComfyUI:
         # The window a user has on a laptop; layout and saved-view tests depend on it.
         self.call("Emulation.setDeviceMetricsOverride", width=VIEWPORT[0], height=VIEWPORT[1],
                   deviceScaleFactor=1, mobile=False)
+        # A returning user: the template browser a first start opens would cover the graph.
+        request = urllib.request.Request(f"{self.url}/api/settings/Comfy.TutorialCompleted", data=b"true",
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        urllib.request.urlopen(request, timeout=30).close()
         self.call("Page.navigate", url=self.url)
         self.wait_for("window.app !== undefined && window.app.graph !== undefined && "
                       "typeof window.app.graphToPrompt === 'function' && "
