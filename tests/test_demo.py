@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -126,3 +127,34 @@ def test_demo_restores_with_configured_weights(shared_data, tmp_path) -> None:
     (rows,) = [rows for name, rows in metrics.items() if not name.startswith("real-")]
     assert {"LQ (input)", "restored, no refs", "restored, refs"} <= set(rows)
     assert "restoration skipped" not in (out / "report.html").read_text()
+
+
+#: The demo's own lines on stdout (it writes nothing to stderr): progress, header, metric rows, paths.
+DEMO_LINE = re.compile(r"\[\d+/\d+\] \S+|Model: .+|Degradation of the ground truth .+|No demo data folder .+"
+                       r"|Restoration skipped .+|\s*\S+  (LQ \(input\)|restored, (no )?refs)\s+.+"
+                       r"|report: .+|contact sheet: .+")
+
+
+@pytest.mark.slow
+def test_demo_prints_only_its_own_lines(shared_data, tmp_path) -> None:
+    """A first run as a user starts it (a fresh interpreter, so diffusers and whatever it pulls
+    in are imported for the first time, default warning filters): stderr is empty and every
+    stdout line is one the demo writes. Guards against third-party import-time noise such as
+    bitsandbytes' "Failed to load CPU gemm_4bit_forward ... trust_remote_code" line."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHONWARNINGS", "HONESTFACE_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    result = subprocess.run([sys.executable, "-m", "honestface", "demo", "--data", str(shared_data),
+                             "--identities", "1", "--references", "2", "-o", str(tmp_path / "demo")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr.strip() == "", f"lines from other packages on stderr:\n{result.stderr}"
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("Model: honestface-nano") for line in lines), result.stdout  # it restored
+    foreign = [line for line in lines if line.strip() and not DEMO_LINE.fullmatch(line)]
+    assert not foreign, f"lines the demo does not write:\n" + "\n".join(foreign)

@@ -129,8 +129,9 @@ def _real_face(data: Path, size: int) -> DemoFace | None:
                     f"{len(refs)} real references", lq=lq)
 
 
-def _astronaut_face(references: int, seed: int, size: int) -> DemoFace:
-    """scikit-image's astronaut photo, aligned, with augmented copies as references."""
+def astronaut_face(references: int, seed: int, size: int) -> DemoFace:
+    """scikit-image's astronaut photo (NASA, public domain), aligned, with augmented copies as references
+    (the demo without data, and the template thumbnails: pictures anyone may redistribute)."""
     import numpy as np
     from skimage import data as skdata
 
@@ -381,7 +382,7 @@ def run(args: argparse.Namespace) -> int:
     if not faces:
         header.append("No demo data folder found" + (f" at {data}" if data else "")
                       + ": using scikit-image's astronaut photo with augmented copies as references.")
-        faces = [_astronaut_face(args.references, args.seed, size)]
+        faces = [astronaut_face(args.references, args.seed, size)]
     config = DegradationConfig.moderate()
     header.append(f"Degradation of the ground truth at {size} px: "
                   + ", ".join(f"{k}={v}" for k, v in MODERATE_DEGRADATION.items()))

@@ -8,6 +8,7 @@ ComfyUI requirement) is needed; Chromium is Debian's ``chromium`` package.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +36,10 @@ def find_chromium() -> str | None:
         if name and shutil.which(name):
             return shutil.which(name)
     return None
+
+
+#: Width and height of the page in CSS pixels.
+VIEWPORT = (1600, 1000)
 
 
 class BrowserError(RuntimeError):
@@ -89,6 +95,13 @@ class HeadlessComfyUI:
         self.loop.run_until_complete(self._connect(port))
         self.call("Runtime.enable")
         self.call("Page.enable")
+        # The window a user has on a laptop; layout and saved-view tests depend on it.
+        self.call("Emulation.setDeviceMetricsOverride", width=VIEWPORT[0], height=VIEWPORT[1],
+                  deviceScaleFactor=1, mobile=False)
+        # A returning user: the template browser a first start opens would cover the graph.
+        request = urllib.request.Request(f"{self.url}/api/settings/Comfy.TutorialCompleted", data=b"true",
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        urllib.request.urlopen(request, timeout=30).close()
         self.call("Page.navigate", url=self.url)
         self.wait_for("window.app !== undefined && window.app.graph !== undefined && "
                       "typeof window.app.graphToPrompt === 'function' && "
@@ -216,3 +229,71 @@ class HeadlessComfyUI:
             "})()"
         )
         return self.evaluate(script)
+
+    def close_dialogs(self) -> None:
+        """Close the dialogs left open (the template browser a first start opens, a
+        missing-models dialog), as a user would before looking at the graph."""
+        self.evaluate(
+            "(async () => {"
+            "  const dialogs = () => [...document.querySelectorAll('.p-dialog')];"
+            "  for (let i = 0; i < 50 && dialogs().length; i++) {"
+            "    for (const dialog of dialogs()) dialog.querySelector('.p-dialog-close-button, .p-dialog-header-close, "
+            "button[aria-label=\"Close\"]')?.click();"
+            "    await new Promise(r => setTimeout(r, 100));"
+            "  }"
+            "  return dialogs().length;"
+            "})()")
+        for _ in range(3):  # the template browser closes on Escape
+            for kind in ("keyDown", "keyUp"):
+                self.call("Input.dispatchKeyEvent", type=kind, key="Escape", code="Escape", windowsVirtualKeyCode=27)
+            time.sleep(0.2)
+
+    def screenshot(self, path: Path) -> Path:
+        """The page as a PNG file."""
+        data = self.call("Page.captureScreenshot", format="png")["data"]
+        Path(path).write_bytes(base64.b64decode(data))
+        return Path(path)
+
+    def node_boxes(self) -> list[dict]:
+        """Each node of the open graph as drawn: id, title, and its box in graph units
+        (``x``, ``y``, ``w``, ``h``; the title bar included, image previews included since
+        the frontend grows a node to hold them) and in screen pixels (``screen``: left, top,
+        right, bottom under the current view); ``images``: how many preview images it shows."""
+        script = (
+            "(() => {"
+            "  const canvas = window.app.canvas, ds = canvas.ds, rect = canvas.canvas.getBoundingClientRect();"
+            "  const title = LiteGraph.NODE_TITLE_HEIGHT;"
+            "  return JSON.stringify(window.app.graph._nodes.map(n => {"
+            "    const x = n.pos[0], y = n.pos[1] - title, w = n.size[0], h = n.size[1] + title;"
+            "    const sx = v => rect.left + (v + ds.offset[0]) * ds.scale;"
+            "    const sy = v => rect.top + (v + ds.offset[1]) * ds.scale;"
+            "    return {id: n.id, type: n.type, title: n.title, x, y, w, h,"
+            "            screen: [sx(x), sy(y), sx(x + w), sy(y + h)], images: (n.imgs || []).length};"
+            "  }));"
+            "})()"
+        )
+        return json.loads(self.evaluate(script))
+
+    def free_canvas_area(self) -> dict:
+        """The part of the canvas no bar covers, in screen pixels: ``top`` below the bars at
+        the top (menu, workflow tabs, run button), ``left`` right of the icon bar at the left
+        edge, ``right`` and ``bottom`` the window's edges."""
+        script = (
+            "(() => {"
+            "  const canvas = window.app.canvas.canvas.getBoundingClientRect();"
+            "  let top = canvas.top, left = canvas.left;"
+            "  for (const el of document.querySelectorAll('body *')) {"
+            "    if (el.tagName === 'CANVAS' || el.closest('.dom-widget, .comfy-multiline-input, .p-dialog, .p-toast')) continue;"
+            "    const r = el.getBoundingClientRect(), style = getComputedStyle(el);"
+            "    if (style.visibility === 'hidden' || style.display === 'none' || style.opacity === '0') continue;"
+            "    if (r.width < 20 || r.height < 8 || r.right <= canvas.left || r.left >= canvas.right) continue;"
+            "    if (r.bottom < canvas.top + 150 && r.width < canvas.width * 0.9 || r.bottom < canvas.top + 60)"
+            "      top = Math.max(top, r.bottom);"
+            "  }"
+            "  const bar = document.querySelector('.side-tool-bar-container');"
+            "  if (bar) { const r = bar.getBoundingClientRect(); if (r.left <= canvas.left + 8 && r.width < 200) left = Math.max(left, r.right); }"
+            "  return JSON.stringify({top, left, right: Math.min(canvas.right, window.innerWidth),"
+            "                         bottom: Math.min(canvas.bottom, window.innerHeight)});"
+            "})()"
+        )
+        return json.loads(self.evaluate(script))

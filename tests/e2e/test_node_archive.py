@@ -1,7 +1,7 @@
 """The node pack as the ComfyUI registry sees it: ``comfy node validate`` and ``comfy node pack``.
 
 Both run offline on a copy of the working tree. The archive must hold what a ComfyUI user
-needs (nodes, library, built-in model, workflows, licence, requirements) and none of the
+needs (nodes, library, built-in model, workflows and their thumbnails, licence, requirements) and none of the
 development folders that ``.comfyignore`` leaves out; unpacked alone, its library imports.
 """
 
@@ -53,6 +53,9 @@ def test_archive_holds_what_comfyui_needs_and_no_development_folders(node_archiv
         assert needed in names, needed
     workflows = {path.relative_to(REPO_ROOT).as_posix() for path in (REPO_ROOT / "example_workflows").rglob("*.json")}
     assert workflows and workflows <= names, sorted(workflows - names)
+    # The template browser's thumbnails: example_workflows/<name>.jpg beside each editor file.
+    thumbnails = {f"example_workflows/{path.stem}.jpg" for path in (REPO_ROOT / "example_workflows").glob("*.json")}
+    assert thumbnails <= names, sorted(thumbnails - names)
     library = {path.relative_to(REPO_ROOT).as_posix() for path in (REPO_ROOT / "honestface").rglob("*.py")}
     assert library <= names, sorted(library - names)
     shipped_dev = sorted(name for name in names if name.startswith(DEVELOPMENT_FOLDERS))
