@@ -75,7 +75,12 @@ class FidelityEstimator(nn.Module):
             pair = F.interpolate(pair, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         with torch.autocast(pair.device.type, enabled=False):  # logs of small numbers: float32
             statistics = fidelity_statistics(pair[:, :3], pair[:, 3:])
-            return torch.sigmoid(self.mlp(self.norm(statistics))).squeeze(-1)
+            if self.training and statistics.shape[0] > 1:
+                normalised = self.norm(statistics)
+            else:  # one face, or inference: the running averages (never updated here)
+                normalised = F.batch_norm(statistics, self.norm.running_mean, self.norm.running_var,
+                                          training=False, eps=self.norm.eps)
+            return torch.sigmoid(self.mlp(normalised)).squeeze(-1)
 
 
 def blend_fidelity(lq: torch.Tensor, restored: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
