@@ -114,3 +114,13 @@ def test_optimal_blend_weight_minimises_the_blend_error():
     errors = torch.stack([((lq + w * (restored - lq) - gt) ** 2).flatten(1).sum(1) for w in grid])
     torch.testing.assert_close(best, grid[errors.argmin(dim=0)], atol=1.5e-3, rtol=0)
     assert float(best[0]) == pytest.approx(1.0, abs=1e-4) and float(best[2]) == 0.0
+
+
+def test_estimator_computes_in_float32_in_a_bf16_model():
+    estimator = FidelityEstimator(FidelityConfig(resolution=32, channels=8)).eval()
+    lq, restored = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    expected = estimator(lq, restored)
+    half = estimator.to(torch.bfloat16)
+    torch.testing.assert_close(half(lq.bfloat16(), restored.bfloat16()), expected, atol=2e-2, rtol=0)
+    one = half(lq[:1].bfloat16(), restored[:1].bfloat16())  # one face: running statistics
+    assert one.dtype == torch.float32 and one.shape == (1,)

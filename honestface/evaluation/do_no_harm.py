@@ -251,6 +251,8 @@ def plot_do_no_harm(result: DoNoHarmResult, width: int = 900, height: int = 360)
         draw.line((left, y(0.0), right, y(0.0)), fill=(90, 90, 90), width=1)
         draw.text((left - 6, y(0.0)), "0", fill=(60, 60, 60), font=small, anchor="rm")
         for tick in (low + pad, high - pad):
+            if fmt.format(tick) in (fmt.format(0.0), fmt.format(-0.0)):
+                continue  # the zero line is labelled already
             draw.text((left - 6, y(tick)), fmt.format(tick), fill=(60, 60, 60), font=small, anchor="rm")
         for index, level in enumerate(levels):
             draw.text((x(index), bottom + 8), level, fill=(20, 20, 20), font=small, anchor="mt")

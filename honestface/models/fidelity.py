@@ -78,9 +78,12 @@ class FidelityEstimator(nn.Module):
             if self.training and statistics.shape[0] > 1:
                 normalised = self.norm(statistics)
             else:  # one face, or inference: the running averages (never updated here)
-                normalised = F.batch_norm(statistics, self.norm.running_mean, self.norm.running_var,
+                normalised = F.batch_norm(statistics, self.norm.running_mean.float(), self.norm.running_var.float(),
                                           training=False, eps=self.norm.eps)
-            return torch.sigmoid(self.mlp(normalised)).squeeze(-1)
+            # float32 whatever precision the model was placed in (161 weights: nothing to save)
+            first, last = self.mlp[0], self.mlp[2]
+            hidden = F.silu(F.linear(normalised, first.weight.float(), first.bias.float()))
+            return torch.sigmoid(F.linear(hidden, last.weight.float(), last.bias.float())).squeeze(-1)
 
 
 def blend_fidelity(lq: torch.Tensor, restored: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
