@@ -639,4 +639,6 @@ def test_restore_aligned_warns_when_an_input_is_no_aligned_crop(pack, io, nano, 
     assert output.ui.as_dict() == {"text": (report,)}
     assert any("does not look like an aligned face crop" in r.getMessage() for r in caplog.records)
     output = pack.HonestFaceRestoreAligned.execute(model, io.images_to_comfy(crop), "model default")  # dlib checks
-    assert output.result[1] == "" and output.ui is None
+    assert "does not look like" not in output.result[1] and output.ui is None
+    # the shipped nano model reports how much of its restoration the face got
+    assert output.result[1].startswith("automatic fidelity (0 = left as it was, 1 = fully restored): face 0: ")

@@ -370,7 +370,7 @@ def test_restore_cli_on_a_phone_clip(shared_data, tmp_path, capsys, detector, ro
     write_test_clip(clip, stored, audio=tone(0.6), display_rotation=rotation)
     out = tmp_path / "out"
     assert main(["restore", str(clip), "-o", str(out), "--weights", "honestface-nano.safetensors",
-                 "--no-progress", "--smooth", "1"]) == 0
+                 "--no-progress", "--smooth", "1", "--fidelity", "off"]) == 0
     printed = capsys.readouterr().out
     assert (f"clip.mp4: video, 3 frames (turned upright: display rotation {rotation} deg); 3 face(s) restored, "
             "0 frame(s) without a face written unchanged; audio copied") in printed
@@ -383,5 +383,5 @@ def test_restore_cli_on_a_phone_clip(shared_data, tmp_path, capsys, detector, ro
         difference = (frame.image - truth).abs()
         centre, border = difference[:, 70:150, 40:120].mean(), difference[:, :30].mean()
         assert border < 0.03  # upright: the background is where it is in the upright source
-        assert centre > 2 * border  # the face was restored
+        assert centre > 1.5 * border  # the face was restored
     assert np.array_equal(read_audio(out / "clip.mp4")[1], read_audio(clip)[1])

@@ -87,8 +87,15 @@ def build_model(section, seed: int) -> HonestFaceModel:
             # the automatic-fidelity estimator may be added to (or changed in) a finished model
             for key, value in section.overrides.items():
                 if not key.startswith("fidelity."):
-                    raise ConfigError(f"model.overrides: '{key}' cannot change a checkpoint's model; only the "
-                                      "fidelity settings can")
+                    current = model.config
+                    for part in key.split("."):
+                        current = getattr(current, part, None)
+                    same = (list(current) == list(value)) if isinstance(current, (list, tuple)) and \
+                        isinstance(value, (list, tuple)) else current == value
+                    if not same:  # the checkpoint's own value repeated is fine
+                        raise ConfigError(f"model.overrides: '{key}' cannot change a checkpoint's model (it has "
+                                          f"{current!r}); only the fidelity settings can")
+                    continue
                 _set_dotted(model.config, key, value)
             model.config.validate()
             if model.config.fidelity.enabled and model.fidelity is None:
