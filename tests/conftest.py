@@ -40,3 +40,15 @@ def detector():
 
     return load_face_detector("dlib")
 
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state that refuses a second set-up with other
+    settings (bf16 after "no"); each in-process training run starts afresh (modules that
+    train use it for every test: ``pytestmark = pytest.mark.usefixtures(...)``)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

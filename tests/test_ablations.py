@@ -23,13 +23,7 @@ ABLATIONS = sorted((REPO_ROOT / "training" / "configs" / "ablations").glob("*.ya
 torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
 @pytest.fixture(scope="module")

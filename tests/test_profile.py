@@ -17,13 +17,7 @@ TINY = REPO_ROOT / "training" / "configs" / "tiny.yaml"
 torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
 def test_profile_needs_a_step(capsys):

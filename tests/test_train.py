@@ -29,15 +29,7 @@ PAPER = REPO_ROOT / "training" / "configs" / "paper.yaml"
 torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    """accelerate keeps one process-wide state that refuses a second set-up with other
-    settings (bf16 after "no"); each in-process training run here starts afresh."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
 def tiny_config(root: Path, output: Path, *overrides: str):

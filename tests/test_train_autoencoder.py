@@ -12,9 +12,11 @@ from honestface.errors import ConfigError
 from training.train import Trainer, build_model, load_pretrained_vae
 from training.train_autoencoder import AutoencoderTrainer, load_autoencoder_config, psnr
 
-from test_train import REPO_ROOT, fresh_accelerator_state, tiny_config  # noqa: F401 - fixture
+from test_train import REPO_ROOT, tiny_config
 
 NANO_VAE = REPO_ROOT / "training" / "configs" / "nano_vae.yaml"
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
 def tiny_vae_overrides() -> list[str]:

@@ -15,11 +15,13 @@ from training.data import DataConfig, IdentityFaceDataset, collate, scan_identit
 from training.train_autoencoder import AutoencoderSection, AutoencoderTrainer, load_autoencoder_config
 from training.vq import VQTask
 
-from test_train import REPO_ROOT, fresh_accelerator_state  # noqa: F401 - fixture
+from test_train import REPO_ROOT
 
 torch.set_num_threads(1)
 STAGE1_HQ = REPO_ROOT / "training" / "configs" / "stage1_vre_hq.yaml"
 STAGE1_LQ = REPO_ROOT / "training" / "configs" / "stage1_vre_lq.yaml"
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
 def section(kind: str, **options) -> AutoencoderSection:

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import CheckpointError, ImageError
+from ..errors import ImageError
 from ..paths import find_model_file
 from .resnet_face import resize_bilinear_8bit, to_8bit
 
@@ -218,25 +218,11 @@ def awing_input(images: torch.Tensor) -> torch.Tensor:
 def awing_from_file(path: str | Path) -> AWingFAN:
     """The network filled from ``alignment_WFLW_4HG.pth`` (``{"state_dict": ...}`` or a bare
     state dict), read with ``torch.load(weights_only=True)``."""
-    from ..loaders.safe_pickle import load_tensors
+    from ..loaders.safe_pickle import load_matching_state
 
-    path = Path(path)
-    state = load_tensors(path, what="AWing 98-point landmark weights", state_key="state_dict")
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    model = AWingFAN()
-    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(path, f"weights do not match the AWing FAN (4 stacks, 98 points): missing "
-                                    f"{missing[:5]}, unexpected {unexpected[:5]}", "alignment_WFLW_4HG.pth")
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise CheckpointError(path, f"'{key}' has shape {tuple(value.shape)}, the AWing FAN needs "
-                                        f"{tuple(expected[key].shape)}", "alignment_WFLW_4HG.pth")
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    logger.info("AWing FAN: loaded %d tensors from %s", len(state), path)
-    return model.eval()
+    model = load_matching_state(AWingFAN(), path, "the AWing FAN (4 stacks, 98 points)", "alignment_WFLW_4HG.pth")
+    logger.info("AWing FAN: loaded %d tensors from %s", len(model.state_dict()), path)
+    return model
 
 
 class AWingLandmarks:

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import CheckpointError, ImageError
+from ..errors import ImageError
 from ..paths import find_model_file
 
 logger = logging.getLogger("honestface.face.resnet_face")
@@ -163,25 +163,11 @@ def grey128(images: torch.Tensor) -> torch.Tensor:
 def resnet_face_from_file(path: str | Path) -> ResNetFace:
     """``resnet_face18`` filled from a state dict file (``module.`` prefixes of DataParallel
     are removed); read with ``torch.load(weights_only=True)``."""
-    from ..loaders.safe_pickle import load_tensors
+    from ..loaders.safe_pickle import load_matching_state
 
-    path = Path(path)
-    state = load_tensors(path, what="ArcFace resnet_face18 weights", state_key="state_dict")
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    model = ResNetFace()
-    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(path, f"weights do not match resnet_face18 (use_se=False): missing {missing[:5]}, "
-                                    f"unexpected {unexpected[:5]}", "arcface-pytorch's resnet18_110.pth")
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise CheckpointError(path, f"'{key}' has shape {tuple(value.shape)}, resnet_face18 needs "
-                                        f"{tuple(expected[key].shape)}", "arcface-pytorch's resnet18_110.pth")
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    logger.info("resnet_face18: loaded %d tensors from %s", len(state), path)
-    return model.eval()
+    model = load_matching_state(ResNetFace(), path, "resnet_face18 (use_se=False)", "arcface-pytorch's resnet18_110.pth")
+    logger.info("resnet_face18: loaded %d tensors from %s", len(model.state_dict()), path)
+    return model
 
 
 class ResNetFace18Recognizer:

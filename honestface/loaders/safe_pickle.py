@@ -227,3 +227,27 @@ def load_tensors(path: str | Path, what: str = "weights", state_key: str | None 
     if not tensors:
         raise CheckpointError(path, "holds no tensors", f"a state dict ({what})")
     return tensors
+
+
+def load_matching_state(module: torch.nn.Module, path: str | Path, what: str, expected: str,
+                        state_key: str | None = "state_dict") -> torch.nn.Module:
+    """Load a distributed state dict into ``module`` (built by the caller), strictly.
+
+    A ``module.`` prefix (DataParallel) and BatchNorm's ``num_batches_tracked`` counters are
+    dropped; missing or unexpected keys and mis-shaped tensors raise :class:`CheckpointError`
+    naming the file and ``expected`` (what the file should be). Returns the module in eval mode.
+    """
+    path = Path(path)
+    state = load_tensors(path, what=what, state_key=state_key)
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    wanted = {k: v for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
+    missing, unexpected = sorted(set(wanted) - set(state)), sorted(set(state) - set(wanted))
+    if missing or unexpected:
+        raise CheckpointError(path, f"weights do not match {what}: missing {missing[:5]}, unexpected "
+                                    f"{unexpected[:5]}", expected)
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(wanted[key].shape):
+            raise CheckpointError(path, f"'{key}' has shape {tuple(value.shape)}, {what} needs "
+                                        f"{tuple(wanted[key].shape)}", expected)
+    module.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    return module.eval()
