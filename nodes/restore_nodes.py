@@ -167,6 +167,18 @@ class HonestFaceModelLoader(io.ComfyNode):
         return (weights_fingerprint(base_model, weights, osdface_folder), dtype, device)
 
     @classmethod
+    def validate_inputs(cls, base_model=None, weights=None):
+        """Refuses model files that are not installed when the prompt is queued (ComfyUI
+        0.3.75 does not check the choices of V3 combo inputs itself)."""
+        if weights is not None and weights not in weights_choices():
+            return (f"restoration weights '{weights}' not found in models/honestface: put the file (or OSDFace "
+                    f"release folder) there and press R to refresh, or pick an installed one")
+        if base_model is not None and base_model not in base_model_choices():
+            return (f"Stable Diffusion 2.1 base '{base_model}' not found in models/checkpoints or "
+                    "models/diffusers: put it there and press R to refresh, or pick an installed one")
+        return True
+
+    @classmethod
     def execute(cls, base_model, weights, osdface_folder, dtype, device) -> io.NodeOutput:
         key = ("model", base_model, weights, osdface_folder, dtype, device,
                weights_fingerprint(base_model, weights, osdface_folder))
