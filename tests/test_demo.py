@@ -132,7 +132,9 @@ def test_demo_restores_with_configured_weights(shared_data, tmp_path) -> None:
 #: The demo's own lines on stdout (it writes nothing to stderr): progress, header, metric rows, paths.
 DEMO_LINE = re.compile(r"\[\d+/\d+\] \S+|Model: .+|Degradation of the ground truth .+|No demo data folder .+"
                        r"|Restoration skipped .+|\s*\S+  (LQ \(input\)|restored, (no )?refs)\s+.+"
-                       r"|report: .+|contact sheet: .+")
+                       r"|report: .+|contact sheet: .+"
+                       # the do-no-harm curve
+                       r"|do no harm.+|\s+(clean|mild|moderate|heavy)\s+(no refs|refs)\s+.+|do-no-harm curve: .+")
 
 
 @pytest.mark.slow

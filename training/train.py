@@ -103,8 +103,11 @@ def build_model(section, seed: int) -> HonestFaceModel:
 
                 model.fidelity = FidelityEstimator(model.config.fidelity)
     model.set_trainable()
-    parts = {"unet": model.unet, "vae": model.vae, "vq": model.vre.vq, "vgg": model.ide.feature_extractor.vgg}
+    parts = {"unet": model.unet, "vae": model.vae, "vq": model.vre.vq,
+             "vgg": getattr(model.ide.feature_extractor, "vgg", None)}  # no FFE (FIE-only IDE): no VGG
     for name in section.freeze:
+        if parts[name] is None:
+            raise ConfigError(f"model.freeze: this model has no {name}")
         parts[name].requires_grad_(False)
     if section.train_only:
         modules = model.trainable_modules()
