@@ -510,7 +510,7 @@ def test_identity_from_raw_photos_is_encoded_once_and_restores_like_the_library(
     assert refs.images.shape == (3, 3, 128, 128), report
     assert refs.embeddings.shape == (3, 128) and torch.isfinite(refs.landmarks).all()
     assert chosen.shape == (2, 128, 128, 3) and eyes.shape[2] == 2 * eyes.shape[1]
-    assert report.startswith("3 of 3 reference image(s) used") and "LQ face 1: reference" in report
+    assert report.startswith("3 of 3 reference image(s) used") and "low-quality face 1: uses reference" in report
     previews = out.ui.as_dict()["images"]
     assert len(previews) == 4 and all((tmp_path / p["subfolder"] / p["filename"]).is_file() for p in previews)
 
