@@ -244,6 +244,23 @@ def average_gradients(parameters: Sequence[torch.nn.Parameter], world_size: int)
         offset += n
 
 
+def validate_and_checkpoint(loop, step: int, validate, save_checkpoint, writer) -> dict[str, float]:
+    """The schedule after an optimiser step (every training program here): validate every
+    ``loop.val_every`` steps and at the end (metrics to TensorBoard and the log), checkpoint
+    every ``loop.checkpoint_every`` steps and at the end. Returns the metrics when it validated."""
+    final = step == loop.max_steps
+    metrics: dict[str, float] = {}
+    if loop.val_every and (step % loop.val_every == 0 or final):
+        metrics = validate()
+        if metrics and writer is not None:
+            for name, value in metrics.items():
+                writer.add_scalar(name, value, step)
+            logger.info("validation at step %d: %s", step, metrics)
+    if (loop.checkpoint_every and step % loop.checkpoint_every == 0) or final:
+        save_checkpoint()
+    return metrics
+
+
 def image_grid(rows: Sequence[torch.Tensor]) -> torch.Tensor:
     """Stack (B, 3, H, W) rows into one (3, rows*H, B*W) image."""
     return torch.cat([torch.cat(list(row), dim=-1) for row in rows], dim=-2)
@@ -734,15 +751,7 @@ class Trainer:
                 if self.is_main:
                     losses = " ".join(f"{k[5:]}={v:.4f}" for k, v in last.items() if k.startswith("loss/"))
                     logger.info("step %d %s", self.step, losses)
-            final = self.step == loop.max_steps
-            if loop.val_every and (self.step % loop.val_every == 0 or final):
-                metrics = self.validate()
-                if metrics and self.writer is not None:
-                    for name, value in metrics.items():
-                        self.writer.add_scalar(name, value, self.step)
-                    logger.info("validation at step %d: %s", self.step, metrics)
-            if (loop.checkpoint_every and self.step % loop.checkpoint_every == 0) or final:
-                self.save_checkpoint()
+            validate_and_checkpoint(loop, self.step, self.validate, self.save_checkpoint, self.writer)
         elapsed = time.perf_counter() - started
         exported = self.export()
         if self.writer is not None:

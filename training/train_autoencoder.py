@@ -55,7 +55,7 @@ from honestface.errors import ConfigError, HonestFaceError
 from training import state as ckpt
 from training.config import LoopSection, OptimSection, read_config_dict
 from training.data import DataConfig, EpochSampler, build_datasets, infinite_batches
-from training.train import average_gradients, image_grid, lr_lambda
+from training.train import average_gradients, image_grid, lr_lambda, validate_and_checkpoint
 from training.vq import VQ_KINDS, VQTask, check_vq_section, vre_config
 
 logger = logging.getLogger("honestface.train_autoencoder")
@@ -400,15 +400,8 @@ class AutoencoderTrainer:
                     self.writer.add_scalar(name, value, self.step)
                 logger.info("step %d %s", self.step,
                             " ".join(f"{k[5:]}={v:.5f}" for k, v in last.items() if k.startswith("loss/")))
-            final = self.step == loop.max_steps
-            if loop.val_every and (self.step % loop.val_every == 0 or final):
-                metrics = self.validate()
-                if metrics and self.writer is not None:
-                    for name, value in metrics.items():
-                        self.writer.add_scalar(name, value, self.step)
-                    logger.info("validation at step %d: %s", self.step, metrics)
-            if (loop.checkpoint_every and self.step % loop.checkpoint_every == 0) or final:
-                self.save_checkpoint()
+            metrics = validate_and_checkpoint(loop, self.step, self.validate, self.save_checkpoint,
+                                              self.writer) or metrics
         elapsed = time.perf_counter() - started
         exported = self.export()
         if self.writer is not None:
