@@ -2,6 +2,7 @@
 
     python benchmarks/do_no_harm.py [--weights honestface-nano.safetensors] [--faces 24]
                                     [--photos 12] [--json out.json] [--plot curve.png]
+    python benchmarks/do_no_harm.py --skip-faces 24 --faces 48 --seed 7 --photos 0   # to choose on
 
 1. Aligned crops (:mod:`honestface.evaluation.do_no_harm`): faces of the people the
    checkpoint's training held out (its metadata), at the model's size, degraded at four
@@ -17,6 +18,9 @@
      the face region against the input;
    - the same 256 px faces mildly degraded: PSNR of the face region against the clean face,
      before and after.
+
+Choose between models (training runs, options) on faces set apart from the reported ones
+(``--skip-faces``, another ``--seed``), and report the default run.
 
 The exit status is 1 when a target is missed.
 """
@@ -121,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="checkpoint whose metadata names the held-out people (default: --weights; a training "
                              "checkpoint of the same run has none)")
     parser.add_argument("--faces", type=int, default=24, help="held-out faces for the aligned-crop curve")
+    parser.add_argument("--skip-faces", type=int, default=0,
+                        help="leave out the first N held-out faces (the reported ones): a set apart to choose "
+                             "between models on, e.g. --skip-faces 24 --faces 48 --seed 7 --photos 0")
     parser.add_argument("--photos", type=int, default=12, help="LFW photos (0 skips the whole-photo checks)")
     parser.add_argument("--big-faces", type=int, default=4, help="held-out faces pasted into photos at 256/512 px")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -147,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         pipeline, _, identity = heldout_pipeline(weights, batch_size=args.batch_size)
         identities = heldout_identities(find_model_file("honestface", args.heldout_from, what="HonestFace checkpoint")
                                         if args.heldout_from else weights)
-        faces = load_heldout_faces(Path(args.data), identities, pipeline.image_size, args.faces, 3)
+        faces = load_heldout_faces(Path(args.data), identities, pipeline.image_size,
+                                   args.skip_faces + args.faces, 3)[args.skip_faces:]
         gt = torch.stack([f.gt for f in faces])
         result = evaluate_do_no_harm(lambda lq, refs: pipeline.restore(lq, refs), gt,
                                      [f.references for f in faces], identity, [f.name for f in faces],

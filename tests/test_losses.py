@@ -293,14 +293,45 @@ def test_discriminator_copies_base_weights_and_trains_only_its_adapter(tiny_unet
     assert losses[-1] < losses[0] - 0.3
 
 
+def test_lowpass_faces_is_a_gaussian_blur_scaled_with_the_face_size():
+    from scipy.ndimage import gaussian_filter
+
+    from honestface.losses.identity import lowpass_faces
+
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64).float()
+    out = lowpass_faces(images, 4.0)  # sigma 4 px at 128 px = 2 px at 64 px
+    expected = gaussian_filter(images.double().numpy(), sigma=(0, 0, 2.0, 2.0), mode="mirror", truncate=3.0)
+    assert torch.allclose(out.double(), torch.from_numpy(expected), atol=1e-5)
+    assert lowpass_faces(images, 0.0) is images
+
+
+def test_identity_loss_lowpass_sees_no_grid_at_the_latent_pitch(faces):
+    """A faint 4 px grid changes a recogniser's embedding; under the low-pass it does not."""
+    from honestface.face import load_identity_backend
+
+    recogniser = load_identity_backend("dlib-torch")
+    target = faces[:2]
+    grid = torch.zeros(1, 1, 128, 128)
+    grid[..., ::4, :] = 0.06
+    grid[..., :, ::4] = 0.06
+    gridded = (target + grid).clamp(0, 1).requires_grad_(True)
+    plain = IdentityLoss([recogniser])(gridded, target)
+    blurred = IdentityLoss([recogniser], lowpass=1.5)(gridded, target)
+    assert plain.min() > 5 * blurred.max()
+    blurred.sum().backward()
+    assert gridded.grad.abs().sum() > 0  # still a loss to learn from
+    with pytest.raises(ConfigError, match="low-pass"):
+        IdentityLoss([recogniser], lowpass=-1)
+
+
 def test_objective_switches_losses_and_weights_them(tiny_unet, faces):
     alphas = torch.linspace(0.999, 0.01, 1000)
     config = LossConfig(mse=1.0, ea_dists=0.5, identity=0.1, mfa=1.0, adversarial=0.02, pretrained=False,
                         mfa_landmarks="dlib", backend_options={"dlib": {"aligned_fallback": True}},
                         discriminator=DiscriminatorConfig(lora_rank=2, lora_alpha=2, head_hidden=8),
-                        identity_jitter=0.02)
+                        identity_jitter=0.02, identity_lowpass=1.5)
     objective = TrainingObjective.build(config, tiny_unet, alphas)
-    assert objective.identity.jitter == 0.02
+    assert objective.identity.jitter == 0.02 and objective.identity.lowpass == 1.5
     target = F.interpolate(faces[:2], size=64, mode="area")
     restored = (target + 0.1 * torch.randn(target.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     restored.requires_grad_(True)
@@ -351,6 +382,9 @@ def test_loss_config_validation():
     assert LossConfig.from_dict({"identity_jitter": "0.03"}).identity_jitter == 0.03
     with pytest.raises(ConfigError, match="identity_jitter"):
         LossConfig(identity_jitter=-0.1)
+    assert LossConfig.from_dict({"identity_lowpass": "1.5"}).identity_lowpass == 1.5
+    with pytest.raises(ConfigError, match="identity_lowpass"):
+        LossConfig(identity_lowpass=20)
 
 
 def test_perceptual_weights_load_from_their_release_formats(tmp_path):

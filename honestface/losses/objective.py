@@ -41,7 +41,7 @@ from ..models.discriminator import (
     forward_noise,
     generator_loss,
 )
-from .identity import IdentityLoss, check_jitter_strength
+from .identity import IdentityLoss, check_jitter_strength, check_lowpass_sigma
 from .perceptual import DISTS_FILE, LPIPS_FILE, VGG16_FILE, EdgeAwareDISTS, build_dists, build_lpips, build_vgg16
 
 LOSS_NAMES = ("mse", "ea_dists", "identity", "mfa", "adversarial", "fidelity")
@@ -90,6 +90,9 @@ class LossConfig:
         identity_jitter: alignment jitter of the identity loss (relative scale, rotation in
             radians and shift in image sizes, each up to this value; 0 = off); see
             :class:`~honestface.losses.identity.IdentityLoss`.
+        identity_lowpass: Gaussian blur (sigma in pixels of a 128 px face) of both faces
+            before the identity loss's recognisers, so no pattern finer than a face's
+            features can please them (0 = off; see ``IdentityLoss``).
     """
 
     mse: float = 1.0
@@ -112,6 +115,7 @@ class LossConfig:
     backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     start_steps: dict[str, int] = field(default_factory=dict)
     identity_jitter: float = 0.0
+    identity_lowpass: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.discriminator, dict):
@@ -140,6 +144,7 @@ class LossConfig:
         if any(step < 0 for step in self.start_steps.values()):
             raise ConfigError(f"start_steps must be >= 0, got {self.start_steps}")
         self.identity_jitter = check_jitter_strength(self.identity_jitter, "identity_jitter")
+        self.identity_lowpass = check_lowpass_sigma(self.identity_lowpass, "identity_lowpass")
 
     def enabled(self, name: str) -> bool:
         return float(getattr(self, name)) > 0
@@ -256,7 +261,7 @@ class TrainingObjective(nn.Module):
             identity = IdentityLoss([
                 build_identity_backend(name, config.pretrained, models_dir, device, config.backend_options.get(name))
                 for name in config.identity_backends
-            ], jitter=config.identity_jitter)
+            ], jitter=config.identity_jitter, lowpass=config.identity_lowpass)
         if config.enabled("adversarial"):
             discriminator = LatentDiscriminator(unet, config.discriminator)
         return cls(config, alphas_cumprod, ea_dists, mfa_distance, identity, heatmaps, discriminator).to(device)
