@@ -35,7 +35,7 @@ detector alone), no LFW photo is (README, "Face analysis").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -52,9 +52,17 @@ ALIGNED_TOLERANCE = 0.10
 #: Side (px) of the copy a square image without a detected face is searched again at.
 EVIDENCE_SIDE = 320
 #: Lowest HOG score (dlib's detection threshold is 0) of the weak face of a degraded crop.
-WEAK_FACE_SCORE = -2.0
+WEAK_FACE_SCORE = -1.5
 #: Least overlap (IoU) of that face's box with the aligned-crop face box.
-EVIDENCE_IOU = 0.3
+EVIDENCE_IOU = 0.5
+#: Largest alignment error of the 68 points fitted in the aligned face box (second look).
+EVIDENCE_TOLERANCE = 0.12
+#: A detected face whose landmarks are a little off the template (error up to
+#: DETECTED_TOLERANCE) still makes an aligned crop when its box overlaps the aligned-crop
+#: face box by at least DETECTED_BOX_IOU: the face is where and as large as in an aligned
+#: crop, only its landmarks (fitted on a blurred face) are imprecise.
+DETECTED_BOX_IOU = 0.55
+DETECTED_TOLERANCE = 0.15
 
 
 @dataclass
@@ -82,6 +90,7 @@ class AlignedFaceEvidence:
     score: float  # best HOG score of a box overlapping the aligned face box (-inf: none)
     iou: float  # that box's IoU with the aligned face box (0: none)
     error: float  # alignment error of the 68 points fitted in the aligned face box
+    candidates: list[tuple[float, float]] = field(default_factory=list)  # (score, IoU) of every weak face
 
 
 def _iou(a, b) -> float:
@@ -92,14 +101,24 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def aligned_face_evidence(image: torch.Tensor, floor: float = -2.5) -> AlignedFaceEvidence:
+def aligned_box_iou(box, side: int) -> float:
+    """IoU of a face box (x0, y0, x1, y1, pixels of a ``side`` px square image) with the box
+    where faces sit in aligned crops (:data:`~honestface.face.dlib_backend.ALIGNED_FACE_BOX`)."""
+    from .dlib_backend import _aligned_box
+
+    return _iou(tuple(float(v) for v in box), _aligned_box(side, side))
+
+
+def aligned_face_evidence(image: torch.Tensor, floor: float = -2.5,
+                          min_iou: float | None = None) -> AlignedFaceEvidence:
     """Does a square (3, H, W) image (float in [0, 1] or uint8) look like an aligned face crop?
 
     dlib's HOG detector runs on a copy brought to :data:`EVIDENCE_SIDE` px with its
     threshold lowered to ``floor``; of the boxes it returns, those overlapping the aligned
-    face box (:data:`~honestface.face.dlib_backend.ALIGNED_FACE_BOX`) by IoU >=
-    :data:`EVIDENCE_IOU` count, and the best score among them is reported. The 68 points
-    are fitted in the aligned face box (as training does for its aligned crops) and their
+    face box (:data:`~honestface.face.dlib_backend.ALIGNED_FACE_BOX`) by IoU >= ``min_iou``
+    (default :data:`EVIDENCE_IOU`) count, and the best score among them is reported
+    (``candidates`` lists the score and IoU of every box returned). The 68 points are fitted
+    in the aligned face box (as training does for its aligned crops) and their
     :func:`alignment_error` is reported too.
     """
     import cv2
@@ -107,19 +126,21 @@ def aligned_face_evidence(image: torch.Tensor, floor: float = -2.5) -> AlignedFa
     from ._images import to_uint8_hwc
     from .dlib_backend import LANDMARKS_68_FILE, _aligned_box, _load, dlib_model_file, fit_shape
 
+    min_iou = EVIDENCE_IOU if min_iou is None else min_iou
     array = to_uint8_hwc(image, "image")[0]
     side = array.shape[0]
     work = array if side == EVIDENCE_SIDE else cv2.resize(
         array, (EVIDENCE_SIDE, EVIDENCE_SIDE), interpolation=cv2.INTER_AREA if side > EVIDENCE_SIDE else cv2.INTER_CUBIC)
     rects, scores, _ = _load("hog", "").run(work, 1, float(floor))
     target = _aligned_box(EVIDENCE_SIDE, EVIDENCE_SIDE)
+    candidates = [(float(score), _iou((rect.left(), rect.top(), rect.right(), rect.bottom()), target))
+                  for rect, score in zip(rects, scores)]
     best, best_iou = float("-inf"), 0.0
-    for rect, score in zip(rects, scores):
-        overlap = _iou((rect.left(), rect.top(), rect.right(), rect.bottom()), target)
-        if overlap >= EVIDENCE_IOU and score > best:
-            best, best_iou = float(score), overlap
+    for score, overlap in candidates:
+        if overlap >= min_iou and score > best:
+            best, best_iou = score, overlap
     points = fit_shape(_load("shape", str(dlib_model_file(LANDMARKS_68_FILE))), array, _aligned_box(side, side))
-    return AlignedFaceEvidence(best, best_iou, alignment_error(points, side))
+    return AlignedFaceEvidence(best, best_iou, alignment_error(points, side), candidates)
 
 
 def classify_input(image: torch.Tensor, detector: FaceDetector, landmark_backend: LandmarkBackend | None = None,
@@ -127,10 +148,14 @@ def classify_input(image: torch.Tensor, detector: FaceDetector, landmark_backend
     """Aligned crop or photo, for one (3, H, W) image in [0, 1].
 
     Aligned iff the image is square and the landmarks of its largest detected face fit the
-    FFHQ alignment template within ``tolerance`` (:func:`alignment_error`); a square image
-    without a detected face is aligned when it looks like a degraded aligned crop
-    (:func:`aligned_face_evidence`, see the module doc). ``image`` may be uint8.
-    ``landmark_backend`` refines the detector's landmarks (as in whole-photo restoration).
+    FFHQ alignment template within ``tolerance`` (:func:`alignment_error`), or within
+    :data:`DETECTED_TOLERANCE` when that face's box is where aligned crops have it
+    (IoU >= :data:`DETECTED_BOX_IOU`); a square image without a detected face is aligned
+    when it looks like a degraded aligned crop (:func:`aligned_face_evidence`, see the
+    module doc; its error must be within :data:`EVIDENCE_TOLERANCE`). Both looser
+    tolerances scale with ``tolerance`` (they are stated for :data:`ALIGNED_TOLERANCE`).
+    ``image`` may be uint8. ``landmark_backend`` refines the detector's landmarks (as in
+    whole-photo restoration).
     """
     from .photo import detect_photo_faces
 
@@ -144,11 +169,16 @@ def classify_input(image: torch.Tensor, detector: FaceDetector, landmark_backend
     faces = [f for f in detect_photo_faces(image, detector, landmark_backend) if f.landmarks is not None]
     if not faces:
         evidence = aligned_face_evidence(image)
-        if evidence.score >= WEAK_FACE_SCORE and evidence.error <= tolerance:
+        fits = evidence.error <= tolerance * EVIDENCE_TOLERANCE / ALIGNED_TOLERANCE
+        if evidence.score >= WEAK_FACE_SCORE and fits:
             return InputKind("aligned", f"square, no sharp face but a weak one where aligned crops have it "
                                         f"(score {evidence.score:.2f}, error {evidence.error:.2f})", evidence.error)
         return InputKind("photo", "no face found", None)
     error = alignment_error(faces[0].landmarks, width)
     if error <= tolerance:
         return InputKind("aligned", f"square, landmarks fit the FFHQ template (error {error:.2f})", error)
+    near = error <= tolerance * DETECTED_TOLERANCE / ALIGNED_TOLERANCE
+    if near and aligned_box_iou(faces[0].box, width) >= DETECTED_BOX_IOU:
+        return InputKind("aligned", f"square, the face box is the aligned one and its landmarks nearly fit "
+                                    f"the FFHQ template (error {error:.2f})", error)
     return InputKind("photo", f"landmarks off the FFHQ template (error {error:.2f})", error)
