@@ -22,12 +22,18 @@ the false reject / false accept rates per threshold, and at the stated threshold
 photos photos? CelebA 256 crops (the first crop of ``count`` identities) are resized to
 128, 256 and 512 px and degraded at two levels by a degradation written here, apart from
 the project's (:func:`degrade`; sizes relative to 128 px: moderate = Gaussian blur sigma
-2.5, shrink x4, noise 5/255, JPEG 60; heavy = sigma 4, x8, noise 10, JPEG 40); LFW 250x250
-photos (the first photo of ``count`` people) and the square real whole photos stay as
-they are. ``--split tune`` takes the even-numbered CelebA identities and LFW people (in
-sorted order; the thresholds of :mod:`honestface.face.input_kind` were chosen on them),
-``--split report`` the odd-numbered ones (held out). Prints, per set, how many are taken
-for crops at several weak-face scores and at the stated one (``WEAK_FACE_SCORE``).
+2.5, shrink x4, noise 5/255, JPEG 60; heavy = sigma 4, x8, noise 10, JPEG 40). Square
+images that are not aligned crops, which should stay photos, come from the first photo
+of ``count`` LFW people: the 250x250 photo as it is and degraded at 128, 250 and 512 px;
+squares around its face (:func:`reframe`: the aligned square scaled so the face fills
+90 / 30 / 20 % of what it fills in an aligned crop, or shifted by 25 % of the side), clean
+and degraded; its four 100 px corners (mostly background) enlarged, clean and degraded;
+flat, gradient and noise squares; and the square real whole photos. ``--split tune``
+takes the even-numbered CelebA identities and LFW people (in sorted order; the thresholds
+of :mod:`honestface.face.input_kind` were chosen on them), ``--split report`` the
+odd-numbered ones (held out). Prints, per set, how many are taken for crops by the
+detector alone, by the earlier second look (``OLD_RULE``) and by the stated one, the
+totals, and the totals with each constant of the second look swept.
 """
 
 from __future__ import annotations
@@ -46,8 +52,7 @@ def measure_kind(data: Path, count: int, seed: int) -> None:
     import numpy as np
 
     from honestface.face import load_face_detector
-    from honestface.face.input_kind import ALIGNED_TOLERANCE, DETECTED_BOX_IOU, aligned_box_iou, classify_input
-    from honestface.face.photo import detect_photo_faces
+    from honestface.face.input_kind import ALIGNED_TOLERANCE, classify_input
     from honestface.image_io import load_image
 
     detector = load_face_detector("dlib")
@@ -60,16 +65,7 @@ def measure_kind(data: Path, count: int, seed: int) -> None:
         errors = np.array([np.nan if k.error is None else k.error for k in kinds])
         taken = sum(k.kind == "aligned" for k in kinds)
         print(f"{name}: classify_input takes {taken} of {len(paths)} for aligned crops "
-              f"({sum(k.kind == 'aligned' and 'nearly fit' in k.reason for k in kinds)} by the face box and a near fit)")
-        near = []  # (error, face box IoU with the aligned face box) of faces a little off the template
-        for path, k in zip(paths, kinds):
-            if k.error is not None and ALIGNED_TOLERANCE < k.error <= 0.25:
-                image = load_image(path)
-                face = [f for f in detect_photo_faces(image, detector) if f.landmarks is not None][0]
-                near.append((k.error, aligned_box_iou(face.box, image.shape[-1])))
-        print(f"  faces with an error in ({ALIGNED_TOLERANCE}, 0.25]: {len(near)}; taken by the near fit at detected "
-              f"error 0.15 / 0.20 / 0.25 (box IoU >= {DETECTED_BOX_IOU}): "
-              + " / ".join(str(sum(e <= t and b >= DETECTED_BOX_IOU for e, b in near)) for t in (0.15, 0.20, 0.25)))
+              f"({sum(k.kind == 'aligned' and 'weak one' in k.reason for k in kinds)} by the second look)")
         print(f"{name}: {len(paths)} images, {int(np.isnan(errors).sum())} without a face; error percentiles "
               f"0/1/5/50/95/99/100: {np.round(np.nanpercentile(errors, [0, 1, 5, 50, 95, 99, 100]), 3).tolist()}")
         for tolerance in sorted({0.05, 0.08, 0.10, 0.12, 0.15, 0.20, ALIGNED_TOLERANCE}):
@@ -102,16 +98,16 @@ def degrade(rgb, level: str, rng):
     return cv2.resize(small, (side, side), interpolation=cv2.INTER_CUBIC)
 
 
-#: The second-look rule before and after the negatives were measured: (IoU of the weak
-#: face with the aligned face box, its least HOG score, largest fitted error; least box IoU
-#: and largest error of a detected face whose landmarks are a little off, None: no such case).
-OLD_RULE = (0.3, -2.0, 0.10, None, 0.10)
+#: The second look before the negatives were measured: (least IoU of the weak face's box
+#: with the aligned face box, its least HOG score, largest error of the 68 points fitted in
+#: the aligned face box).
+OLD_RULE = (0.3, -2.0, 0.10)
 
 
 def stated_rule():
     from honestface.face import input_kind as k
 
-    return (k.EVIDENCE_IOU, k.WEAK_FACE_SCORE, k.EVIDENCE_TOLERANCE, k.DETECTED_BOX_IOU, k.DETECTED_TOLERANCE)
+    return (k.EVIDENCE_IOU, k.WEAK_FACE_SCORE, k.EVIDENCE_TOLERANCE)
 
 
 def decide(record: dict, rule) -> bool:
@@ -119,11 +115,9 @@ def decide(record: dict, rule) -> bool:
     of :func:`honestface.face.input_kind.classify_input` at the stated rule."""
     from honestface.face.input_kind import ALIGNED_TOLERANCE
 
-    min_iou, score, evidence_tolerance, box_iou, detected_tolerance = rule
+    min_iou, score, evidence_tolerance = rule
     if record["detected"]:
-        if record["error"] <= ALIGNED_TOLERANCE:
-            return True
-        return box_iou is not None and record["error"] <= detected_tolerance and record["box_iou"] >= box_iou
+        return record["error"] <= ALIGNED_TOLERANCE
     best = max((s for s, overlap in record["candidates"] if overlap >= min_iou), default=float("-inf"))
     return best >= score and record["fit_error"] <= evidence_tolerance
 
@@ -158,7 +152,7 @@ def measure_crops(data: Path, count: int, split: str, seed: int) -> None:
     from PIL import Image
 
     from honestface.face import load_face_detector
-    from honestface.face.input_kind import aligned_box_iou, aligned_face_evidence, alignment_error
+    from honestface.face.input_kind import aligned_face_evidence, alignment_error
     from honestface.face.photo import detect_photo_faces
     from honestface.image_io import load_image
 
@@ -176,13 +170,13 @@ def measure_crops(data: Path, count: int, split: str, seed: int) -> None:
         side = image.shape[-1]
         faces = [f for f in detect_photo_faces(image, detector) if f.landmarks is not None]
         if faces:
-            return {"detected": True, "error": alignment_error(faces[0].landmarks, side),
-                    "box_iou": aligned_box_iou(faces[0].box, side)}
+            return {"detected": True, "error": alignment_error(faces[0].landmarks, side)}
         evidence = aligned_face_evidence(image, floor=-2.5)
         return {"detected": False, "candidates": evidence.candidates, "fit_error": evidence.error}
 
     def resized(array, size):
-        return cv2.resize(array, (size, size), interpolation=cv2.INTER_AREA if size < array.shape[0] else cv2.INTER_CUBIC)
+        shrinking = size < array.shape[0]
+        return cv2.resize(array, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
 
     sets: dict[str, list] = {}
 
@@ -225,28 +219,29 @@ def measure_crops(data: Path, count: int, split: str, seed: int) -> None:
 
     stated = stated_rule()
     print(f"split {split}: {len(identities)} CelebA identities, {len(people)} LFW people, {len(whole)} square "
-          f"real whole photos; old rule {OLD_RULE}, stated rule {stated} (IoU, score, fitted error, detected box "
-          f"IoU, detected error)")
+          f"real whole photos; second look (IoU, score, fitted error): old {OLD_RULE}, stated {stated}")
     print("  taken for aligned crops: detector alone (error <= ALIGNED_TOLERANCE) / old rule / stated rule")
     positives = [r for name, rows in sets.items() if name.startswith("crop") for r in rows]
     negatives = [r for name, rows in sets.items() if not name.startswith("crop") for r in rows]
     for name, rows in sets.items():
-        alone = sum(decide(r, (1.0, float("inf"), 0.0, None, 0.0)) for r in rows)
+        alone = sum(decide(r, (1.0, float("inf"), 0.0)) for r in rows)
         old, new = sum(decide(r, OLD_RULE) for r in rows), sum(decide(r, stated) for r in rows)
         print(f"  {name}: {len(rows)} images, {sum(not r['detected'] for r in rows)} without a face: "
               f"{alone} / {old} / {new}")
     for label, rule in (("old", OLD_RULE), ("stated", stated)):
         crops, wrong = sum(decide(r, rule) for r in positives), sum(decide(r, rule) for r in negatives)
-        print(f"  {label} rule: degraded crops restored as crops {crops}/{len(positives)} ({crops / len(positives):.1%}); "
+        print(f"  {label} rule: degraded crops restored as crops {crops}/{len(positives)} "
+              f"({crops / len(positives):.1%}); "
               f"negatives taken for crops {wrong}/{len(negatives)} ({wrong / len(negatives):.1%})")
     print("  the stated rule with one value changed (crops taken / negatives taken):")
     for index, values in ((0, (0.3, 0.4, 0.45, 0.5, 0.55, 0.6)), (1, (-2.5, -2.0, -1.5, -1.2, -1.0, -0.8)),
-                          (2, (0.10, 0.12, 0.15)), (3, (None, 0.5, 0.55, 0.6)), (4, (0.10, 0.15, 0.20, 0.25))):
+                          (2, (0.10, 0.12, 0.15))):
         line = []
         for value in values:
             rule = stated[:index] + (value,) + stated[index + 1:]
-            line.append(f"{value}: {sum(decide(r, rule) for r in positives)} / {sum(decide(r, rule) for r in negatives)}")
-        print(f"    {('IoU', 'score', 'fitted error', 'detected box IoU', 'detected error')[index]}: " + "; ".join(line))
+            taken = sum(decide(r, rule) for r in positives), sum(decide(r, rule) for r in negatives)
+            line.append(f"{value}: {taken[0]} / {taken[1]}")
+        print(f"    {('IoU', 'score', 'fitted error')[index]}: " + "; ".join(line))
 
 
 def measure_identity(data: Path, people: int, identity: str, size: int, degrade: float, seed: int) -> None:
