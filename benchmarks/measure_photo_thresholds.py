@@ -22,12 +22,18 @@ the false reject / false accept rates per threshold, and at the stated threshold
 photos photos? CelebA 256 crops (the first crop of ``count`` identities) are resized to
 128, 256 and 512 px and degraded at two levels by a degradation written here, apart from
 the project's (:func:`degrade`; sizes relative to 128 px: moderate = Gaussian blur sigma
-2.5, shrink x4, noise 5/255, JPEG 60; heavy = sigma 4, x8, noise 10, JPEG 40); LFW 250x250
-photos (the first photo of ``count`` people) and the square real whole photos stay as
-they are. ``--split tune`` takes the even-numbered CelebA identities and LFW people (in
-sorted order; the thresholds of :mod:`honestface.face.input_kind` were chosen on them),
-``--split report`` the odd-numbered ones (held out). Prints, per set, how many are taken
-for crops at several weak-face scores and at the stated one (``WEAK_FACE_SCORE``).
+2.5, shrink x4, noise 5/255, JPEG 60; heavy = sigma 4, x8, noise 10, JPEG 40). Square
+images that are not aligned crops, which should stay photos, come from the first photo
+of ``count`` LFW people: the 250x250 photo as it is and degraded at 128, 250 and 512 px;
+squares around its face (:func:`reframe`: the aligned square scaled so the face fills
+90 / 30 / 20 % of what it fills in an aligned crop, or shifted by 25 % of the side), clean
+and degraded; its four 100 px corners (mostly background) enlarged, clean and degraded;
+flat, gradient and noise squares; and the square real whole photos. ``--split tune``
+takes the even-numbered CelebA identities and LFW people (in sorted order; the thresholds
+of :mod:`honestface.face.input_kind` were chosen on them), ``--split report`` the
+odd-numbered ones (held out). Prints, per set, how many are taken for crops by the
+detector alone, by the earlier second look (``OLD_RULE``) and by the stated one, the
+totals, and the totals with each constant of the second look swept.
 """
 
 from __future__ import annotations
@@ -57,6 +63,9 @@ def measure_kind(data: Path, count: int, seed: int) -> None:
     for name, paths in sets.items():
         kinds = [classify_input(load_image(p), detector) for p in paths]
         errors = np.array([np.nan if k.error is None else k.error for k in kinds])
+        taken = sum(k.kind == "aligned" for k in kinds)
+        print(f"{name}: classify_input takes {taken} of {len(paths)} for aligned crops "
+              f"({sum(k.kind == 'aligned' and 'weak one' in k.reason for k in kinds)} by the second look)")
         print(f"{name}: {len(paths)} images, {int(np.isnan(errors).sum())} without a face; error percentiles "
               f"0/1/5/50/95/99/100: {np.round(np.nanpercentile(errors, [0, 1, 5, 50, 95, 99, 100]), 3).tolist()}")
         for tolerance in sorted({0.05, 0.08, 0.10, 0.12, 0.15, 0.20, ALIGNED_TOLERANCE}):
@@ -89,6 +98,53 @@ def degrade(rgb, level: str, rng):
     return cv2.resize(small, (side, side), interpolation=cv2.INTER_CUBIC)
 
 
+#: The second look before the negatives were measured: (least IoU of the weak face's box
+#: with the aligned face box, its least HOG score, largest error of the 68 points fitted in
+#: the aligned face box).
+OLD_RULE = (0.3, -2.0, 0.10)
+
+
+def stated_rule():
+    from honestface.face import input_kind as k
+
+    return (k.EVIDENCE_IOU, k.WEAK_FACE_SCORE, k.EVIDENCE_TOLERANCE)
+
+
+def decide(record: dict, rule) -> bool:
+    """Is the image taken for an aligned crop under ``rule`` (see OLD_RULE)? The decision
+    of :func:`honestface.face.input_kind.classify_input` at the stated rule."""
+    from honestface.face.input_kind import ALIGNED_TOLERANCE
+
+    min_iou, score, evidence_tolerance = rule
+    if record["detected"]:
+        return record["error"] <= ALIGNED_TOLERANCE
+    best = max((s for s, overlap in record["candidates"] if overlap >= min_iou), default=float("-inf"))
+    return best >= score and record["fit_error"] <= evidence_tolerance
+
+
+REFRAMINGS = {"tight (face 90 %)": (0.65, 0.0, 0.0), "wide (face 30 %)": (2.0, 0.0, 0.0),
+              "widest (face 20 %)": (3.0, 0.0, 0.0), "shifted x 25 %": (1.0, 0.25, 0.0),
+              "shifted y 25 %": (1.0, 0.0, 0.25), "shifted xy -25 %": (1.0, -0.25, -0.25)}
+
+
+def reframe(photo, landmarks, scale: float, dx: float, dy: float, size: int):
+    """The square the FFHQ alignment cuts around a photo's face, ``scale`` times as large
+    (the face fills 1 / scale of what it fills in an aligned crop) and shifted by (dx, dy)
+    of its side, at ``size`` px (mirrored beyond the photo's border)."""
+    import cv2
+    import numpy as np
+    import torch
+
+    from honestface.face.align import alignment_affine
+
+    to_crop = np.vstack([alignment_affine(torch.as_tensor(landmarks), 256).numpy().astype(np.float64), [0, 0, 1]])
+    c = 127.5
+    frame = np.array([[1 / scale, 0, c - c / scale - dx * 256], [0, 1 / scale, c - c / scale - dy * 256], [0, 0, 1]])
+    matrix = (np.diag([size / 256, size / 256, 1]) @ frame @ to_crop)[:2]
+    return cv2.warpAffine(photo, matrix, (size, size), flags=cv2.INTER_AREA if size < 256 else cv2.INTER_CUBIC,
+                          borderMode=cv2.BORDER_REFLECT)
+
+
 def measure_crops(data: Path, count: int, split: str, seed: int) -> None:
     import cv2
     import numpy as np
@@ -96,7 +152,7 @@ def measure_crops(data: Path, count: int, split: str, seed: int) -> None:
     from PIL import Image
 
     from honestface.face import load_face_detector
-    from honestface.face.input_kind import ALIGNED_TOLERANCE, WEAK_FACE_SCORE, aligned_face_evidence, classify_input
+    from honestface.face.input_kind import aligned_face_evidence, alignment_error
     from honestface.face.photo import detect_photo_faces
     from honestface.image_io import load_image
 
@@ -109,48 +165,83 @@ def measure_crops(data: Path, count: int, split: str, seed: int) -> None:
     def tensor(array):
         return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
 
-    def record(image) -> tuple[str, float, float]:
-        """(what the detector path decided, weak-face score, fitted error) of one image."""
+    def record(image) -> dict:
+        """What the decision needs of one (3, S, S) uint8 image, for any rule."""
+        side = image.shape[-1]
         faces = [f for f in detect_photo_faces(image, detector) if f.landmarks is not None]
         if faces:
-            return classify_input(image, detector).kind, float("nan"), float("nan")
-        evidence = aligned_face_evidence(image)
-        return "none", evidence.score, evidence.error
+            return {"detected": True, "error": alignment_error(faces[0].landmarks, side)}
+        evidence = aligned_face_evidence(image, floor=-2.5)
+        return {"detected": False, "candidates": evidence.candidates, "fit_error": evidence.error}
+
+    def resized(array, size):
+        shrinking = size < array.shape[0]
+        return cv2.resize(array, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
 
     sets: dict[str, list] = {}
+
+    def add(name, array):
+        sets.setdefault(name, []).append(record(tensor(array)))
+
     for folder in identities:
         face = np.asarray(Image.open(sorted(folder.glob("*.jpg"))[0]).convert("RGB"))
         for size in (128, 256, 512):
-            resized = cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA if size < 256 else cv2.INTER_CUBIC)
             for level in LEVELS:
-                sets.setdefault(f"celeba {level} {size}", []).append(record(tensor(degrade(resized, level, rng))))
-    for folder in people:
-        sets.setdefault("lfw photos", []).append(record(load_image(sorted(folder.glob("*.jpg"))[0], torch.uint8)))
+                add(f"crop {level} {size}", degrade(resized(face, size), level, rng))
+    # negatives: square images that are not aligned crops
+    for i, folder in enumerate(people):
+        photo = np.asarray(Image.open(sorted(folder.glob("*.jpg"))[0]).convert("RGB"))
+        add("photo LFW 250", photo)
+        for size in (128, 250, 512):
+            for level in LEVELS:
+                add(f"photo {level} {size}", degrade(photo if size == 250 else resized(photo, size), level, rng))
+        faces = [f for f in detect_photo_faces(tensor(photo), detector) if f.landmarks is not None]
+        size, level = (128, 256, 512)[i % 3], tuple(LEVELS)[i % 2]
+        for name, (scale, dx, dy) in REFRAMINGS.items() if faces else ():
+            square = reframe(photo, faces[0].landmarks, scale, dx, dy, size)
+            add(f"reframed {name}", square)
+            add(f"reframed {name}, degraded", degrade(square, level, rng))
+        for j, (y, x) in enumerate(((0, 0), (0, 150), (150, 0), (150, 150))):  # 100 px corners, mostly background
+            corner = resized(photo[y:y + 100, x:x + 100], (128, 256, 512)[(i + j) % 3])
+            add("background corner", corner)
+            add("background corner, degraded", degrade(corner, tuple(LEVELS)[(i + j) % 2], rng))
+    for size in (128, 256, 512):
+        y, x = np.mgrid[0:size, 0:size] / size
+        for plane in (np.full((size, size), 128.0), 255 * x, 255 * y, 255 * np.hypot(x - 0.5, y - 0.5) / 0.71,
+                      rng.uniform(0, 255, (size, size)),
+                      cv2.GaussianBlur(rng.uniform(0, 255, (size, size)), (0, 0), size / 16) * 4 - 382):
+            rgb = np.repeat(np.clip(plane, 0, 255).astype(np.uint8)[..., None], 3, 2)
+            add("flat / gradient / noise", rgb)
+            add("flat / gradient / noise, degraded", degrade(rgb, "heavy", rng))
     whole = [p for p in sorted((data / "real_lq" / "whole").iterdir())
              if (lambda i: i.shape[1] == i.shape[2])(load_image(p, torch.uint8))]
     sets["real whole square photos"] = [record(load_image(p, torch.uint8)) for p in whole]
 
-    scores = sorted({-2.5, -2.0, -1.5, -1.2, -1.0, -0.8, -0.6, -0.3, 0.0, WEAK_FACE_SCORE})
+    stated = stated_rule()
     print(f"split {split}: {len(identities)} CelebA identities, {len(people)} LFW people, {len(whole)} square "
-          f"real whole photos; tolerance {ALIGNED_TOLERANCE}")
-    totals: dict[float, list[int]] = {t: [0, 0] for t in scores}
+          f"real whole photos; second look (IoU, score, fitted error): old {OLD_RULE}, stated {stated}")
+    print("  taken for aligned crops: detector alone (error <= ALIGNED_TOLERANCE) / old rule / stated rule")
+    positives = [r for name, rows in sets.items() if name.startswith("crop") for r in rows]
+    negatives = [r for name, rows in sets.items() if not name.startswith("crop") for r in rows]
     for name, rows in sets.items():
-        photo = not name.startswith("celeba")
-        detected = sum(kind == "aligned" for kind, _, _ in rows)
-        line = f"  {name}: {len(rows)} images, {detected} crops by the detector, {sum(k == 'none' for k, _, _ in rows)} without a face"
-        for t in scores:
-            crops = detected + sum(kind == "none" and score >= t and error <= ALIGNED_TOLERANCE
-                                   for kind, score, error in rows)
-            if not photo:
-                totals[t][0] += crops
-                totals[t][1] += len(rows)
-            mark = "*" if t == WEAK_FACE_SCORE else ""
-            line += f"; {t:+.1f}{mark}: {crops} ({crops / len(rows):.1%}) crops"
-        print(line)
-    for t in scores:
-        mark = "  <- WEAK_FACE_SCORE" if t == WEAK_FACE_SCORE else ""
-        print(f"  score {t:+.1f}: degraded crops restored as crops {totals[t][0]}/{totals[t][1]} "
-              f"({totals[t][0] / totals[t][1]:.1%}){mark}")
+        alone = sum(decide(r, (1.0, float("inf"), 0.0)) for r in rows)
+        old, new = sum(decide(r, OLD_RULE) for r in rows), sum(decide(r, stated) for r in rows)
+        print(f"  {name}: {len(rows)} images, {sum(not r['detected'] for r in rows)} without a face: "
+              f"{alone} / {old} / {new}")
+    for label, rule in (("old", OLD_RULE), ("stated", stated)):
+        crops, wrong = sum(decide(r, rule) for r in positives), sum(decide(r, rule) for r in negatives)
+        print(f"  {label} rule: degraded crops restored as crops {crops}/{len(positives)} "
+              f"({crops / len(positives):.1%}); "
+              f"negatives taken for crops {wrong}/{len(negatives)} ({wrong / len(negatives):.1%})")
+    print("  the stated rule with one value changed (crops taken / negatives taken):")
+    for index, values in ((0, (0.3, 0.4, 0.45, 0.5, 0.55, 0.6)), (1, (-2.5, -2.0, -1.5, -1.2, -1.0, -0.8)),
+                          (2, (0.10, 0.12, 0.15))):
+        line = []
+        for value in values:
+            rule = stated[:index] + (value,) + stated[index + 1:]
+            taken = sum(decide(r, rule) for r in positives), sum(decide(r, rule) for r in negatives)
+            line.append(f"{value}: {taken[0]} / {taken[1]}")
+        print(f"    {('IoU', 'score', 'fitted error')[index]}: " + "; ".join(line))
 
 
 def measure_identity(data: Path, people: int, identity: str, size: int, degrade: float, seed: int) -> None:

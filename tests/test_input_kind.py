@@ -92,3 +92,72 @@ def detect_photo_faces_(image, detector):
     from honestface.face import detect_photo_faces
 
     return [f for f in detect_photo_faces(image, detector) if f.landmarks is not None]
+
+
+def _heavy_degradation(image, seed, sigma=4.0, shrink=8, noise=10.0, quality=40):
+    """(3, S, S) in [0, 1] -> blurred (sigma at 128 px, scaled with S), shrunk ``shrink``
+    times (area), noisy (``noise`` / 255, seeded), JPEG ``quality``, enlarged back (bicubic):
+    the benchmark's heavy level, written with torch and PIL."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    side = image.shape[-1]
+    spread = sigma * side / 128
+    size = int(6 * spread) | 1
+    x = torch.arange(size, dtype=torch.float32) - size // 2
+    kernel = torch.exp(-x ** 2 / (2 * spread ** 2))
+    kernel = (kernel[None, :] * kernel[:, None] / kernel.sum() ** 2).expand(3, 1, size, size)
+    padded = torch.nn.functional.pad(image[None], (size // 2,) * 4, mode="reflect")
+    blurred = torch.nn.functional.conv2d(padded, kernel, groups=3)
+    small = torch.nn.functional.interpolate(blurred, size=(side // shrink,) * 2, mode="area")
+    small = (small + torch.randn(small.shape, generator=torch.Generator().manual_seed(seed)) * noise / 255).clamp(0, 1)
+    buffer = io.BytesIO()
+    Image.fromarray((small[0].permute(1, 2, 0) * 255).round().byte().numpy()).save(buffer, "JPEG", quality=quality)
+    small = torch.from_numpy(np.array(Image.open(buffer).convert("RGB"))).permute(2, 0, 1).float()[None] / 255
+    return torch.nn.functional.interpolate(small, size=(side, side), mode="bicubic").clamp(0, 1)[0]
+
+
+def _taken_by_the_old_rule(image, detector) -> bool:
+    """The decision before the negatives were measured: a detected face within
+    ALIGNED_TOLERANCE, or a weak face at IoU >= 0.3, score >= -2.0, fitted error <= 0.10."""
+    from honestface.face.input_kind import aligned_face_evidence
+
+    faces = detect_photo_faces_(image, detector)
+    if faces:
+        return alignment_error(faces[0].landmarks, image.shape[-1]) <= ALIGNED_TOLERANCE
+    evidence = aligned_face_evidence(image, min_iou=0.3)
+    return evidence.score >= -2.0 and evidence.error <= 0.10
+
+
+def test_a_heavily_degraded_128_crop_the_old_rule_missed_is_aligned(shared_data, detector):
+    """A CelebA aligned crop at 128 px, heavily degraded (the face has about 16 px of
+    detail): the detector finds no face; the weak face the lowered threshold finds sits on
+    the aligned face box and the 68 points fitted there are 0.10 - 0.12 off the template, which
+    the old rule (fitted error <= 0.10) refused."""
+    path = shared_data / "celeba" / "7244" / "006805.jpg"
+    if not path.is_file():
+        pytest.skip(f"{path} not in this copy of the data")
+    face = torch.nn.functional.interpolate(load_image(path)[None], size=(128, 128), mode="area")[0]
+    degraded = _heavy_degradation(face, seed=0)
+    assert not detect_photo_faces_(degraded, detector)
+    assert not _taken_by_the_old_rule(degraded, detector)
+    kind = classify_input(degraded, detector)
+    assert kind.kind == "aligned" and "weak one where aligned crops have it" in kind.reason, kind
+
+
+def test_a_background_square_and_a_degraded_photo_the_old_rule_took_stay_photos(shared_data, detector):
+    """Negatives the old second look took for aligned crops: the face-free top-left corner
+    of an LFW photo enlarged to a 256 px square (a weak 'face' in the background texture),
+    and a whole LFW 250 x 250 photo (face about 40 % of the side) heavily degraded."""
+    corner_path = shared_data / "lfw" / "Andy_Roddick" / "Andy_Roddick_0001.jpg"
+    photo_path = shared_data / "lfw" / "Ahmed_Chalabi" / "Ahmed_Chalabi_0001.jpg"
+    if not (corner_path.is_file() and photo_path.is_file()):
+        pytest.skip("the LFW photos of this test are not in this copy of the data")
+    corner = torch.nn.functional.interpolate(load_image(corner_path)[None, :, :100, :100], size=(256, 256),
+                                             mode="bicubic").clamp(0, 1)[0]
+    photo = _heavy_degradation(load_image(photo_path), seed=2)
+    for image in (corner, photo):
+        assert _taken_by_the_old_rule(image, detector)
+        assert classify_input(image, detector).kind == "photo"
