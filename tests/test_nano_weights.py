@@ -50,10 +50,10 @@ def test_loads_by_name_with_no_models_folder_and_no_network(monkeypatch):
 
 def test_quality_on_held_out_people_does_not_regress(shared_data):
     """The model card's numbers on a 26-face subset of the held-out people at the project's
-    moderate degradation (measured when the weights were committed: PSNR +1.26 dB over
-    bicubic, SSIM +0.055, ALD-e 61 vs 79, ALD-m 24 vs 32, dlib ID dist 0.591 vs 0.605, and
-    0.591 with references vs 0.592 without). Floors sit a little below them so platform
-    noise passes and a real regression fails."""
+    moderate degradation (measured when the weights were committed: PSNR +1.35 dB over
+    bicubic, SSIM +0.062, ALD-e 60 vs 79, ALD-m 18 vs 32, dlib ID dist 0.592 with references
+    vs 0.603 without and 0.605 for the LQ). Floors sit a little below them so platform noise
+    passes and a real regression fails."""
     from honestface.evaluation.heldout import evaluate_heldout, heldout_identities, heldout_pipeline, load_heldout_faces
 
     pipeline, landmarks, identity = heldout_pipeline(WEIGHTS)
@@ -62,11 +62,11 @@ def test_quality_on_held_out_people_does_not_regress(shared_data):
     table = result.table()
     bicubic, plain, refs = table["LQ, bicubic"], table["restored, no refs"], table["restored, refs"]
     report = "\n" + result.format_table()
-    assert refs["PSNR"] - bicubic["PSNR"] >= 1.15, report
+    assert refs["PSNR"] - bicubic["PSNR"] >= 1.25, report
     assert refs["SSIM"] - bicubic["SSIM"] >= 0.045, report
     assert refs["ALD-e"] < bicubic["ALD-e"] and refs["ALD-m"] < bicubic["ALD-m"], report
     assert refs["ID dist"] <= bicubic["ID dist"] - 0.01, report  # closer to the person than the LQ
-    assert refs["ID dist"] <= plain["ID dist"] + 0.001, report  # references never cost identity
+    assert refs["ID dist"] <= plain["ID dist"] - 0.005, report  # references bring the person closer
     assert refs["PSNR"] >= plain["PSNR"] - 0.01, report  # references never cost quality
 
 
