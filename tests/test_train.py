@@ -447,3 +447,20 @@ def test_reexporting_a_finished_run_keeps_its_summary_and_history(celeba_subset,
         assert main([*args, "--resume", "auto", "train.max_steps=3"]) == 0
     assert "max_steps changed from 2 to 3" in caplog.text
     assert [row["step"] for row in json.loads((tmp_path / "history.json").read_text())] == [1, 2, 3]
+
+
+def test_nano_recipe_stages_read_each_others_exports():
+    """The shipped model's four configs form one chain: each stage reads the export the stage
+    before it writes, and stage 3 sees the degradations stage 2b trained on."""
+    from training.train_autoencoder import load_autoencoder_config
+
+    configs = REPO_ROOT / "training" / "configs"
+    vae, stage2 = load_autoencoder_config(configs / "nano_vae.yaml"), load_config(configs / "nano.yaml")
+    stage2b, stage3 = load_config(configs / "nano_identity.yaml"), load_config(configs / "nano_fidelity.yaml")
+    assert Path(stage2.model.vae) == Path(vae.output_dir) / "vae"
+    assert Path(stage2b.model.checkpoint) == Path(stage2.output_dir) / stage2.train.export_name
+    assert Path(stage3.model.checkpoint) == Path(stage2b.output_dir) / stage2b.train.export_name
+    assert stage2b.losses.identity > 0 and stage2b.losses.identity_lowpass > 0
+    assert stage3.data.degradation == stage2b.data.degradation
+    assert stage3.data.split_seed == stage2b.data.split_seed == stage2.data.split_seed
+    assert stage3.data.val_fraction == stage2b.data.val_fraction == stage2.data.val_fraction
