@@ -244,6 +244,17 @@ def average_gradients(parameters: Sequence[torch.nn.Parameter], world_size: int)
         offset += n
 
 
+def start_accelerator(loop):
+    """Torch's CPU threads and accelerate's ``Accelerator`` for a ``train:`` section (mixed
+    precision, CPU only); -> (accelerator, rank, world size, is the main process)."""
+    from accelerate import Accelerator
+
+    if loop.num_threads > 0:
+        torch.set_num_threads(loop.num_threads)
+    accelerator = Accelerator(mixed_precision=loop.mixed_precision, cpu=loop.cpu)
+    return accelerator, accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+
+
 def validate_and_checkpoint(loop, step: int, validate, save_checkpoint, writer) -> dict[str, float]:
     """The schedule after an optimiser step (every training program here): validate every
     ``loop.val_every`` steps and at the end (metrics to TensorBoard and the log), checkpoint
@@ -273,18 +284,11 @@ class Trainer:
     """Builds everything from a :class:`TrainConfig` and runs the loop (:meth:`run`)."""
 
     def __init__(self, config: TrainConfig, output_dir: str | Path | None = None, resume: str | None = None) -> None:
-        from accelerate import Accelerator
-
         self.config = config
         self.output = Path(output_dir or config.output_dir)
         loop = config.train
-        if loop.num_threads > 0:
-            torch.set_num_threads(loop.num_threads)
-        self.accelerator = Accelerator(mixed_precision=loop.mixed_precision, cpu=loop.cpu)
+        self.accelerator, self.rank, self.world, self.is_main = start_accelerator(loop)
         self.device = self.accelerator.device
-        self.rank = self.accelerator.process_index
-        self.world = self.accelerator.num_processes
-        self.is_main = self.accelerator.is_main_process
         if self.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
             with open(self.output / "config.json", "w", encoding="utf-8") as handle:

@@ -55,7 +55,7 @@ from honestface.errors import ConfigError, HonestFaceError
 from training import state as ckpt
 from training.config import LoopSection, OptimSection, read_config_dict
 from training.data import DataConfig, EpochSampler, build_datasets, infinite_batches
-from training.train import average_gradients, image_grid, lr_lambda, validate_and_checkpoint
+from training.train import average_gradients, image_grid, lr_lambda, start_accelerator, validate_and_checkpoint
 from training.vq import VQ_KINDS, VQTask, check_vq_section, vre_config
 
 logger = logging.getLogger("honestface.train_autoencoder")
@@ -185,17 +185,11 @@ class AutoencoderTrainer:
 
     def __init__(self, config: AutoencoderTrainConfig, output_dir: str | Path | None = None,
                  resume: str | None = None) -> None:
-        from accelerate import Accelerator
-
         self.config = config
         self.output = Path(output_dir or config.output_dir)
         loop = config.train
-        if loop.num_threads > 0:
-            torch.set_num_threads(loop.num_threads)
-        self.accelerator = Accelerator(mixed_precision=loop.mixed_precision, cpu=loop.cpu)
+        self.accelerator, self.rank, self.world, self.is_main = start_accelerator(loop)
         self.device = self.accelerator.device
-        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
-        self.is_main = self.accelerator.is_main_process
         if self.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
             (self.output / "config.json").write_text(json.dumps(config.to_dict(), indent=1), encoding="utf-8")
