@@ -31,9 +31,12 @@ and degraded; its four 100 px corners (mostly background) enlarged, clean and de
 flat, gradient and noise squares; and the square real whole photos. ``--split tune``
 takes the even-numbered CelebA identities and LFW people (in sorted order; the thresholds
 of :mod:`honestface.face.input_kind` were chosen on them), ``--split report`` the
-odd-numbered ones (held out). Prints, per set, how many are taken for crops by the
-detector alone, by the earlier second look (``OLD_RULE``) and by the stated one, the
-totals, and the totals with each constant of the second look swept.
+odd-numbered ones (held out); the aligned-crop classifier was trained on neither (it skips
+the first 80 of each, so ``--count`` stays at most 40). Prints, per set, how many are
+taken for crops by the detector alone, by the two earlier second looks (dlib's HOG at a
+lowered threshold: ``OLD_RULE``, ``HOG_RULE``), by the HOG look or the classifier, and by
+the stated rule (the classifier, :mod:`honestface.face.input_kind`), the totals, and the
+totals with each constant of the stated rule swept.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import argparse
 import random
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -65,7 +69,8 @@ def measure_kind(data: Path, count: int, seed: int) -> None:
         errors = np.array([np.nan if k.error is None else k.error for k in kinds])
         taken = sum(k.kind == "aligned" for k in kinds)
         print(f"{name}: classify_input takes {taken} of {len(paths)} for aligned crops "
-              f"({sum(k.kind == 'aligned' and 'weak one' in k.reason for k in kinds)} by the second look)")
+              f"({sum(k.kind == 'aligned' and 'crop classifier' in k.reason for k in kinds)} by the crop classifier"
+              f"{'' if name == 'real crops' else ', trained on some of these people: crops gives held-out figures'})")
         print(f"{name}: {len(paths)} images, {int(np.isnan(errors).sum())} without a face; error percentiles "
               f"0/1/5/50/95/99/100: {np.round(np.nanpercentile(errors, [0, 1, 5, 50, 95, 99, 100]), 3).tolist()}")
         for tolerance in sorted({0.05, 0.08, 0.10, 0.12, 0.15, 0.20, ALIGNED_TOLERANCE}):
@@ -98,28 +103,81 @@ def degrade(rgb, level: str, rng):
     return cv2.resize(small, (side, side), interpolation=cv2.INTER_CUBIC)
 
 
-#: The second look before the negatives were measured: (least IoU of the weak face's box
-#: with the aligned face box, its least HOG score, largest error of the 68 points fitted in
-#: the aligned face box).
-OLD_RULE = (0.3, -2.0, 0.10)
+class Rule(NamedTuple):
+    """How a square image is taken for an aligned crop (the first rule, alignment error of
+    the detected face <= ALIGNED_TOLERANCE, always holds). Without a detected face:
+    the HOG look (a weak face with box IoU >= ``iou`` with the aligned face box and HOG
+    score >= ``score``, 68 points fitted in that box within ``fitted_error``; ``score`` inf:
+    no HOG look) or the classifier (probability >= ``classifier``; None: no classifier).
+    With a detected face whose error exceeds the tolerance but not ``detected_error``: the
+    classifier too (0: never)."""
+
+    iou: float = 1.0
+    score: float = float("inf")
+    fitted_error: float = 0.0
+    classifier: float | None = None
+    detected_error: float = 0.0
 
 
-def stated_rule():
+#: The second look before the negatives were measured, and the HOG look before the classifier.
+OLD_RULE = Rule(0.3, -2.0, 0.10)
+HOG_RULE = Rule(0.5, -1.5, 0.12)
+
+
+def hog_look(image, floor: float = -2.5) -> dict:
+    """The earlier second look at a square (3, S, S) uint8 image without a detected face:
+    dlib's HOG detector with its threshold lowered to ``floor`` on a 320 px copy -> the
+    (score, IoU with the aligned face box) of every box it returns, and the alignment error
+    of the 68 points fitted in the aligned face box."""
+    import cv2
+
+    from honestface.face._images import to_uint8_hwc
+    from honestface.face.dlib_backend import (
+        LANDMARKS_68_FILE,
+        _aligned_box,
+        _load,
+        dlib_model_file,
+        fit_shape,
+    )
+    from honestface.face.input_kind import alignment_error
+
+    array = to_uint8_hwc(image, "image")[0]
+    side, work_side = array.shape[0], 320
+    work = cv2.resize(array, (work_side, work_side),
+                      interpolation=cv2.INTER_AREA if side > work_side else cv2.INTER_CUBIC)
+    rects, scores, _ = _load("hog", "").run(work, 1, float(floor))
+    target = _aligned_box(work_side, work_side)
+
+    def iou(a, b) -> float:
+        width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - width * height
+        return width * height / union if union > 0 else 0.0
+
+    candidates = [(float(score), iou((r.left(), r.top(), r.right(), r.bottom()), target))
+                  for r, score in zip(rects, scores)]
+    points = fit_shape(_load("shape", str(dlib_model_file(LANDMARKS_68_FILE))), array, _aligned_box(side, side))
+    return {"candidates": candidates, "fit_error": alignment_error(points, side)}
+
+
+def stated_rule() -> Rule:
     from honestface.face import input_kind as k
 
-    return (k.EVIDENCE_IOU, k.WEAK_FACE_SCORE, k.EVIDENCE_TOLERANCE)
+    return Rule(classifier=k.CROP_PROBABILITY, detected_error=k.CLASSIFIED_ERROR)
 
 
-def decide(record: dict, rule) -> bool:
-    """Is the image taken for an aligned crop under ``rule`` (see OLD_RULE)? The decision
-    of :func:`honestface.face.input_kind.classify_input` at the stated rule."""
+def decide(record: dict, rule: Rule) -> bool:
+    """Is the image taken for an aligned crop under ``rule``? The decision of
+    :func:`honestface.face.input_kind.classify_input` at the stated rule."""
     from honestface.face.input_kind import ALIGNED_TOLERANCE
 
-    min_iou, score, evidence_tolerance = rule
+    classified = rule.classifier is not None and record["crop_probability"] >= rule.classifier
     if record["detected"]:
-        return record["error"] <= ALIGNED_TOLERANCE
-    best = max((s for s, overlap in record["candidates"] if overlap >= min_iou), default=float("-inf"))
-    return best >= score and record["fit_error"] <= evidence_tolerance
+        return record["error"] <= ALIGNED_TOLERANCE or (classified and record["error"] <= rule.detected_error)
+    if classified:
+        return True
+    best = max((s for s, overlap in record["candidates"] if overlap >= rule.iou), default=float("-inf"))
+    return best >= rule.score and record["fit_error"] <= rule.fitted_error
 
 
 REFRAMINGS = {"tight (face 90 %)": (0.65, 0.0, 0.0), "wide (face 30 %)": (2.0, 0.0, 0.0),
@@ -152,11 +210,13 @@ def measure_crops(data: Path, count: int, split: str, seed: int) -> None:
     from PIL import Image
 
     from honestface.face import load_face_detector
-    from honestface.face.input_kind import aligned_face_evidence, alignment_error
+    from honestface.face.crop_classifier import shipped_crop_classifier
+    from honestface.face.input_kind import alignment_error
     from honestface.face.photo import detect_photo_faces
     from honestface.image_io import load_image
 
     detector = load_face_detector("dlib")
+    classifier = shipped_crop_classifier()
     rng = np.random.default_rng(seed)
     half = 0 if split == "tune" else 1
     identities = sorted(p for p in (data / "celeba").iterdir() if p.is_dir())[half::2][:count]
@@ -169,10 +229,11 @@ def measure_crops(data: Path, count: int, split: str, seed: int) -> None:
         """What the decision needs of one (3, S, S) uint8 image, for any rule."""
         side = image.shape[-1]
         faces = [f for f in detect_photo_faces(image, detector) if f.landmarks is not None]
+        probability = float(classifier.probability(image))
         if faces:
-            return {"detected": True, "error": alignment_error(faces[0].landmarks, side)}
-        evidence = aligned_face_evidence(image, floor=-2.5)
-        return {"detected": False, "candidates": evidence.candidates, "fit_error": evidence.error}
+            return {"detected": True, "error": alignment_error(faces[0].landmarks, side),
+                    "crop_probability": probability}
+        return {"detected": False, "crop_probability": probability, **hog_look(image)}
 
     def resized(array, size):
         shrinking = size < array.shape[0]
@@ -218,37 +279,43 @@ def measure_crops(data: Path, count: int, split: str, seed: int) -> None:
     sets["real whole square photos"] = [record(load_image(p, torch.uint8)) for p in whole]
 
     stated = stated_rule()
+    hog_or_classifier = HOG_RULE._replace(classifier=stated.classifier)
     print(f"split {split}: {len(identities)} CelebA identities, {len(people)} LFW people, {len(whole)} square "
-          f"real whole photos; second look (IoU, score, fitted error): old {OLD_RULE}, stated {stated}")
-    print("  taken for aligned crops: detector alone (error <= ALIGNED_TOLERANCE) / old rule / stated rule")
+          f"real whole photos; old second look {tuple(OLD_RULE)}, HOG look {tuple(HOG_RULE)}, stated {stated}")
+    rules = (("detector alone", Rule()), ("old", OLD_RULE), ("HOG look", HOG_RULE),
+             ("HOG look or classifier", hog_or_classifier), ("stated", stated))
+    print("  taken for aligned crops: " + " / ".join(label for label, _ in rules))
     positives = [r for name, rows in sets.items() if name.startswith("crop") for r in rows]
     negatives = [r for name, rows in sets.items() if not name.startswith("crop") for r in rows]
     for name, rows in sets.items():
-        alone = sum(decide(r, (1.0, float("inf"), 0.0)) for r in rows)
-        old, new = sum(decide(r, OLD_RULE) for r in rows), sum(decide(r, stated) for r in rows)
-        print(f"  {name}: {len(rows)} images, {sum(not r['detected'] for r in rows)} without a face: "
-              f"{alone} / {old} / {new}")
-    for label, rule in (("old", OLD_RULE), ("stated", stated)):
+        taken = " / ".join(str(sum(decide(r, rule) for r in rows)) for _, rule in rules)
+        print(f"  {name}: {len(rows)} images, {sum(not r['detected'] for r in rows)} without a face: {taken}")
+    for label, rule in rules[1:]:
         crops, wrong = sum(decide(r, rule) for r in positives), sum(decide(r, rule) for r in negatives)
         print(f"  {label} rule: degraded crops restored as crops {crops}/{len(positives)} "
               f"({crops / len(positives):.1%}); "
               f"negatives taken for crops {wrong}/{len(negatives)} ({wrong / len(negatives):.1%})")
     print("  the stated rule with one value changed (crops taken / negatives taken):")
-    for index, values in ((0, (0.3, 0.4, 0.45, 0.5, 0.55, 0.6)), (1, (-2.5, -2.0, -1.5, -1.2, -1.0, -0.8)),
-                          (2, (0.10, 0.12, 0.15))):
+    for field, values in (("classifier", (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)),
+                          ("detected_error", (0.0, 0.15, 0.2, 0.25, 0.3, 0.4))):
         line = []
         for value in values:
-            rule = stated[:index] + (value,) + stated[index + 1:]
+            rule = stated._replace(**{field: value})
             taken = sum(decide(r, rule) for r in positives), sum(decide(r, rule) for r in negatives)
             line.append(f"{value}: {taken[0]} / {taken[1]}")
-        print(f"    {('IoU', 'score', 'fitted error')[index]}: " + "; ".join(line))
+        print(f"    {field}: " + "; ".join(line))
 
 
 def measure_identity(data: Path, people: int, identity: str, size: int, degrade: float, seed: int) -> None:
     import numpy as np
     import torch
 
-    from honestface.face import align_face, detect_photo_faces, load_face_detector, load_identity_backend
+    from honestface.face import (
+        align_face,
+        detect_photo_faces,
+        load_face_detector,
+        load_identity_backend,
+    )
     from honestface.image_io import load_image
     from honestface.metrics.identity import identity_angle_degrees
     from honestface.pipeline import identity_match_threshold
@@ -300,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("what", choices=("kind", "identity", "crops"))
     parser.add_argument("--split", choices=("tune", "report"), default="report")
     parser.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "data"))
-    parser.add_argument("--count", type=int, default=300)
+    parser.add_argument("--count", type=int, default=None,
+                        help="kind: photos and crops (default 300); crops: identities and people per split (default "
+                             "40; more would reach the people the aligned-crop classifier was trained on)")
     parser.add_argument("--people", type=int, default=150)
     parser.add_argument("--identity", default="dlib-torch")
     parser.add_argument("--size", type=int, default=128)
@@ -311,9 +380,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     if args.what == "kind":
-        measure_kind(Path(args.data), args.count, args.seed)
+        measure_kind(Path(args.data), args.count or 300, args.seed)
     elif args.what == "crops":
-        measure_crops(Path(args.data), args.count, args.split, args.seed)
+        measure_crops(Path(args.data), args.count or 40, args.split, args.seed)
     else:
         measure_identity(Path(args.data), args.people, args.identity, args.size, args.degrade, args.seed)
     return 0

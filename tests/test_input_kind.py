@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from honestface.face.input_kind import ALIGNED_TOLERANCE, InputKind, alignment_error, classify_input
+from honestface.face.input_kind import (
+    ALIGNED_TOLERANCE,
+    InputKind,
+    alignment_error,
+    classify_input,
+)
 from honestface.image_io import load_image
 
 torch.set_num_threads(1)
@@ -39,7 +44,8 @@ def test_square_lfw_photos_are_photos_and_aligned_crops_are_aligned(shared_data,
     assert celeba_called_photo <= 0.07, rates
     assert crops_called_photo <= 0.06, rates
     aligned = [k for k in kinds["celeba"] if k.kind == "aligned"]
-    assert all("fit the FFHQ template" in k.reason and k.error <= ALIGNED_TOLERANCE for k in aligned)
+    assert all(("fit the FFHQ template" in k.reason and k.error <= ALIGNED_TOLERANCE)
+               or "crop classifier" in k.reason for k in aligned)
     assert all("off the FFHQ template" in k.reason or k.reason == "no face found"
                for k in kinds["lfw"] if k.kind == "photo")
 
@@ -69,9 +75,8 @@ def test_alignment_error_is_zero_for_the_template_itself(shared_data, detector):
 
 def test_a_degraded_crop_without_a_detected_face_is_taken_for_a_crop(shared_data, detector):
     """A real aligned face shrunk to 12 px and enlarged back (a heavy degradation): the
-    detector finds no face, the second look (aligned_face_evidence) takes it for a crop.
-    A flat grey square and the face-free side of an LFW photo stay photos."""
-    from honestface.face.input_kind import aligned_face_evidence
+    detector finds no face, the crop classifier takes it for a crop. A flat grey square and
+    the face-free side of an LFW photo stay photos."""
     from honestface.image_io import resize_to
 
     face = resize_to(load_image(sorted((shared_data / "celeba").glob("*/*.jpg"))[0])[None], 128)
@@ -79,13 +84,34 @@ def test_a_degraded_crop_without_a_detected_face_is_taken_for_a_crop(shared_data
     degraded = torch.nn.functional.interpolate(small, size=(128, 128), mode="bicubic").clamp(0, 1)[0]
     assert not [f for f in detect_photo_faces_(degraded, detector)]  # the case is real
     kind = classify_input(degraded, detector)
-    assert kind.kind == "aligned" and "weak one where aligned crops have it" in kind.reason, kind
+    assert kind.kind == "aligned" and "no face detected, but framed like an aligned crop" in kind.reason, kind
     assert classify_input((degraded * 255).round().to(torch.uint8), detector).kind == "aligned"  # 8-bit alike
     photo = load_image(sorted((shared_data / "lfw").glob("*/*.jpg"))[0])
     side = torch.nn.functional.interpolate(photo[None, :, 20:180, :55], size=(128, 128), mode="bilinear")[0]
     for image in (torch.full((3, 128, 128), 0.5), side.clamp(0, 1)):
         assert classify_input(image, detector) == InputKind("photo", "no face found", None)
-    assert aligned_face_evidence(torch.full((3, 128, 128), 0.5)).score == float("-inf")
+
+
+def test_the_crop_classifier_is_asked_only_without_a_fitting_face(shared_data, detector):
+    """A classifier that takes everything for a crop changes only the decisions it is asked
+    for: a square without a detected face; a photo whose face is far off the template, and
+    a non-square photo, stay photos."""
+    from honestface.face.crop_classifier import (
+        AlignedCropClassifier,
+        LoadedCropClassifier,
+    )
+
+    class Always(AlignedCropClassifier):
+        def forward(self, images):
+            return torch.full((images.shape[0],), 20.0)
+
+    always = LoadedCropClassifier(Always(), {})
+    flat = torch.full((3, 128, 128), 0.5)
+    assert classify_input(flat, detector, crop_classifier=always).kind == "aligned"
+    photo = load_image(sorted((shared_data / "lfw" / "Al_Gore").iterdir())[0])  # (3, 250, 250)
+    kind = classify_input(photo, detector, crop_classifier=always)
+    assert kind.kind == "photo" and kind.error > 0.2, kind
+    assert classify_input(photo[:, :, :200], detector, crop_classifier=always).kind == "photo"
 
 
 def detect_photo_faces_(image, detector):
@@ -119,38 +145,25 @@ def _heavy_degradation(image, seed, sigma=4.0, shrink=8, noise=10.0, quality=40)
     return torch.nn.functional.interpolate(small, size=(side, side), mode="bicubic").clamp(0, 1)[0]
 
 
-def _taken_by_the_old_rule(image, detector) -> bool:
-    """The decision before the negatives were measured: a detected face within
-    ALIGNED_TOLERANCE, or a weak face at IoU >= 0.3, score >= -2.0, fitted error <= 0.10."""
-    from honestface.face.input_kind import aligned_face_evidence
-
-    faces = detect_photo_faces_(image, detector)
-    if faces:
-        return alignment_error(faces[0].landmarks, image.shape[-1]) <= ALIGNED_TOLERANCE
-    evidence = aligned_face_evidence(image, min_iou=0.3)
-    return evidence.score >= -2.0 and evidence.error <= 0.10
-
-
-def test_a_heavily_degraded_128_crop_the_old_rule_missed_is_aligned(shared_data, detector):
-    """A CelebA aligned crop at 128 px, heavily degraded (the face has about 16 px of
-    detail): the detector finds no face; the weak face the lowered threshold finds sits on
-    the aligned face box and the 68 points fitted there are 0.10 - 0.12 off the template, which
-    the old rule (fitted error <= 0.10) refused."""
+def test_a_heavily_degraded_128_crop_is_aligned(shared_data, detector):
+    """A CelebA aligned crop (an identity the classifier never saw) at 128 px, heavily
+    degraded (the face has about 16 px of detail): the detector finds no face, the
+    classifier takes it for a crop."""
     path = shared_data / "celeba" / "7244" / "006805.jpg"
     if not path.is_file():
         pytest.skip(f"{path} not in this copy of the data")
     face = torch.nn.functional.interpolate(load_image(path)[None], size=(128, 128), mode="area")[0]
     degraded = _heavy_degradation(face, seed=0)
     assert not detect_photo_faces_(degraded, detector)
-    assert not _taken_by_the_old_rule(degraded, detector)
     kind = classify_input(degraded, detector)
-    assert kind.kind == "aligned" and "weak one where aligned crops have it" in kind.reason, kind
+    assert kind.kind == "aligned" and "crop classifier" in kind.reason, kind
 
 
-def test_a_background_square_and_a_degraded_photo_the_old_rule_took_stay_photos(shared_data, detector):
-    """Negatives the old second look took for aligned crops: the face-free top-left corner
-    of an LFW photo enlarged to a 256 px square (a weak 'face' in the background texture),
-    and a whole LFW 250 x 250 photo (face about 40 % of the side) heavily degraded."""
+def test_a_background_square_and_a_degraded_photo_stay_photos(shared_data, detector):
+    """Negatives the earlier second look (dlib's HOG at a lowered threshold) took for
+    aligned crops: the face-free top-left corner of an LFW photo enlarged to a 256 px square
+    (a weak 'face' in the background texture), and a whole LFW 250 x 250 photo (face about
+    40 % of the side) heavily degraded."""
     corner_path = shared_data / "lfw" / "Andy_Roddick" / "Andy_Roddick_0001.jpg"
     photo_path = shared_data / "lfw" / "Ahmed_Chalabi" / "Ahmed_Chalabi_0001.jpg"
     if not (corner_path.is_file() and photo_path.is_file()):
@@ -159,5 +172,4 @@ def test_a_background_square_and_a_degraded_photo_the_old_rule_took_stay_photos(
                                              mode="bicubic").clamp(0, 1)[0]
     photo = _heavy_degradation(load_image(photo_path), seed=2)
     for image in (corner, photo):
-        assert _taken_by_the_old_rule(image, detector)
         assert classify_input(image, detector).kind == "photo"
