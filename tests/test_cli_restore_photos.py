@@ -120,7 +120,21 @@ def test_a_folder_with_bad_files_writes_every_good_output(mixed_run, mixed_folde
         assert f"  {name}: {reason}" in printed
     assert "restored 3 face(s) in 3 input(s)" in printed
     assert "passed through unchanged (no face): 1: empty.png" in printed
+    assert "square among them" not in printed  # 180 x 120: no aligned crop
     assert "skipped: 5" in printed
+
+
+def test_the_summary_points_square_inputs_without_a_face_to_aligned_mode(tmp_path):
+    """A square image in which auto mode found no face may be a crop too degraded to be
+    recognised as one: the summary says how to restore it as a crop."""
+    from honestface.cli.restore import Outcome, summarize
+
+    lines, code = summarize([Outcome("scan.png", "passed", "no face, square"), Outcome("wide.png", "passed", "no face"),
+                             Outcome("crop.png", "restored", faces=1)], 1.0, tmp_path)
+    assert code == 0
+    assert "passed through unchanged (no face): 2: scan.png, wide.png" in lines
+    assert "  square among them: 1; an aligned face crop too degraded to be recognised as one is restored with " \
+           "--aligned" in lines
 
 
 def test_outputs_are_what_they_should_be(mixed_run, mixed_folder):

@@ -701,7 +701,8 @@ class Restorer:
             if result.status == "no face":
                 found = f"no face restored{summary}" if result.faces else "no face found"
                 self.console.line(f"{name}: {job.decision}; {found}, written unchanged")
-                self.outcomes.append(Outcome(name, "passed", "no face"))
+                square = job.image.shape[-1] == job.image.shape[-2]
+                self.outcomes.append(Outcome(name, "passed", "no face, square" if square else "no face"))
             else:
                 misses = sum(1 for f in result.faces if f.landmarks_missed)
                 note = f"; {misses} face(s): {LANDMARK_MISS_NOTE}" if misses else ""
@@ -853,6 +854,10 @@ def summarize(outcomes: Sequence[Outcome], elapsed: float, output: Path) -> tupl
              f"-> {output}"]
     if passed:
         lines.append(f"passed through unchanged (no face): {len(passed)}: {names(passed)}")
+        square = [o for o in passed if o.reason == "no face, square"]
+        if square:
+            lines.append(f"  square among them: {len(square)}; an aligned face crop too degraded to be recognised "
+                         "as one is restored with --aligned")
     missed = [o for o in restored if o.landmark_misses]
     if missed:
         lines.append(f"landmarks not found on {sum(o.landmark_misses for o in missed)} face(s) restored with "
