@@ -217,6 +217,10 @@ def measure_crops(data: Path, count: int, split: str, seed: int) -> None:
 
     detector = load_face_detector("dlib")
     classifier = shipped_crop_classifier()
+    trained_from = classifier.record.get("bank", {}).get("celeba_identities_skipped", 0)
+    if 2 * count > trained_from:
+        print(f"warning: --count {count} reaches identities the aligned-crop classifier was trained on (it skipped "
+              f"the first {trained_from}): its figures are not held out", file=sys.stderr)
     rng = np.random.default_rng(seed)
     half = 0 if split == "tune" else 1
     identities = sorted(p for p in (data / "celeba").iterdir() if p.is_dir())[half::2][:count]
