@@ -59,6 +59,10 @@ def test_missing_and_foreign_files_are_named(tmp_path):
     save_file(dict(model.state_dict()), str(tmp_path / "mismatch.safetensors"), metadata)
     with pytest.raises(CheckpointError, match="do not fit the stored config"):
         load_crop_classifier(tmp_path / "mismatch.safetensors")
+    metadata["config"] = json.dumps({"input_size": 18, "channels": [4, 8], "hidden": 8})  # two halvings need 4k
+    save_file(dict(model.state_dict()), str(tmp_path / "odd.safetensors"), metadata)
+    with pytest.raises(CheckpointError, match="stored config is not a crop classifier's.*not divisible"):
+        load_crop_classifier(tmp_path / "odd.safetensors")
 
 
 def test_thumbnails_ignore_exposure_contrast_and_bit_depth():

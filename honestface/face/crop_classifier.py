@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError, ImageError
+from ..errors import CheckpointError, ConfigError, ImageError
 
 #: The shipped weights, in the package.
 CROP_CLASSIFIER_FILE = "aligned-crop-classifier.safetensors"
@@ -45,8 +45,8 @@ class AlignedCropClassifierConfig:
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
         if self.input_size % (2 ** len(self.channels)):
-            raise CheckpointError("crop classifier", f"input_size {self.input_size} is not divisible by "
-                                                     f"2 ** {len(self.channels)} (one halving per stage)")
+            raise ConfigError(f"crop classifier: input_size {self.input_size} is not divisible by "
+                              f"2 ** {len(self.channels)} (one halving per stage)")
 
 
 def crop_thumbnails(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -138,7 +138,10 @@ def load_crop_classifier(path: str | Path | None = None) -> LoadedCropClassifier
     if metadata.get("format") != "honestface-aligned-crop-classifier":
         raise CheckpointError(str(path), "not an aligned-crop classifier (its metadata has no "
                                          "format=honestface-aligned-crop-classifier)")
-    model = AlignedCropClassifier(AlignedCropClassifierConfig(**json.loads(metadata["config"])))
+    try:
+        model = AlignedCropClassifier(AlignedCropClassifierConfig(**json.loads(metadata.get("config", "{}"))))
+    except (TypeError, ValueError, ConfigError) as error:
+        raise CheckpointError(str(path), f"its stored config is not a crop classifier's: {error}") from error
     try:
         model.load_state_dict(tensors)
     except RuntimeError as error:
