@@ -19,8 +19,16 @@ from .base import (
     LandmarkBackend,
     require_landmarks,
 )
-from .input_kind import ALIGNED_TOLERANCE, InputKind, classify_input
-from .photo import FaceSelection, PasteMask, PhotoFace, detect_photo_faces, paste_mask, restore_faces_in_photo
+from .crop_classifier import AlignedCropClassifier, load_crop_classifier
+from .input_kind import ALIGNED_TOLERANCE, CROP_PROBABILITY, InputKind, classify_input
+from .photo import (
+    FaceSelection,
+    PasteMask,
+    PhotoFace,
+    detect_photo_faces,
+    paste_mask,
+    restore_faces_in_photo,
+)
 from .references import ReferencePhotos, align_reference_photos
 
 LANDMARK_BACKENDS = ("dlib", "fan")
@@ -106,9 +114,11 @@ def load_face_detector(name: str = "dlib", models_dir: str | Path | None = None,
 
 __all__ = [
     "ALIGNED_TOLERANCE",
+    "CROP_PROBABILITY",
     "FACE_DETECTORS",
     "IDENTITY_BACKENDS",
     "LANDMARK_BACKENDS",
+    "AlignedCropClassifier",
     "FaceDetection",
     "FaceDetector",
     "FaceSelection",
@@ -122,6 +132,7 @@ __all__ = [
     "align_reference_photos",
     "classify_input",
     "detect_photo_faces",
+    "load_crop_classifier",
     "load_face_detector",
     "load_identity_backend",
     "load_landmark_backend",
