@@ -129,7 +129,7 @@ def test_the_summary_points_square_inputs_without_a_face_to_aligned_mode(tmp_pat
     recognised as one: the summary says how to restore it as a crop."""
     from honestface.cli.restore import Outcome, summarize
 
-    lines, code = summarize([Outcome("scan.png", "passed", "no face, square"), Outcome("wide.png", "passed", "no face"),
+    lines, code = summarize([Outcome("scan.png", "passed", "no face", square=True), Outcome("wide.png", "passed", "no face"),
                              Outcome("crop.png", "restored", faces=1)], 1.0, tmp_path)
     assert code == 0
     assert "passed through unchanged (no face): 2: scan.png, wide.png" in lines

@@ -211,6 +211,7 @@ class Outcome:
     reason: str = ""
     faces: int = 0
     landmark_misses: int = 0  # faces restored with references whose landmarks were not found
+    square: bool = False  # the input image is square (a crop too degraded to be recognised may hide in it)
 
 
 def expand_images(items: Sequence[str | Path], what: str) -> list[Path]:
@@ -702,7 +703,7 @@ class Restorer:
                 found = f"no face restored{summary}" if result.faces else "no face found"
                 self.console.line(f"{name}: {job.decision}; {found}, written unchanged")
                 square = job.image.shape[-1] == job.image.shape[-2]
-                self.outcomes.append(Outcome(name, "passed", "no face, square" if square else "no face"))
+                self.outcomes.append(Outcome(name, "passed", "no face", square=square))
             else:
                 misses = sum(1 for f in result.faces if f.landmarks_missed)
                 note = f"; {misses} face(s): {LANDMARK_MISS_NOTE}" if misses else ""
@@ -854,7 +855,7 @@ def summarize(outcomes: Sequence[Outcome], elapsed: float, output: Path) -> tupl
              f"-> {output}"]
     if passed:
         lines.append(f"passed through unchanged (no face): {len(passed)}: {names(passed)}")
-        square = [o for o in passed if o.reason == "no face, square"]
+        square = [o for o in passed if o.square]
         if square:
             lines.append(f"  square among them: {len(square)}; an aligned face crop too degraded to be recognised "
                          "as one is restored with --aligned")

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..degradation import to_grayscale
 from ..errors import CheckpointError, ConfigError, ImageError
 
 #: The shipped weights, in the package.
@@ -57,7 +58,7 @@ def crop_thumbnails(images: torch.Tensor, size: int) -> torch.Tensor:
         raise ImageError(f"the crop classifier takes square (B, 1|3, S, S) images, got {tuple(images.shape)}")
     work = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     if work.shape[1] == 3:
-        work = (0.299 * work[:, 0] + 0.587 * work[:, 1] + 0.114 * work[:, 2])[:, None]
+        work = to_grayscale(work)[:, :1]
     mode = "area" if work.shape[-1] >= size else "bilinear"
     work = F.interpolate(work, size=(size, size), mode=mode, **({} if mode == "area" else {"align_corners": False}))
     mean = work.mean(dim=(1, 2, 3), keepdim=True)
