@@ -3,7 +3,7 @@
     python benchmarks/measure_photo_thresholds.py kind [--count 300] [--data ../shared/data]
     python benchmarks/measure_photo_thresholds.py identity [--people 150] [--identity dlib-torch]
                                                   [--size 128] [--degrade 1]
-    python benchmarks/measure_photo_thresholds.py crops --split tune|report [--count 40]
+    python benchmarks/measure_photo_thresholds.py crops --split select|tune|report [--count 40]
 
 ``kind``: the alignment error of :func:`honestface.face.input_kind.classify_input` (dlib
 HOG + 68 points) on ``count`` random LFW 250x250 photos (should be photos), ``count``
@@ -28,11 +28,13 @@ of ``count`` LFW people: the 250x250 photo as it is and degraded at 128, 250 and
 squares around its face (:func:`reframe`: the aligned square scaled so the face fills
 90 / 30 / 20 % of what it fills in an aligned crop, or shifted by 25 % of the side), clean
 and degraded; its four 100 px corners (mostly background) enlarged, clean and degraded;
-flat, gradient and noise squares; and the square real whole photos. ``--split tune``
-takes the even-numbered CelebA identities and LFW people (in sorted order; the thresholds
-of :mod:`honestface.face.input_kind` were chosen on them), ``--split report`` the
-odd-numbered ones (held out); the aligned-crop classifier was trained on neither (it skips
-the first 80 of each, so ``--count`` stays at most 40). Prints, per set, how many are
+flat, gradient and noise squares; and the square real whole photos. The people, in
+sorted order: ``--split tune`` takes the even-numbered of the first 80 CelebA identities
+and LFW people (the thresholds of :mod:`honestface.face.input_kind` were chosen on them),
+``--split report`` the odd-numbered ones (held out, reported), ``--split select`` people
+80 - 119 (to choose between trained classifiers without touching report); the aligned-crop
+classifier is trained on none of them (it skips the first 120 of each, so ``--count``
+stays at most 40). Prints, per set, how many are
 taken for crops by the detector alone, by the two earlier second looks (dlib's HOG at a
 lowered threshold: ``OLD_RULE``, ``HOG_RULE``), by the HOG look or the classifier, and by
 the stated rule (the classifier, :mod:`honestface.face.input_kind`), the totals, and the
@@ -203,28 +205,39 @@ def reframe(photo, landmarks, scale: float, dx: float, dy: float, size: int):
                           borderMode=cv2.BORDER_REFLECT)
 
 
-def measure_crops(data: Path, count: int, split: str, seed: int) -> None:
+#: The select split starts after the 80 people of tune and report.
+SELECT_FROM = 80
+
+
+def split_people(folders: list, split: str, count: int) -> list:
+    """The ``count`` people of ``split`` from all people in sorted order (see the module doc)."""
+    if split == "select":
+        return folders[SELECT_FROM:SELECT_FROM + count]
+    return folders[0 if split == "tune" else 1::2][:count]
+
+
+def measure_crops(data: Path, count: int, split: str, seed: int, classifier_path: str | None = None) -> None:
     import cv2
     import numpy as np
     import torch
     from PIL import Image
 
     from honestface.face import load_face_detector
-    from honestface.face.crop_classifier import shipped_crop_classifier
+    from honestface.face.crop_classifier import load_crop_classifier
     from honestface.face.input_kind import alignment_error
     from honestface.face.photo import detect_photo_faces
     from honestface.image_io import load_image
 
     detector = load_face_detector("dlib")
-    classifier = shipped_crop_classifier()
-    trained_from = classifier.record.get("bank", {}).get("celeba_identities_skipped", 0)
-    if 2 * count > trained_from:
-        print(f"warning: --count {count} reaches identities the aligned-crop classifier was trained on (it skipped "
-              f"the first {trained_from}): its figures are not held out", file=sys.stderr)
+    classifier = load_crop_classifier(classifier_path)  # None: the shipped weights
     rng = np.random.default_rng(seed)
-    half = 0 if split == "tune" else 1
-    identities = sorted(p for p in (data / "celeba").iterdir() if p.is_dir())[half::2][:count]
-    people = sorted(p for p in (data / "lfw").iterdir() if p.is_dir())[half::2][:count]
+    identities = split_people(sorted(p for p in (data / "celeba").iterdir() if p.is_dir()), split, count)
+    people = split_people(sorted(p for p in (data / "lfw").iterdir() if p.is_dir()), split, count)
+    trained_from = classifier.record.get("bank", {}).get("celeba_identities_skipped", 0)
+    last = SELECT_FROM + count if split == "select" else 2 * count
+    if last > trained_from:
+        print(f"warning: split {split} with --count {count} reaches identities the aligned-crop classifier was "
+              f"trained on (it skipped the first {trained_from}): its figures are not held out", file=sys.stderr)
 
     def tensor(array):
         return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
@@ -372,11 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("kind", "identity", "crops"))
-    parser.add_argument("--split", choices=("tune", "report"), default="report")
+    parser.add_argument("--split", choices=("select", "tune", "report"), default="report")
     parser.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "data"))
     parser.add_argument("--count", type=int, default=None,
                         help="kind: photos and crops (default 300); crops: identities and people per split (default "
                              "40; more would reach the people the aligned-crop classifier was trained on)")
+    parser.add_argument("--classifier", default=None,
+                        help="crops: an aligned-crop classifier file to measure (default: the shipped one)")
     parser.add_argument("--people", type=int, default=150)
     parser.add_argument("--identity", default="dlib-torch")
     parser.add_argument("--size", type=int, default=128)
@@ -389,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "kind":
         measure_kind(Path(args.data), args.count or 300, args.seed)
     elif args.what == "crops":
-        measure_crops(Path(args.data), args.count or 40, args.split, args.seed)
+        measure_crops(Path(args.data), args.count or 40, args.split, args.seed, args.classifier)
     else:
         measure_identity(Path(args.data), args.people, args.identity, args.size, args.degrade, args.seed)
     return 0

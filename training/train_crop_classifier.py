@@ -6,8 +6,8 @@
 The classifier is the last look of ``auto`` mode at a square image in which no face was
 detected: is it an FFHQ-aligned face crop (too degraded for the detector) or anything else?
 
-Data (people of neither split of ``benchmarks/measure_photo_thresholds.py crops``, which
-uses the first 80 CelebA identities and the first 80 LFW people in name order):
+Data (people of no split of ``benchmarks/measure_photo_thresholds.py crops``, which uses
+the first 120 CelebA identities and the first 120 LFW people in name order):
 
 - aligned crops (label 1): every CelebA crop of the other identities, and the FFHQ crop
   the alignment cuts from the other LFW photos around their dlib face; each moved by a
@@ -52,8 +52,9 @@ from honestface.face.crop_classifier import (
     save_crop_classifier,
 )
 
-#: Identities / people (in name order) the crop benchmark uses; never trained on.
-BENCHMARK_PEOPLE = 80
+#: Identities / people (in name order) the crop benchmark uses (its tune, report and select
+#: splits); never trained on.
+BENCHMARK_PEOPLE = 120
 #: Side (px) at which every training image is stored and degraded.
 BANK_SIDE = 128
 
@@ -187,9 +188,33 @@ def build_bank(data: Path, photos_per_person: int, seed: int, log,
             "groups": torch.tensor(groups)}
 
 
+def photometric(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(B, 3, S, S) in [0, 1] -> the same under a random exposure and gamma (half of them),
+    and with one random band covering part of it (a third: sunglasses, a hand, a caption),
+    so that dark faces on dark ground and covered eyes are seen in training."""
+    count, side = images.shape[0], images.shape[-1]
+
+    def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
+        return low + (high - low) * torch.rand(count, *shape, generator=generator)
+
+    changed = (torch.rand(count, generator=generator) < 0.5).view(-1, 1, 1, 1)
+    gamma, exposure = uniform(-0.6, 0.6).exp().view(-1, 1, 1, 1), uniform(0.35, 1.0).view(-1, 1, 1, 1)
+    work = torch.where(changed, images.clamp_min(0).pow(gamma) * exposure, images)
+    width, height = uniform(0.15, 0.6) * side, uniform(0.06, 0.25) * side
+    left, top = uniform(0, 1) * (side - width), uniform(0, 1) * (side - height)
+    grid = torch.arange(side, dtype=torch.float32)
+    inside_x = (grid >= left[:, None]) & (grid < (left + width)[:, None])
+    inside_y = (grid >= top[:, None]) & (grid < (top + height)[:, None])
+    covered = (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
+    covered &= (torch.rand(count, generator=generator) < 1 / 3).view(-1, 1, 1, 1)
+    fill = uniform(0, 1, 3).pow(2).view(-1, 3, 1, 1)  # mostly dark
+    return torch.where(covered, fill, work)
+
+
 def degraded(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """(B, 3, S, S) uint8 -> the same degraded afresh and flipped at random, float in [0, 1]."""
-    work = degrade(images.float() / 255.0, DEGRADATION, generator)
+    """(B, 3, S, S) uint8 -> the same under :func:`photometric` changes, degraded afresh
+    and flipped at random, float in [0, 1]."""
+    work = degrade(photometric(images.float() / 255.0, generator), DEGRADATION, generator)
     flip = torch.rand(work.shape[0], generator=generator) < 0.5
     return torch.where(flip.view(-1, 1, 1, 1), work.flip(-1), work)
 
@@ -208,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--val-fraction", type=float, default=0.1, help="share of people kept apart (recorded in the file)")
     parser.add_argument("--seed", type=int, default=7)
+    defaults = AlignedCropClassifierConfig()
+    parser.add_argument("--input-size", type=int, default=defaults.input_size, help="side of the grey thumbnail")
+    parser.add_argument("--channels", type=int, nargs="+", default=list(defaults.channels),
+                        help="conv channels per stage")
+    parser.add_argument("--hidden", type=int, default=defaults.hidden, help="width of the last hidden layer")
+    parser.add_argument("--color", action="store_true", help="a colour thumbnail instead of a grey one")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -240,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    model = AlignedCropClassifier(AlignedCropClassifierConfig())
+    model = AlignedCropClassifier(AlignedCropClassifierConfig(args.input_size, tuple(args.channels), args.hidden,
+                                                                args.color))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     steps_per_epoch = math.ceil(len(train_index) / args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.epochs * steps_per_epoch)

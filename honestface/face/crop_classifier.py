@@ -42,6 +42,7 @@ class AlignedCropClassifierConfig:
     input_size: int = 32  # side of the grey thumbnail the network sees
     channels: tuple[int, ...] = (16, 32, 64)  # per stage; each stage halves the side
     hidden: int = 64  # width of the last hidden layer
+    color: bool = False  # a colour thumbnail (3 channels) instead of a grey one
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -50,14 +51,17 @@ class AlignedCropClassifierConfig:
                               f"2 ** {len(self.channels)} (one halving per stage)")
 
 
-def crop_thumbnails(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, 3, H, W) square images (float in [0, 1] or uint8) -> (B, 1, size, size) grey
-    thumbnails, each standardised to zero mean and unit spread (contrast and exposure say
-    nothing about framing; a flat image stays flat)."""
+def crop_thumbnails(images: torch.Tensor, size: int, color: bool = False) -> torch.Tensor:
+    """(B, 3, H, W) square images (float in [0, 1] or uint8) -> (B, C, size, size) grey
+    (C = 1) or colour (C = 3) thumbnails, each standardised to zero mean and unit spread over
+    all its values (contrast and exposure say nothing about framing; a flat image stays
+    flat; colour keeps the balance between channels)."""
     if images.dim() != 4 or images.shape[1] not in (1, 3) or images.shape[-1] != images.shape[-2]:
         raise ImageError(f"the crop classifier takes square (B, 1|3, S, S) images, got {tuple(images.shape)}")
     work = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    if work.shape[1] == 3:
+    if color:
+        work = work.expand(-1, 3, -1, -1)
+    elif work.shape[1] == 3:
         work = to_grayscale(work)[:, :1]
     mode = "area" if work.shape[-1] >= size else "bilinear"
     work = F.interpolate(work, size=(size, size), mode=mode, **({} if mode == "area" else {"align_corners": False}))
@@ -73,7 +77,7 @@ class AlignedCropClassifier(nn.Module):
         super().__init__()
         self.config = config or AlignedCropClassifierConfig()
         layers: list[nn.Module] = []
-        previous = 1
+        previous = 3 if self.config.color else 1
         for width in self.config.channels:
             layers += [nn.Conv2d(previous, width, 3, padding=1), nn.ReLU(),
                        nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
@@ -85,7 +89,7 @@ class AlignedCropClassifier(nn.Module):
                                   nn.Linear(self.config.hidden, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(crop_thumbnails(images, self.config.input_size)))[:, 0]
+        return self.head(self.features(crop_thumbnails(images, self.config.input_size, self.config.color)))[:, 0]
 
     @torch.no_grad()
     def probability(self, images: torch.Tensor) -> torch.Tensor:
