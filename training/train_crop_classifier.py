@@ -1,7 +1,13 @@
 """Train the aligned-crop classifier (:mod:`honestface.face.crop_classifier`).
 
     python training/train_crop_classifier.py --data ../shared/data --output runs/crop-classifier
+    python benchmarks/measure_photo_thresholds.py crops --split select \
+        --classifier runs/crop-classifier/aligned-crop-classifier.safetensors
     cp runs/crop-classifier/aligned-crop-classifier.safetensors honestface/weights/
+
+The shipped weights were trained with ``--skip-people 80`` and the other defaults, before
+the select split existed; the default now leaves out 120 people, so that a new classifier
+can be chosen on the select split and then measured once on report.
 
 The classifier is the last look of ``auto`` mode at a square image in which no face was
 detected: is it an FFHQ-aligned face crop (too degraded for the detector) or anything else?
@@ -22,7 +28,9 @@ the first 120 CelebA identities and the first 120 LFW people in name order):
 Every image is kept at 128 px and, in each epoch, degraded afresh by the training
 degradation (:mod:`honestface.degradation`: blur, 1 - 12x down-sampling by three
 interpolations, noise, JPEG, some grey; a quarter left clean), flipped at random, and seen
-as the classifier's 32 px grey thumbnail. A tenth of the people are kept apart; the file
+as the classifier's 32 px grey thumbnail (``--input-size``, ``--channels``, ``--hidden``
+and ``--color`` change the network; ``--augment`` adds a random exposure, gamma and a
+covering band before the degradation). A tenth of the people are kept apart; the file
 records, at several thresholds, how many of their crops and other squares the classifier
 takes for crops. The threshold in use (``CROP_PROBABILITY``) is chosen in
 :mod:`honestface.face.input_kind`.
@@ -211,10 +219,13 @@ def photometric(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return torch.where(covered, fill, work)
 
 
-def degraded(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """(B, 3, S, S) uint8 -> the same under :func:`photometric` changes, degraded afresh
-    and flipped at random, float in [0, 1]."""
-    work = degrade(photometric(images.float() / 255.0, generator), DEGRADATION, generator)
+def degraded(images: torch.Tensor, generator: torch.Generator, augment: bool = False) -> torch.Tensor:
+    """(B, 3, S, S) uint8 -> the same (under :func:`photometric` changes with ``augment``)
+    degraded afresh and flipped at random, float in [0, 1]."""
+    work = images.float() / 255.0
+    if augment:
+        work = photometric(work, generator)
+    work = degrade(work, DEGRADATION, generator)
     flip = torch.rand(work.shape[0], generator=generator) < 0.5
     return torch.where(flip.view(-1, 1, 1, 1), work.flip(-1), work)
 
@@ -239,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="conv channels per stage")
     parser.add_argument("--hidden", type=int, default=defaults.hidden, help="width of the last hidden layer")
     parser.add_argument("--color", action="store_true", help="a colour thumbnail instead of a grey one")
+    parser.add_argument("--augment", action="store_true",
+                        help="random exposure, gamma and a covering band before the degradation")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -279,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     positive = labels[train_index].mean()
     weight = {1: 0.5 / positive, 0: 0.5 / (1 - positive)}  # both classes count alike
     # the kept-apart set is degraded once, the same way every epoch
-    val_images = torch.cat([degraded(images[val_index[i:i + 256]], torch.Generator().manual_seed(i))
+    val_images = torch.cat([degraded(images[val_index[i:i + 256]], torch.Generator().manual_seed(i), args.augment)
                             for i in range(0, len(val_index), 256)])
     val_labels = labels[val_index]
     for epoch in range(args.epochs):
@@ -289,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         for start in range(0, len(order), args.batch_size):
             batch = order[start:start + args.batch_size]
             target = labels[batch]
-            logits = model(degraded(images[batch], generator))
+            logits = model(degraded(images[batch], generator, args.augment))
             loss = (F.binary_cross_entropy_with_logits(logits, target, reduction="none")
                     * torch.where(target > 0, weight[1], weight[0])).mean()
             optimizer.zero_grad()
@@ -311,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
               "bank": {"images": len(labels), "aligned_crops": int(labels.sum()),
                        "celeba_identities_skipped": args.skip_people, "lfw_people_skipped": args.skip_people},
               "training": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                           "photos_per_person": args.photos_per_person}}
+                           "photos_per_person": args.photos_per_person, "augment": args.augment}}
     path = save_crop_classifier(output / CROP_CLASSIFIER_FILE, model, record)
     log(f"kept apart ({len(positives)} crops / {len(negatives)} other squares), taken at each threshold: "
         + "; ".join(f"{t}: {v['crops_taken']} / {v['others_taken']}" for t, v in sweep.items()))
