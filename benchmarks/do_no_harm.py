@@ -8,7 +8,9 @@
    checkpoint's training held out (its metadata), at the model's size, degraded at four
    levels (clean, mild, moderate, heavy) by a degradation written apart from the training
    one, restored without and with 3 other photos of the person. Printed per level: PSNR and
-   dlib identity change against the input, faces clearly worse, and the targets.
+   dlib identity change against the input, faces clearly worse, and the targets; and, with
+   no restorer, how many faces a second draw of the same degradation makes "clearly worse"
+   by identity (the identity criterion's floor).
 2. Whole photos, as ``honestface restore`` runs them (default settings):
    - ordinary photos: LFW news photos (people the model never trained on; LFW is not a
      training set here), one per person: dlib identity distance between the input face and
@@ -140,7 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from honestface.errors import HonestFaceError
-    from honestface.evaluation.do_no_harm import do_no_harm_targets, evaluate_do_no_harm, plot_do_no_harm
+    from honestface.evaluation.do_no_harm import (
+        do_no_harm_targets,
+        evaluate_do_no_harm,
+        identity_noise_floor,
+        plot_do_no_harm,
+    )
     from honestface.evaluation.heldout import heldout_identities, heldout_pipeline, load_heldout_faces
     from honestface.face import load_face_detector
     from honestface.image_io import save_image
@@ -172,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{weights.name}: {len(faces)} aligned {pipeline.image_size} px faces of {len(identities)} held-out "
           f"people, 3 references each")
     print(result.format_table())
+    floor = identity_noise_floor(gt, identity, seed=args.seed, other_seed=args.seed + 1)
+    print("no restorer, a second draw of the degradation, faces 'clearly worse' by identity (the metric's floor): "
+          + ", ".join(f"{level} {count}/{len(faces)}" for level, count in floor.items()))
     mean, stderr, count = result.paired_difference("moderate", "ID change")
     print(f"references - none, ID change at moderate: {mean:+.4f} +- {stderr:.4f} (SE, {count} faces)")
     targets = do_no_harm_targets(result)

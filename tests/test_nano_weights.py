@@ -70,6 +70,23 @@ def test_quality_on_held_out_people_does_not_regress(shared_data):
     assert refs["PSNR"] >= plain["PSNR"] - 0.03, report  # references cost no visible quality
 
 
+def test_identity_noise_floor_of_the_do_no_harm_criterion(shared_data):
+    """A second draw of the same degradation does nothing to a face, yet dlib's identity
+    distance moves by more than the "clearly worse" step for some faces: the benchmark prints
+    that count. The same draw twice, and the clean level (JPEG 95, no noise), count none."""
+    from honestface.evaluation.do_no_harm import LEVELS, identity_noise_floor
+    from honestface.evaluation.heldout import heldout_identities, load_heldout_faces
+    from honestface.face import load_identity_backend
+
+    identity = load_identity_backend("dlib", aligned_fallback=True)
+    faces = load_heldout_faces(shared_data, heldout_identities(WEIGHTS), 128, 16)
+    gt = torch.stack([f.gt for f in faces])
+    assert identity_noise_floor(gt, identity, seed=3, other_seed=3) == {level.name: 0 for level in LEVELS}
+    floor = identity_noise_floor(gt, identity, seed=3, other_seed=4)
+    assert set(floor) == {level.name for level in LEVELS} and floor["clean"] == 0, floor
+    assert 0 < floor["mild"] + floor["moderate"] + floor["heavy"] < 3 * len(faces), floor
+
+
 def test_faces_that_need_little_are_not_made_worse(shared_data):
     """Do no harm (benchmarks/do_no_harm.py, held-out people, an independent degradation):
     a clean face comes back as it was, a mildly degraded one is not made worse, a heavily

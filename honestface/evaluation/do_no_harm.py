@@ -184,6 +184,25 @@ def evaluate_do_no_harm(restore: Callable[[torch.Tensor, Sequence[torch.Tensor] 
     return result
 
 
+def identity_noise_floor(gt: torch.Tensor, identity_backend, levels: Sequence[QualityLevel] = LEVELS,
+                         seed: int = 2024, other_seed: int = 1, analysis_size: int = 256) -> dict[str, int]:
+    """How many faces a second draw of the same degradation makes "clearly worse" by identity.
+
+    No restorer: each level's LQ of ``gt`` (B, 3, S, S) is drawn again with ``other_seed``
+    (same blur and scale, other noise), and a face counts when the second draw is more than
+    :data:`WORSE_IDENTITY` further from the clean face's identity than the first. That is
+    what the identity criterion gives a change that did nothing to the face: the floor under
+    the "clearly worse" column. Returns level -> faces counted.
+    """
+    def distance(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        return (identity_backend.embed(resize_to(images.clamp(0, 1), analysis_size)).double() - reference).norm(dim=-1)
+
+    gt_identity = identity_backend.embed(resize_to(gt.clamp(0, 1), analysis_size)).double()
+    return {level.name: int((distance(degrade_faces(gt, level, other_seed), gt_identity)
+                             - distance(degrade_faces(gt, level, seed), gt_identity) > WORSE_IDENTITY).sum())
+            for level in levels}
+
+
 def do_no_harm_targets(result: DoNoHarmResult) -> list[tuple[str, bool, str]]:
     """The do-no-harm targets: (name, met, numbers)."""
     table = result.table()
