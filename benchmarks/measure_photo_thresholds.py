@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections import Counter
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -258,14 +259,14 @@ def measure_crops(data: Path, count: int, split: str, seed: int, classifier_path
 
     sets: dict[str, list] = {}
 
-    def add(name, array):
-        sets.setdefault(name, []).append(record(tensor(array)))
+    def add(name, array, **extra):
+        sets.setdefault(name, []).append({**record(tensor(array)), **extra})
 
     for folder in identities:
         face = np.asarray(Image.open(sorted(folder.glob("*.jpg"))[0]).convert("RGB"))
         for size in (128, 256, 512):
             for level in LEVELS:
-                add(f"crop {level} {size}", degrade(resized(face, size), level, rng))
+                add(f"crop {level} {size}", degrade(resized(face, size), level, rng), person=folder.name)
     # negatives: square images that are not aligned crops
     for i, folder in enumerate(people):
         photo = np.asarray(Image.open(sorted(folder.glob("*.jpg"))[0]).convert("RGB"))
@@ -315,6 +316,9 @@ def measure_crops(data: Path, count: int, split: str, seed: int, classifier_path
     missed = [r for r in positives if not decide(r, stated)]
     print(f"  crops the stated rule misses: {sum(r['detected'] for r in missed)} restored as photos (their face "
           f"detected, aligned and pasted back), {sum(not r['detected'] for r in missed)} passed through unchanged")
+    by_person = Counter(r["person"] for r in missed)
+    print(f"  of {len(by_person)} identities (of 6 versions each): "
+          + ", ".join(f"{person} {count}" for person, count in by_person.most_common()))
     print("  the stated rule with one value changed (crops taken / negatives taken):")
     for field, values in (("classifier", (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)),
                           ("detected_error", (0.0, 0.15, 0.2, 0.25, 0.3, 0.4))):
