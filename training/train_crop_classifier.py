@@ -219,12 +219,24 @@ def photometric(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return torch.where(covered, fill, work)
 
 
-def degraded(images: torch.Tensor, generator: torch.Generator, augment: bool = False) -> torch.Tensor:
-    """(B, 3, S, S) uint8 -> the same (under :func:`photometric` changes with ``augment``)
-    degraded afresh and flipped at random, float in [0, 1]."""
+def inverted(images: torch.Tensor, generator: torch.Generator, share: float = 0.3) -> torch.Tensor:
+    """(B, 3, S, S) in [0, 1] -> ``share`` of them as negatives (1 - x): where eyes and brows
+    are darker than the skin in most training faces, they are lighter in many others; the
+    framing is the same either way."""
+    flip = (torch.rand(images.shape[0], generator=generator) < share).view(-1, 1, 1, 1)
+    return torch.where(flip, 1.0 - images, images)
+
+
+def degraded(images: torch.Tensor, generator: torch.Generator, augment: bool = False,
+             invert: bool = False) -> torch.Tensor:
+    """(B, 3, S, S) uint8 -> the same (under :func:`photometric` changes with ``augment``,
+    some :func:`inverted` with ``invert``) degraded afresh and flipped at random, float in
+    [0, 1]."""
     work = images.float() / 255.0
     if augment:
         work = photometric(work, generator)
+    if invert:
+        work = inverted(work, generator)
     work = degrade(work, DEGRADATION, generator)
     flip = torch.rand(work.shape[0], generator=generator) < 0.5
     return torch.where(flip.view(-1, 1, 1, 1), work.flip(-1), work)
@@ -252,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--color", action="store_true", help="a colour thumbnail instead of a grey one")
     parser.add_argument("--augment", action="store_true",
                         help="random exposure, gamma and a covering band before the degradation")
+    parser.add_argument("--invert", action="store_true", help="show 30 %% of the training images as negatives")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -292,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     positive = labels[train_index].mean()
     weight = {1: 0.5 / positive, 0: 0.5 / (1 - positive)}  # both classes count alike
     # the kept-apart set is degraded once, the same way every epoch
-    val_images = torch.cat([degraded(images[val_index[i:i + 256]], torch.Generator().manual_seed(i), args.augment)
+    val_images = torch.cat([degraded(images[val_index[i:i + 256]], torch.Generator().manual_seed(i), args.augment,
+                                     args.invert)
                             for i in range(0, len(val_index), 256)])
     val_labels = labels[val_index]
     for epoch in range(args.epochs):
@@ -302,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         for start in range(0, len(order), args.batch_size):
             batch = order[start:start + args.batch_size]
             target = labels[batch]
-            logits = model(degraded(images[batch], generator, args.augment))
+            logits = model(degraded(images[batch], generator, args.augment, args.invert))
             loss = (F.binary_cross_entropy_with_logits(logits, target, reduction="none")
                     * torch.where(target > 0, weight[1], weight[0])).mean()
             optimizer.zero_grad()
@@ -324,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
               "bank": {"images": len(labels), "aligned_crops": int(labels.sum()),
                        "celeba_identities_skipped": args.skip_people, "lfw_people_skipped": args.skip_people},
               "training": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                           "photos_per_person": args.photos_per_person, "augment": args.augment}}
+                           "photos_per_person": args.photos_per_person, "augment": args.augment,
+                           "invert": args.invert}}
     path = save_crop_classifier(output / CROP_CLASSIFIER_FILE, model, record)
     log(f"kept apart ({len(positives)} crops / {len(negatives)} other squares), taken at each threshold: "
         + "; ".join(f"{t}: {v['crops_taken']} / {v['others_taken']}" for t, v in sweep.items()))
