@@ -45,8 +45,8 @@ from __future__ import annotations
 
 import argparse
 import random
-from collections import Counter
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 

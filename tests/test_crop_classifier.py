@@ -136,8 +136,9 @@ def _heavy(face: torch.Tensor, seed: int) -> torch.Tensor:
 
 def test_shipped_classifier_on_people_it_never_saw(shared_data):
     """CelebA identities and LFW people of the crop benchmark's tune and report splits (the
-    first 80 of each; training leaves out at least these): heavily degraded aligned crops at 128 and 256 px are taken, their
-    whole photos (clean and degraded), photo corners and flat squares are not."""
+    first 80 of each; training leaves out at least these): heavily degraded aligned crops at
+    128 and 256 px are taken, their whole photos (clean and degraded), photo corners and
+    flat squares are not."""
     classifier = shipped_crop_classifier()
     assert classifier.record["bank"]["celeba_identities_skipped"] >= 80
     identities = sorted(p for p in (shared_data / "celeba").iterdir() if p.is_dir())[1:80:8]

@@ -30,7 +30,7 @@ degradation (:mod:`honestface.degradation`: blur, 1 - 12x down-sampling by three
 interpolations, noise, JPEG, some grey; a quarter left clean), flipped at random, and seen
 as the classifier's 32 px grey thumbnail (``--input-size``, ``--channels``, ``--hidden``
 and ``--color`` change the network; ``--augment`` adds a random exposure, gamma and a
-covering band before the degradation). A tenth of the people are kept apart; the file
+covering band before the degradation, ``--invert`` shows 30 % of the images as negatives). A tenth of the people are kept apart; the file
 records, at several thresholds, how many of their crops and other squares the classifier
 takes for crops. The threshold in use (``CROP_PROBABILITY``) is chosen in
 :mod:`honestface.face.input_kind`.

@@ -145,6 +145,11 @@ class DoNoHarmResult:
         return json.dumps({"faces": self.faces, "table": self.table(), "values": self.values}, indent=1)
 
 
+def _identity(identity_backend, images: torch.Tensor, analysis_size: int) -> torch.Tensor:
+    """(B, 3, S, S) in [0, 1] -> (B, D) float64 descriptors, at ``analysis_size`` px."""
+    return identity_backend.embed(resize_to(images.clamp(0, 1), analysis_size)).double()
+
+
 def evaluate_do_no_harm(restore: Callable[[torch.Tensor, Sequence[torch.Tensor] | None], torch.Tensor],
                         gt: torch.Tensor, references: Sequence[torch.Tensor], identity_backend,
                         names: Sequence[str] | None = None, levels: Sequence[QualityLevel] = LEVELS,
@@ -163,7 +168,7 @@ def evaluate_do_no_harm(restore: Callable[[torch.Tensor, Sequence[torch.Tensor] 
         raise ConfigError(f"need one reference set per face, got {gt.shape[0]} faces and {len(references)} sets")
 
     def embed(images: torch.Tensor) -> torch.Tensor:
-        return identity_backend.embed(resize_to(images.clamp(0, 1), analysis_size)).double()
+        return _identity(identity_backend, images, analysis_size)
 
     gt_identity = embed(gt)
     result = DoNoHarmResult(faces=list(names or [str(i) for i in range(gt.shape[0])]))
@@ -194,12 +199,13 @@ def identity_noise_floor(gt: torch.Tensor, identity_backend, levels: Sequence[Qu
     what the identity criterion gives a change that did nothing to the face: the floor under
     the "clearly worse" column. Returns level -> faces counted.
     """
-    def distance(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        return (identity_backend.embed(resize_to(images.clamp(0, 1), analysis_size)).double() - reference).norm(dim=-1)
+    gt_identity = _identity(identity_backend, gt, analysis_size)
 
-    gt_identity = identity_backend.embed(resize_to(gt.clamp(0, 1), analysis_size)).double()
-    return {level.name: int((distance(degrade_faces(gt, level, other_seed), gt_identity)
-                             - distance(degrade_faces(gt, level, seed), gt_identity) > WORSE_IDENTITY).sum())
+    def distance(images: torch.Tensor) -> torch.Tensor:
+        return (_identity(identity_backend, images, analysis_size) - gt_identity).norm(dim=-1)
+
+    return {level.name: int((distance(degrade_faces(gt, level, other_seed))
+                             - distance(degrade_faces(gt, level, seed)) > WORSE_IDENTITY).sum())
             for level in levels}
 
 
